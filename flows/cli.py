@@ -1,0 +1,123 @@
+"""The `marble` command line. Each subcommand calls a flow (or a task) with typed parameters."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from flows.params import RunParams, ShapesParams
+    from flows.run import run_flow
+
+    shapes = ShapesParams(n=args.n, image_size=args.image_size, seed=args.seed, port=args.port)
+    t0 = time.perf_counter()
+    summary = run_flow(RunParams(home=args.home, shapes=shapes))
+    elapsed = time.perf_counter() - t0
+    print(f"\nmarble run finished in {elapsed:.0f} s; workspace: {summary['workspace']}")
+    for name, stage in summary["stages"].items():
+        print(f"  {name:<10} {stage.get('stage_s', '?')} s")
+    return 0
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from flows.ingest import ingest_flow
+    from flows.params import IngestParams
+    from tasks.url_list import read_url_list
+
+    read_url_list(Path(args.url_list), args.url_col, args.caption_col)  # bad input: fail here
+    params = IngestParams(
+        url_list=str(Path(args.url_list).resolve()),
+        url_col=args.url_col,
+        caption_col=args.caption_col,
+        image_size=args.image_size,
+        processes=args.processes,
+        threads=args.threads,
+        allow_private=args.allow_private,
+        distributor=args.distributor,
+    )
+    manifest = ingest_flow(params, home=args.home)
+    print(json.dumps({k: v for k, v in manifest.items() if k != "history"}, indent=2))
+    return 0
+
+
+def _cmd_shapes_serve(args: argparse.Namespace) -> int:
+    from tasks.shapes import FaultRates, ShapesSpec
+    from tasks.shapes_server import serve_shapes
+    from tasks.workspace import Workspace
+
+    spec = ShapesSpec(
+        n=args.n,
+        image_size=args.image_size,
+        seed=args.seed,
+        faults=FaultRates(*(args.fault_rate,) * 5),
+    )
+    out = Path(args.out) if args.out else Workspace.from_env(args.home).source
+    with serve_shapes(spec, out, port=args.port) as source:
+        print(f"serving {spec.n} captioned shapes at {source.base_url}")
+        print(f"URL list:     {source.url_list}\nground truth: {source.truth}")
+        print("Ctrl-C to stop.", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="marble", description=__doc__)
+    parser.add_argument("--home", help="workspace root (default: $MARBLE_HOME or ./marble-home)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="the main job: the whole chain on the built-in shapes data")
+    run.add_argument("--n", type=int, default=5000, help="pairs in the built-in data (5000)")
+    run.add_argument("--image-size", type=int, default=32)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--port", type=int, default=8737, help="loopback port of the shapes server")
+    run.set_defaults(func=_cmd_run)
+
+    ing = sub.add_parser("ingest", help="download a URL list (Parquet/CSV) into data/raw/")
+    ing.add_argument("url_list")
+    ing.add_argument("--url-col", default="url")
+    ing.add_argument("--caption-col", default="caption")
+    ing.add_argument("--image-size", type=int, default=32)
+    ing.add_argument("--processes", type=int, default=2)
+    ing.add_argument("--threads", type=int, default=32)
+    ing.add_argument(
+        "--allow-private", action="store_true", help="fetch private/loopback addresses"
+    )
+    ing.add_argument(
+        "--distributor", default="multiprocessing", choices=["multiprocessing", "pyspark", "ray"]
+    )
+    ing.set_defaults(func=_cmd_ingest)
+
+    shapes = sub.add_parser("shapes", help="the built-in captioned-shapes data source")
+    shapes_sub = shapes.add_subparsers(dest="shapes_command", required=True, metavar="ACTION")
+    serve = shapes_sub.add_parser(
+        "serve", help="serve the shapes on 127.0.0.1 and write the URL list"
+    )
+    serve.add_argument("--n", type=int, default=5000)
+    serve.add_argument("--image-size", type=int, default=32)
+    serve.add_argument("--seed", type=int, default=0)
+    serve.add_argument("--port", type=int, default=0, help="0: a free port")
+    serve.add_argument("--fault-rate", type=float, default=0.005, help="per fault kind")
+    serve.add_argument("--out", help="folder for urls.parquet and truth.parquet")
+    serve.set_defaults(func=_cmd_shapes_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as e:  # bad input: one clear line, no traceback
+        print(f"marble: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

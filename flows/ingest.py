@@ -1,0 +1,49 @@
+"""Flow `ingest`: a URL list -> data/raw/ (img2dataset Parquet shards with pair_id)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.params import IngestParams
+from tasks.ingest import IngestConfig, ingest
+from tasks.url_list import UrlListError
+from tasks.workspace import Workspace
+
+
+def _retry_unless_bad_input(task, task_run, state) -> bool:
+    """Retry network trouble, never a bad URL list (it would fail the same way again)."""
+    try:
+        state.result()
+    except UrlListError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+@task(
+    name="download-pairs",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=_retry_unless_bad_input,
+    cache_policy=NO_CACHE,
+)
+def download_pairs(cfg: IngestConfig, home: str | None) -> dict:
+    return asdict(ingest(cfg, Workspace.from_env(home)))
+
+
+def ingest_config(params: IngestParams, allowed_hosts: tuple[str, ...] = ()) -> IngestConfig:
+    values = params.model_dump()
+    return IngestConfig(
+        url_list=Path(values.pop("url_list")), allowed_hosts=allowed_hosts, **values
+    )
+
+
+@flow(name="ingest", log_prints=True)
+def ingest_flow(params: IngestParams, home: str | None = None) -> dict:
+    """Download the pairs of a URL list into the workspace; returns the ingest manifest."""
+    return download_pairs(ingest_config(params), home)

@@ -1,0 +1,234 @@
+"""Ingest: a URL list -> img2dataset Parquet shards under data/raw/, each row with its pair_id.
+
+    ingest(IngestConfig(url_list=...), workspace) -> IngestManifest
+
+1. Read and vet the list (tasks/url_list.py): refused rows are counted, never fetched.
+2. Skip pairs already downloaded successfully: a rerun fetches only what is missing
+   (new pairs and earlier failures).
+3. Download the rest with img2dataset into a staging folder (`data/.raw.staging`) in its
+   incremental mode: after a crash, a rerun of the same list resumes the unfinished shards.
+4. Build the new `data/raw/` in a temporary folder (old shards, minus rows being retried,
+   plus the new shards) and rename it into place; write the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tasks.url_list import UrlListError, read_url_list, vet_url_list
+from tasks.workspace import Workspace, atomic_dir, atomic_write_bytes
+
+MANIFEST = "_manifest.json"
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    url_list: Path  # Parquet, CSV or TSV with a URL and a caption column
+    url_col: str = "url"
+    caption_col: str = "caption"
+    image_size: int = 32  # output side in pixels
+    resize_mode: Literal["center_crop", "border", "keep_ratio", "no"] = "center_crop"
+    encode_format: Literal["png", "jpg", "webp"] = "png"  # png: lossless, tiny at 32 px
+    processes: int = 2
+    threads: int = 32
+    shard_size: int = 1000  # rows per Parquet shard
+    timeout_s: int = 10
+    retries: int = 1
+    allow_private: bool = False  # fetch private/loopback addresses (off: refused)
+    allowed_hosts: tuple[str, ...] = ()  # host:port allowed even if private (built-in source)
+    distributor: Literal["multiprocessing", "pyspark", "ray"] = "multiprocessing"
+
+    def __post_init__(self):
+        if not 8 <= self.image_size <= 4096:
+            raise UrlListError(
+                f"image_size must be between 8 and 4096 pixels, got {self.image_size}"
+            )
+        if not 1 <= self.shard_size <= 1_000_000:
+            raise UrlListError(f"shard_size must be between 1 and 1,000,000, got {self.shard_size}")
+        if self.processes < 1 or self.threads < 1 or self.timeout_s < 1 or self.retries < 0:
+            raise UrlListError("processes, threads and timeout_s must be >= 1 and retries >= 0")
+
+
+@dataclass
+class IngestManifest:
+    url_list: str
+    list_rows: int
+    accepted: int
+    refused: dict[str, int]
+    already_present: int  # accepted pairs skipped: downloaded successfully before
+    attempted: int  # pairs handed to img2dataset in this run
+    status_counts: dict[str, int]  # of this run's attempts
+    error_counts: dict[str, int]  # of this run's failures, by error message
+    total_status_counts: dict[str, int]  # over all of data/raw
+    download_s: float
+    wall_s: float
+    pairs_per_s: float  # attempted / download_s
+    raw_dir: str
+    history: list[dict] = field(default_factory=list)  # earlier runs, oldest first
+
+
+# ---------------------------------------------------------------------------- reading raw
+
+
+def raw_shards(raw_dir: Path) -> list[Path]:
+    return sorted(Path(raw_dir).glob("*.parquet"))
+
+
+def read_raw_index(raw_dir: Path) -> pa.Table:
+    """pair_id and status of every row in data/raw (empty table when there is none)."""
+    shards = raw_shards(raw_dir)
+    if not shards:
+        return pa.table({"pair_id": pa.array([], pa.string()), "status": pa.array([], pa.string())})
+    return pa.concat_tables(pq.read_table(s, columns=["pair_id", "status"]) for s in shards)
+
+
+def _error_class(message: str | None) -> str:
+    """Group error messages: drop addresses and numbers that differ between rows."""
+    text = re.sub(r"https?://\S+", "<url>", message or "unknown")
+    text = re.sub(r"\d{3,}", "<n>", text)
+    return text[:120]
+
+
+# ---------------------------------------------------------------------------- download
+
+
+def _download(cfg: IngestConfig, urls, captions, ids, staging: Path) -> Path:
+    """Run img2dataset into staging/out, resuming an interrupted run of the same pairs."""
+    import img2dataset  # heavy (wandb, albumentations, cv2): import only when downloading
+
+    digest = hashlib.sha1("\n".join(ids).encode()).hexdigest()
+    settings = {"digest": digest, **{k: str(v) for k, v in asdict(cfg).items()}}
+    marker = staging / "todo.json"
+    if not marker.exists() or json.loads(marker.read_text()) != settings:
+        shutil.rmtree(staging, ignore_errors=True)  # another list or settings: start afresh
+        staging.mkdir(parents=True)
+        pq.write_table(
+            pa.table({"url": urls, "caption": captions, "pair_id": ids}), staging / "input.parquet"
+        )
+        atomic_write_bytes(marker, json.dumps(settings).encode())
+    img2dataset.download(
+        url_list=str(staging / "input.parquet"),
+        input_format="parquet",
+        url_col="url",
+        caption_col="caption",
+        save_additional_columns=["pair_id"],
+        output_format="parquet",
+        output_folder=str(staging / "out"),
+        image_size=cfg.image_size,
+        resize_mode=cfg.resize_mode,
+        encode_format=cfg.encode_format,
+        encode_quality=9 if cfg.encode_format == "png" else 95,  # png: compression level
+        processes_count=cfg.processes,
+        thread_count=cfg.threads,
+        number_sample_per_shard=cfg.shard_size,
+        subjob_size=max(1, -(-len(ids) // cfg.shard_size)),
+        timeout=cfg.timeout_s,
+        retries=cfg.retries,
+        incremental_mode="incremental",
+        distributor=cfg.distributor,
+        enable_wandb=False,
+        extract_exif=False,
+        disallowed_header_directives=[],
+    )
+    return staging / "out"
+
+
+def _assemble(raw_dir: Path, new_dir: Path, retried: set[str], batch: str, out: Path) -> None:
+    """Fill `out` with the old shards (rows in `retried` dropped) and the new ones."""
+    for shard in raw_shards(raw_dir):
+        table = pq.read_table(shard, columns=["pair_id"])
+        drop = pc.is_in(table["pair_id"], value_set=pa.array(sorted(retried), pa.string()))
+        if not pc.any(drop).as_py():
+            os.link(shard, out / shard.name)  # unchanged: share the file, no copy
+            continue
+        kept = pq.read_table(shard).filter(pc.invert(drop))
+        if kept.num_rows:
+            pq.write_table(kept, out / shard.name)
+    for shard in sorted(new_dir.glob("*.parquet")):
+        shutil.copyfile(shard, out / f"{batch}-{shard.name}")
+
+
+def ingest(cfg: IngestConfig, workspace: Workspace, log=print) -> IngestManifest:
+    t0 = time.perf_counter()
+    urls, captions = read_url_list(cfg.url_list, cfg.url_col, cfg.caption_col)
+    vetted = vet_url_list(urls, captions, cfg.allow_private, frozenset(cfg.allowed_hosts))
+    raw_dir = workspace.raw
+
+    index = read_raw_index(raw_dir)
+    succeeded = set(pc.filter(index["pair_id"], pc.equal(index["status"], "success")).to_pylist())
+    todo = [k for k, pid in enumerate(vetted.pair_ids) if pid not in succeeded]
+    log(
+        f"ingest: {vetted.n_rows} rows, {len(vetted.pair_ids)} accepted, "
+        f"{sum(vetted.refused.values())} refused {dict(vetted.refused)}, "
+        f"{len(vetted.pair_ids) - len(todo)} already present, {len(todo)} to download"
+    )
+
+    status_counts: Counter = Counter()
+    error_counts: Counter = Counter()
+    download_s = 0.0
+    if todo:
+        staging = workspace.staging("raw")
+        ids = [vetted.pair_ids[k] for k in todo]
+        t1 = time.perf_counter()
+        new_dir = _download(
+            cfg, [vetted.urls[k] for k in todo], [vetted.captions[k] for k in todo], ids, staging
+        )
+        download_s = time.perf_counter() - t1
+        new_rows = pa.concat_tables(
+            pq.read_table(s, columns=["status", "error_message"]) for s in new_dir.glob("*.parquet")
+        )
+        status_counts.update(new_rows["status"].to_pylist())
+        failed = pc.not_equal(new_rows["status"], "success")
+        error_counts.update(
+            map(_error_class, pc.filter(new_rows["error_message"], failed).to_pylist())
+        )
+        batch = (
+            time.strftime("%Y%m%dT%H%M%S")
+            + "-"
+            + hashlib.sha1("".join(ids).encode()).hexdigest()[:6]
+        )
+        with atomic_dir(raw_dir) as out:
+            _assemble(raw_dir, new_dir, set(ids), batch, out)
+            previous = raw_dir / MANIFEST
+            if previous.exists():
+                shutil.copyfile(previous, out / MANIFEST)
+        shutil.rmtree(staging, ignore_errors=True)
+
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    total = Counter(read_raw_index(raw_dir)["status"].to_pylist())
+    previous = raw_dir / MANIFEST
+    history = []
+    if previous.exists():
+        old = json.loads(previous.read_text())
+        history = old.pop("history", []) + [old]
+    manifest = IngestManifest(
+        url_list=str(cfg.url_list),
+        list_rows=vetted.n_rows,
+        accepted=len(vetted.pair_ids),
+        refused=dict(vetted.refused),
+        already_present=len(vetted.pair_ids) - len(todo),
+        attempted=len(todo),
+        status_counts=dict(status_counts),
+        error_counts=dict(error_counts),
+        total_status_counts=dict(total),
+        download_s=round(download_s, 3),
+        wall_s=round(time.perf_counter() - t0, 3),
+        pairs_per_s=round(len(todo) / download_s, 1) if download_s else 0.0,
+        raw_dir=str(raw_dir),
+        history=history,
+    )
+    atomic_write_bytes(previous, json.dumps(asdict(manifest), indent=2).encode())
+    return manifest

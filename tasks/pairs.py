@@ -1,0 +1,123 @@
+"""Reading image-text pairs from Parquet shards as torch datasets.
+
+Works on the raw shards (img2dataset rows; only `status == "success"` rows are used) and on
+the filtered pairs (every row is usable). Images come back as float tensors in [-1, 1],
+(3, H, W); no horizontal flips, since captions name left and right.
+
+- `ParquetPairs`: map-style, indexes every usable row up front and reads image bytes
+  lazily, one row group at a time (cached per worker), so it shuffles and works with
+  DataLoader workers.
+- `load_all_pairs`: decode a whole (small) data set into one uint8 tensor, for training
+  on the built-in data where everything fits in memory.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+IMAGE_COLUMNS = ("png", "jpg", "webp", "image")
+
+
+def image_column(schema: pa.Schema) -> str:
+    for name in IMAGE_COLUMNS:
+        if name in schema.names:
+            return name
+    raise ValueError(f"no image column among {IMAGE_COLUMNS} (columns found: {schema.names})")
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Image bytes -> (H, W, 3) uint8 RGB."""
+    with Image.open(io.BytesIO(data)) as im:
+        return np.array(im.convert("RGB"))  # a writable copy
+
+
+def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(..., H, W, 3) uint8 -> (..., 3, H, W) float32 in [-1, 1]."""
+    t = torch.as_tensor(images).movedim(-1, -3)
+    return t.float().div(127.5).sub(1.0)
+
+
+def shard_paths(folder: Path) -> list[Path]:
+    paths = sorted(Path(folder).glob("*.parquet"))
+    if not paths:
+        raise FileNotFoundError(f"no Parquet shards in {folder}")
+    return paths
+
+
+@dataclass(frozen=True)
+class _RowRef:
+    shard: int
+    row_group: int
+    row: int  # within the row group
+
+
+class ParquetPairs(Dataset):
+    """(image, caption, pair_id) for every usable row of the shards in `folder`.
+
+    split: keep only rows whose `split` column equals it (filtered pairs), or None.
+    """
+
+    def __init__(self, folder: Path, split: str | None = None):
+        self.paths = shard_paths(folder)
+        self.captions: list[str] = []
+        self.pair_ids: list[str] = []
+        self._refs: list[_RowRef] = []
+        for s, path in enumerate(self.paths):
+            pf = pq.ParquetFile(path)
+            cols = [
+                c for c in ("pair_id", "caption", "status", "split") if c in pf.schema_arrow.names
+            ]
+            for g in range(pf.num_row_groups):
+                t = pf.read_row_group(g, columns=cols)
+                keep = pa.array(np.ones(t.num_rows, dtype=bool))
+                if "status" in t.column_names:
+                    keep = pc.and_(keep, pc.equal(t["status"], "success"))
+                if split is not None:
+                    if "split" not in t.column_names:
+                        raise ValueError(f"{path} has no split column; pass split=None")
+                    keep = pc.and_(keep, pc.equal(t["split"], split))
+                rows = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
+                self.captions += pc.take(t["caption"], rows).to_pylist()
+                self.pair_ids += pc.take(t["pair_id"], rows).to_pylist()
+                self._refs += [_RowRef(s, g, int(r)) for r in rows]
+        self._cache_key: tuple[int, int] | None = None
+        self._cache: list[bytes] = []
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def image_bytes(self, i: int) -> bytes:
+        ref = self._refs[i]
+        if self._cache_key != (ref.shard, ref.row_group):  # one row group at a time per worker
+            pf = pq.ParquetFile(self.paths[ref.shard])
+            column = image_column(pf.schema_arrow)
+            self._cache = pf.read_row_group(ref.row_group, columns=[column])[column].to_pylist()
+            self._cache_key = (ref.shard, ref.row_group)
+        return self._cache[ref.row]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, str]:
+        image = to_float(decode_image(self.image_bytes(i)))  # (3, H, W) in [-1, 1]
+        return image, self.captions[i], self.pair_ids[i]
+
+
+def load_all_pairs(
+    folder: Path, split: str | None = None
+) -> tuple[torch.Tensor, list[str], list[str]]:
+    """Decode every usable row: (N, H, W, 3) uint8 tensor, captions, pair_ids (shard order)."""
+    ds = ParquetPairs(folder, split)
+    if len(ds) == 0:
+        raise ValueError(
+            f"no usable pairs in {folder}" + (f" for split {split!r}" if split else "")
+        )
+    images = np.stack([decode_image(ds.image_bytes(i)) for i in range(len(ds))])
+    return torch.from_numpy(images), ds.captions, ds.pair_ids

@@ -1,0 +1,104 @@
+"""The workspace: one root (MARBLE_HOME) that every stage reads from and writes to.
+
+Layout::
+
+    $MARBLE_HOME/
+      data/source/   built-in URL list and ground truth
+      data/raw/      img2dataset Parquet shards + pair_id, and the ingest manifest
+      data/scores/   filter scores, one row per raw pair
+      data/pairs/    kept pairs with their split
+      checkpoints/   <kind>/<name>/ weights (safetensors) + config.json + state
+      results/       evaluation tables (Parquet)
+      mlflow.db      MLflow tracking store
+
+Stage outputs are written into a temporary sibling folder and renamed into place, so a
+crash never leaves a half-written folder under its final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_HOME = "marble-home"
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def from_env(cls, root: str | os.PathLike | None = None) -> Workspace:
+        return cls(Path(root or os.environ.get("MARBLE_HOME") or DEFAULT_HOME).resolve())
+
+    @property
+    def source(self) -> Path:
+        return self.root / "data" / "source"
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "data" / "raw"
+
+    @property
+    def scores(self) -> Path:
+        return self.root / "data" / "scores"
+
+    @property
+    def pairs(self) -> Path:
+        return self.root / "data" / "pairs"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"sqlite:///{self.root / 'mlflow.db'}"
+
+    def staging(self, name: str) -> Path:
+        """A folder kept across crashes for resumable work (e.g. a download in progress)."""
+        return self.root / "data" / f".{name}.staging"
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder; on success it replaces `final`, on error it is removed.
+
+    The swap is two renames on one file system: `final` is never half-written.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:8]
+    tmp = final.parent / f".{final.name}.tmp-{tag}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = final.parent / f".{final.name}.old-{tag}"
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file via a temporary sibling and rename: readers see the old or the new file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,50 @@
+"""Flows end to end: the ingest flow in Prefect's in-process mode, and the main job offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_ingest_flow_in_process(faulty_source, tmp_path):
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.ingest import ingest_flow
+    from flows.params import IngestParams
+
+    params = IngestParams(url_list=str(faulty_source.url_list), allow_private=True, shard_size=60)
+    with prefect_test_harness(server_startup_timeout=120):
+        manifest = ingest_flow(params, home=str(tmp_path / "home"))
+    assert manifest["total_status_counts"]["success"] == 102
+    assert (tmp_path / "home" / "data" / "raw" / "_manifest.json").exists()
+
+
+def _netns_available() -> bool:
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return False
+    return subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _netns_available(), reason="needs unshare -n (root) and ip")
+def test_main_job_runs_with_only_loopback(tmp_path):
+    """`marble run` in a network namespace whose only interface is lo: nothing needs the internet."""
+    home = tmp_path / "home"
+    marble = Path(sys.executable).with_name("marble")
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    script = f"ip link set lo up && exec {marble} --home {home} run --n 200 --port 0"
+    proc = subprocess.run(
+        ["unshare", "-n", "sh", "-c", script], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    manifest = json.loads((home / "data" / "raw" / "_manifest.json").read_text())
+    assert manifest["accepted"] == 200
+    assert manifest["total_status_counts"]["success"] == 200 - 3  # 0.5 % of 200, rounded, x3
+    assert (home / "data" / "source" / "truth.parquet").exists()
