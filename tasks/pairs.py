@@ -121,3 +121,25 @@ def load_all_pairs(
         )
     images = np.stack([decode_image(ds.image_bytes(i)) for i in range(len(ds))])
     return torch.from_numpy(images), ds.captions, ds.pair_ids
+
+
+def load_split_pairs(
+    pairs_dir: Path, raw_dir: Path
+) -> dict[str, tuple[torch.Tensor, list[str], list[str]]]:
+    """Every usable pair by split: {"train": (images, captions, pair_ids), "val": ...}.
+
+    Reads the filtered pairs when they exist, else the raw shards (split by pair_id, the
+    same function the filter uses), so training runs before the filter stage has.
+    """
+    from tasks.ids import split_of
+
+    if Path(pairs_dir).is_dir() and any(Path(pairs_dir).glob("*.parquet")):
+        return {split: load_all_pairs(pairs_dir, split) for split in ("train", "val")}
+    images, captions, ids = load_all_pairs(raw_dir)
+    out = {}
+    for split in ("train", "val"):
+        keep = [k for k, pid in enumerate(ids) if split_of(pid) == split]
+        if not keep:
+            raise ValueError(f"no {split} pairs in {raw_dir}")
+        out[split] = (images[keep], [captions[k] for k in keep], [ids[k] for k in keep])
+    return out

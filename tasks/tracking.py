@@ -1,0 +1,130 @@
+"""MLflow tracking for training and evaluation tasks (the only module that imports mlflow).
+
+Tracking URI: $MLFLOW_TRACKING_URI, else `sqlite:///$MARBLE_HOME/mlflow.db`; artifacts
+under `$MARBLE_HOME/mlartifacts/`. A run can be resumed by id, so a training task that was
+killed and restarted keeps logging into the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tasks.workspace import Workspace
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """{"a": {"b": 1}} -> {"a.b": "1"}: MLflow params are flat strings."""
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = str(value)[:6000]
+    return out
+
+
+def code_version() -> str:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
+        )
+        return sha.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class Tracker:
+    """One MLflow run. Use as a context manager; `enabled=False` makes every call a no-op
+    (DDP ranks other than 0)."""
+
+    def __init__(
+        self,
+        workspace: Workspace,
+        experiment: str,
+        run_name: str,
+        run_id: str | None = None,
+        enabled: bool = True,
+    ):
+        self.enabled = enabled
+        self.run_id = run_id
+        if not enabled:
+            return
+        import logging
+
+        import mlflow
+
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+        self._mlflow = mlflow
+        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or workspace.mlflow_uri)
+        exp = mlflow.get_experiment_by_name(experiment)
+        if exp is None:
+            location = (workspace.root / "mlartifacts" / experiment).as_uri()
+            self.experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
+        else:
+            self.experiment_id = exp.experiment_id
+        self._run_name = run_name
+
+    def __enter__(self) -> Tracker:
+        if self.enabled:
+            run = self._mlflow.start_run(
+                run_id=self.run_id,
+                experiment_id=None if self.run_id else self.experiment_id,
+                run_name=None if self.run_id else self._run_name,
+                log_system_metrics=_psutil_available(),
+            )
+            self.run_id = run.info.run_id
+            self._mlflow.set_tag("code_version", code_version())
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.enabled:
+            self._mlflow.end_run(status="FAILED" if exc_type else "FINISHED")
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        if self.enabled:
+            existing = self._mlflow.get_run(self.run_id).data.params
+            new = {k: v for k, v in flatten(params).items() if k not in existing}
+            if new:
+                self._mlflow.log_params(new)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        if self.enabled:
+            self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            self._mlflow.log_artifact(str(path), artifact_path)
+
+    def log_figure(self, figure, name: str) -> None:
+        if self.enabled:
+            self._mlflow.log_figure(figure, name)
+
+    def log_model(self, name: str, checkpoint_dir: Path, params: Mapping[str, Any]) -> str | None:
+        """Record the checkpoint as an MLflow LoggedModel and register it under `name`."""
+        if not self.enabled:
+            return None
+        model = self._mlflow.create_external_model(
+            name=name,
+            source_run_id=self.run_id,
+            params=flatten(params),
+            tags={"checkpoint_dir": str(checkpoint_dir)},
+        )
+        self._mlflow.register_model(f"models:/{model.model_id}", name)
+        return model.model_id
+
+
+def _psutil_available() -> bool:
+    try:
+        import psutil  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -1,0 +1,139 @@
+"""Train the KL autoencoder on the pairs' images (captions unused), then measure the latent
+statistics that normalise latents for diffusion.
+
+Checkpoint: checkpoints/autoencoder/<name>/ (model + ema safetensors, config.json with the
+AutoencoderConfig including latent_mean / latent_std). The `identity` preset has no weights:
+its checkpoint is a config alone, and the latent statistics are measured all the same.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from models.autoencoder import AE_PRESETS, autoencoder_loss, build_autoencoder, with_latent_stats
+from tasks.checkpoint import dataclass_from_json, load_config, load_weights
+from tasks.pairs import load_split_pairs, to_float
+from tasks.plots import save_grid, to_uint8
+from tasks.tracking import Tracker
+from tasks.trainer import TrainConfig, init_distributed, pick_device, rank_slice, train
+from tasks.workspace import Workspace, atomic_dir, atomic_write_bytes
+
+KIND = "autoencoder"
+
+
+@dataclass(frozen=True)
+class AutoencoderTrainSpec:
+    preset: str = "kl-f4"  # key of AE_PRESETS
+    kl_weight: float = 1e-6  # as in latent-diffusion
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(steps=1500, batch_size=64, lr=2e-3, ema_decay=0.995)
+    )
+
+    @property
+    def name(self) -> str:
+        return self.preset
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB of images in [-1, 1] (peak-to-peak 2)."""
+    mse = (x.float() - y.float()).pow(2).mean().item()
+    return 10 * torch.log10(torch.tensor(4.0 / max(mse, 1e-12))).item()
+
+
+def load_autoencoder(ckpt_dir: Path, device: torch.device | str = "cpu"):
+    """The trained (EMA) autoencoder of a checkpoint, in eval mode, with its latent statistics."""
+    config = load_config(ckpt_dir)
+    from models.autoencoder import AutoencoderConfig
+
+    cfg = dataclass_from_json(AutoencoderConfig, config["autoencoder"])
+    model = build_autoencoder(cfg)
+    if not cfg.identity:
+        load_weights(ckpt_dir, model, "ema")
+    return model.to(device).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def _raw_latents(model, images: torch.Tensor, device, batch: int = 256) -> torch.Tensor:
+    """Posterior means (unnormalised) of uint8 images (N, H, W, 3)."""
+    parts = [
+        model.encode(to_float(images[i : i + batch]).to(device)).mode().cpu()
+        for i in range(0, len(images), batch)
+    ]
+    return torch.cat(parts)
+
+
+def train_autoencoder(spec: AutoencoderTrainSpec, workspace: Workspace, log=print) -> dict:
+    if spec.preset not in AE_PRESETS:
+        raise ValueError(
+            f"unknown autoencoder preset {spec.preset!r}; choose from {list(AE_PRESETS)}"
+        )
+    ckpt_dir = workspace.checkpoints / KIND / spec.name
+    data = load_split_pairs(workspace.pairs, workspace.raw)
+    train_images, val_images = data["train"][0], data["val"][0]
+    cfg = AE_PRESETS[spec.preset]
+    device = pick_device(spec.train.device)
+    config = {
+        "kind": KIND,
+        "preset": spec.preset,
+        "autoencoder": asdict(cfg),
+        "kl_weight": spec.kl_weight,
+    }
+
+    def tracker(run_id, enabled):
+        return Tracker(workspace, "marble-train", f"{KIND}-{spec.name}", run_id, enabled)
+
+    if cfg.identity:  # nothing to train: the latents are the pixels
+        model = build_autoencoder(cfg)
+        with atomic_dir(ckpt_dir) as tmp:
+            (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        result_run, wall, metrics, trained_now = None, 0.0, {}, False
+    else:
+        torch.manual_seed(spec.train.seed)
+        model = build_autoencoder(cfg)
+        info = init_distributed(device)
+
+        def loss_fn(net, step, micro, g):
+            per_micro = spec.train.batch_size // spec.train.grad_accum
+            idx = rank_slice(torch.randint(len(train_images), (per_micro,), generator=g), info)
+            x = to_float(train_images[idx]).to(device)
+            recon, posterior = net(x, generator=g)
+            loss, _ = autoencoder_loss(x, recon, posterior, spec.kl_weight)
+            return loss, len(idx)
+
+        def validate(ema, step):
+            x = to_float(val_images[:512]).to(device)
+            with torch.no_grad():
+                recon = ema.decode(ema.encode(x).mode())
+            return {"val_psnr": psnr(recon, x), "val_l1": (recon - x).abs().mean().item()}
+
+        result = train(
+            model, loss_fn, spec.train, ckpt_dir, config, tracker, validate, log=log, desc=KIND
+        )
+        model, result_run, wall, metrics = result.ema, result.run_id, result.wall_s, result.metrics
+        trained_now = result.step > result.resumed_from
+
+    # Latent statistics on the training images, stored in the config beside the weights.
+    model = model.to(device).eval()
+    stats_cfg = with_latent_stats(cfg, _raw_latents(model, train_images, device))
+    config = {**config, "autoencoder": asdict(stats_cfg)}
+    atomic_write_bytes(ckpt_dir / "config.json", json.dumps(config, indent=2).encode())
+
+    if trained_now:
+        with Tracker(workspace, "marble-train", f"{KIND}-{spec.name}", result_run) as t:
+            x = to_float(val_images[:16]).to(device)
+            with torch.no_grad():
+                recon = model.decode(model.encode(x).mode())
+            with tempfile.TemporaryDirectory() as tmp:
+                grid = torch.cat([x, recon]).cpu()
+                t.log_artifact(
+                    save_grid(to_uint8(grid), Path(tmp) / "reconstructions.png", ncol=16)
+                )
+            t.log_params({"latent_mean": stats_cfg.latent_mean, "latent_std": stats_cfg.latent_std})
+            t.log_model(f"{KIND}-{spec.name}", ckpt_dir, config)
+    summary = {"kind": KIND, "name": spec.name, "checkpoint": str(ckpt_dir), "run_id": result_run}
+    return summary | {"wall_s": round(wall, 1), **metrics, "latent_std": list(stats_cfg.latent_std)}

@@ -1,0 +1,110 @@
+"""Train a CLIP (image and text towers) from scratch on the pairs with open_clip's loss.
+
+Checkpoint: checkpoints/clip/<preset>/ (model + ema safetensors, config.json holding the
+ClipConfig). Validation: image->text and text->image retrieval R@1 / R@5 on the val split,
+where a retrieved caption counts as right when its text equals the pair's caption (the
+built-in data repeats captions, so index equality would be too strict).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from models.clip import CLIP_PRESETS, ClipConfig, build_clip, clip_loss, make_tokenizer
+from tasks.checkpoint import dataclass_from_json, load_config, load_weights
+from tasks.pairs import load_split_pairs, to_float
+from tasks.tracking import Tracker
+from tasks.trainer import TrainConfig, init_distributed, pick_device, rank_slice, train
+from tasks.workspace import Workspace
+
+KIND = "clip"
+
+
+@dataclass(frozen=True)
+class ClipTrainSpec:
+    preset: str = "clip-tiny"  # key of CLIP_PRESETS
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            steps=600, batch_size=128, lr=1e-3, weight_decay=0.1, ema_decay=0.0
+        )
+    )
+
+    @property
+    def name(self) -> str:
+        return self.preset
+
+
+def load_clip(ckpt_dir: Path, device: torch.device | str = "cpu"):
+    """(CLIP model in eval mode, its ClipConfig) from a checkpoint."""
+    cfg = dataclass_from_json(ClipConfig, load_config(ckpt_dir)["clip"])
+    model = load_weights(ckpt_dir, build_clip(cfg), "ema")
+    return model.to(device).eval().requires_grad_(False), cfg
+
+
+@torch.no_grad()
+def retrieval_metrics(model, images: torch.Tensor, tokens: torch.Tensor, captions: list[str]):
+    """R@1 / R@5 both ways; images (N, 3, H, W) float, tokens (N, L)."""
+    image_f = model.encode_image(images, normalize=True)  # (N, E)
+    text_f = model.encode_text(tokens, normalize=True)  # (N, E)
+    sim = image_f @ text_f.T  # (N, N)
+    ids = {c: k for k, c in enumerate(dict.fromkeys(captions))}
+    label = torch.tensor([ids[c] for c in captions])  # caption class of each row
+    out = {}
+    for name, s in (("i2t", sim), ("t2i", sim.T)):
+        top = s.topk(min(5, s.shape[1]), dim=1).indices  # (N, 5)
+        hit = label[top] == label[:, None]
+        out[f"val_{name}_r1"] = hit[:, 0].float().mean().item()
+        out[f"val_{name}_r5"] = hit.any(dim=1).float().mean().item()
+    return out
+
+
+def train_clip(spec: ClipTrainSpec, workspace: Workspace, log=print) -> dict:
+    if spec.preset not in CLIP_PRESETS:
+        raise ValueError(f"unknown CLIP preset {spec.preset!r}; choose from {list(CLIP_PRESETS)}")
+    data = load_split_pairs(workspace.pairs, workspace.raw)
+    train_images, train_captions, _ = data["train"]
+    val_images, val_captions, _ = data["val"]
+    cfg = dataclasses.replace(CLIP_PRESETS[spec.preset], image_size=train_images.shape[1])
+    tokenizer = make_tokenizer(cfg)
+    train_tokens = tokenizer(train_captions)  # (N, L), once
+    val_tokens = tokenizer(val_captions[:512])
+    device = pick_device(spec.train.device)
+    info = init_distributed(device)
+    ckpt_dir = workspace.checkpoints / KIND / spec.name
+    config = {"kind": KIND, "preset": spec.preset, "clip": asdict(cfg)}
+
+    torch.manual_seed(spec.train.seed)
+    model = build_clip(cfg)
+
+    def loss_fn(net, step, micro, g):
+        per_micro = spec.train.batch_size // spec.train.grad_accum
+        idx = rank_slice(torch.randperm(len(train_images), generator=g)[:per_micro], info)
+        images = to_float(train_images[idx]).to(device)
+        image_f, text_f, logit_scale = net(images, train_tokens[idx].to(device))[:3]
+        return clip_loss(image_f, text_f, logit_scale), len(idx)
+
+    def validate(ema, step):
+        images = to_float(val_images[:512]).to(device)
+        return retrieval_metrics(ema, images, val_tokens.to(device), val_captions[:512])
+
+    def tracker(run_id, enabled):
+        return Tracker(workspace, "marble-train", f"{KIND}-{spec.name}", run_id, enabled)
+
+    result = train(
+        model, loss_fn, spec.train, ckpt_dir, config, tracker, validate, log=log, desc=KIND
+    )
+    if result.step > result.resumed_from and info.is_main:
+        with Tracker(workspace, "marble-train", f"{KIND}-{spec.name}", result.run_id) as t:
+            t.log_model(f"{KIND}-{spec.name}", ckpt_dir, config)
+    return {
+        "kind": KIND,
+        "name": spec.name,
+        "checkpoint": str(ckpt_dir),
+        "run_id": result.run_id,
+        "wall_s": round(result.wall_s, 1),
+        **result.metrics,
+    }

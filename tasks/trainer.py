@@ -1,0 +1,300 @@
+"""The one training loop every trainer uses (autoencoder, CLIP, diffusion).
+
+A trainer supplies a model and a `loss_fn(model, step, micro, generator) -> (loss, n_images)`
+that draws its own batch from `generator`. The generator is seeded by (seed, step, micro)
+alone, so the data order and every noise draw are functions of the step number: a run
+killed at any point and resumed from its last checkpoint ends bit-identical (on CPU) to an
+uninterrupted run. The loop owns the rest:
+
+- device (CUDA if present, else CPU), bf16 autocast on CUDA, optional torch.compile
+- AdamW (fused on CUDA), linear warmup then cosine decay, gradient clipping, accumulation
+- EMA of the weights (what sampling and validation use)
+- progress bar (loss, img/s), a log line and MLflow metrics every `log_every` steps
+- validation every `val_every` steps, atomic checkpoints every `ckpt_every` steps and at the end
+- DDP under torchrun: every rank draws the same batch indices and takes its own slice
+  (`rank_slice`), gradients are averaged, rank 0 alone writes checkpoints and MLflow
+- a non-finite loss stops the run with an error naming the step; the last checkpoint stays
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from tasks.checkpoint import load_state, load_weights, save_checkpoint
+from tasks.tracking import Tracker
+
+LossFn = Callable[[nn.Module, int, int, torch.Generator], tuple[Tensor, int]]
+ValidateFn = Callable[[nn.Module, int], dict[str, float]]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 64  # images per optimizer step, summed over ranks and micro-batches
+    lr: float = 1e-3  # peak learning rate
+    weight_decay: float = 0.0
+    warmup_steps: int = 50  # linear warmup, then cosine decay to min_lr_ratio * lr
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    grad_accum: int = 1  # micro-batches per optimizer step
+    ema_decay: float = 0.999  # 0 disables (the EMA is then the model itself)
+    log_every: int = 25
+    val_every: int = 0  # 0: validate at the end only
+    ckpt_every: int = 200
+    seed: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    compile: bool = False  # torch.compile the model (helps on GPU, not on 2 CPU cores)
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("steps, batch_size and grad_accum must be >= 1")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainResult:
+    step: int
+    ema: nn.Module  # the weights to use (EMA, or the model when EMA is off)
+    metrics: dict[str, float]  # last validation metrics
+    wall_s: float
+    images_per_s: float
+    run_id: str | None
+    resumed_from: int  # step the run resumed at (0: fresh start)
+
+
+# ---------------------------------------------------------------------------- devices, DDP
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world == 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size())
+
+
+def rank_slice(indices: Tensor, info: DistInfo) -> Tensor:
+    """This rank's share of a batch drawn identically on every rank."""
+    return indices[info.rank :: info.world]
+
+
+def step_generator(seed: int, step: int, micro: int = 0) -> torch.Generator:
+    """The generator for one micro-batch: a pure function of (seed, step, micro)."""
+    key = hashlib.sha256(f"{seed}:{step}:{micro}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(key[:8], "little") & (2**63 - 1))
+
+
+# ---------------------------------------------------------------------------- EMA, schedule
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
+        e.copy_(b)
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """Warm-up of the EMA decay ((1 + step) / (10 + step), capped): early weights fade fast."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine
+
+
+def settings_digest(config: dict[str, Any], cfg: TrainConfig) -> str:
+    blob = json.dumps({"config": config, "train": asdict(cfg)}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+def train(
+    model: nn.Module,
+    loss_fn: LossFn,
+    cfg: TrainConfig,
+    ckpt_dir: Path,
+    config: dict[str, Any],
+    tracker_factory: Callable[[str | None, bool], Tracker],
+    validate: ValidateFn | None = None,
+    on_checkpoint: Callable[[nn.Module, Path], None] | None = None,
+    log: Callable[[str], None] = print,
+    desc: str = "train",
+) -> TrainResult:
+    """Train `model` to `cfg.steps`, resuming from `ckpt_dir` when it holds a checkpoint.
+
+    config: JSON-able description that rebuilds the model (written to config.json).
+    tracker_factory(run_id, enabled): the MLflow run (resumed when run_id is given).
+    on_checkpoint(ema, ckpt_dir): called on the main rank after each checkpoint is written.
+    """
+    device = pick_device(cfg.device)
+    info = init_distributed(device)
+    model = model.to(device)
+    ema = copy.deepcopy(model).requires_grad_(False).eval() if cfg.ema_decay > 0 else model
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        fused=fused or None,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    settings = settings_digest(config, cfg)
+
+    step, run_id = 0, None
+    state = load_state(ckpt_dir)
+    if state is not None:
+        if state["settings"] != settings:
+            raise ValueError(
+                f"{ckpt_dir} holds a checkpoint trained with other settings; "
+                "delete it or choose another run name"
+            )
+        load_weights(ckpt_dir, model, "model")
+        if ema is not model:
+            load_weights(ckpt_dir, ema, "ema")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["cpu_rng"])
+        step, run_id = int(state["step"]), state.get("run_id")
+    resumed_from = step
+
+    train_model = model
+    if info.world > 1:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def checkpoint(tracker: Tracker) -> None:
+        if info.is_main:
+            modules = {"model": model} | ({"ema": ema} if ema is not model else {"ema": model})
+            state = {
+                "step": step,
+                "settings": settings,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "cpu_rng": torch.get_rng_state(),
+                "run_id": tracker.run_id,
+            }
+            save_checkpoint(ckpt_dir, modules, config, state)
+            if on_checkpoint is not None:
+                on_checkpoint(ema, ckpt_dir)
+        if info.world > 1:
+            dist.barrier()
+
+    metrics: dict[str, float] = {}
+    images, t_start = 0, time.perf_counter()
+    with tracker_factory(run_id, info.is_main) as tracker:
+        tracker.log_params({"train": asdict(cfg), "model": config, "world_size": info.world})
+        bar = tqdm(
+            total=cfg.steps, initial=step, desc=desc, disable=not info.is_main, mininterval=2.0
+        )
+        window_loss, window_images, window_t = 0.0, 0, time.perf_counter()
+        while step < cfg.steps:
+            model.train()
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for micro in range(cfg.grad_accum):
+                with autocast:
+                    loss, n = loss_fn(
+                        train_model, step, micro, step_generator(cfg.seed, step, micro)
+                    )
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"loss is {loss.item()} at step {step}; stopping. The last good "
+                        f"checkpoint (if any) is kept in {ckpt_dir}"
+                    )
+                (loss / cfg.grad_accum).backward()
+                step_loss += loss.item() / cfg.grad_accum
+                images += n * info.world
+                window_images += n * info.world
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            if ema is not model:
+                update_ema(ema, model, ema_decay_at(step, cfg.ema_decay))
+            step += 1
+            window_loss += step_loss
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                seconds = time.perf_counter() - window_t
+                n_steps = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
+                line = {
+                    "loss": window_loss / n_steps,
+                    "lr": scheduler.get_last_lr()[0],
+                    "img_per_s": window_images / max(seconds, 1e-9),
+                }
+                bar.set_postfix(loss=f"{line['loss']:.4f}", img_s=f"{line['img_per_s']:.0f}")
+                tracker.log_metrics(line, step)
+                window_loss, window_images, window_t = 0.0, 0, time.perf_counter()
+            if validate is not None and info.is_main:
+                if (cfg.val_every and step % cfg.val_every == 0) or step == cfg.steps:
+                    metrics = validate(ema, step)
+                    tracker.log_metrics(metrics, step)
+                    log(
+                        f"{desc} step {step}: "
+                        + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+                    )
+            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                checkpoint(tracker)
+        bar.close()
+        wall = time.perf_counter() - t_start
+        run_id = tracker.run_id
+    return TrainResult(
+        step=step,
+        ema=ema,
+        metrics=metrics,
+        wall_s=wall,
+        images_per_s=images / wall if images else 0.0,
+        run_id=run_id,
+        resumed_from=resumed_from,
+    )
