@@ -1,0 +1,261 @@
+"""Trainers: a few steps of each, overfitting, exact resume after SIGKILL, NaN handling, DDP,
+and what lands in MLflow."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tasks.checkpoint import load_config, load_state
+from tasks.tracking import Tracker
+from tasks.train_autoencoder import AutoencoderTrainSpec, train_autoencoder
+from tasks.train_clip import ClipTrainSpec, train_clip
+from tasks.train_diffusion import DiffusionTrainSpec, load_pipeline, train_diffusion
+from tasks.trainer import NonFiniteLossError, TrainConfig, train
+from tests.training_helpers import make_workspace, tiny_train
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One workspace with an autoencoder, a CLIP and a diffusion model, a few steps each."""
+    workspace = make_workspace(tmp_path_factory.mktemp("trained"))
+    summaries = {
+        "autoencoder": train_autoencoder(AutoencoderTrainSpec(train=tiny_train()), workspace),
+        "identity": train_autoencoder(AutoencoderTrainSpec(preset="identity"), workspace),
+        "clip": train_clip(ClipTrainSpec(train=tiny_train(ema_decay=0.0)), workspace),
+    }
+    summaries["diffusion"] = train_diffusion(DiffusionTrainSpec(train=tiny_train()), workspace)
+    return workspace, summaries
+
+
+def test_each_trainer_writes_a_checkpoint(trained):
+    workspace, s = trained
+    ae = load_config(workspace.checkpoints / "autoencoder" / "kl-f4")
+    assert len(ae["autoencoder"]["latent_mean"]) == 4 and len(ae["autoencoder"]["latent_std"]) == 4
+    assert load_state(workspace.checkpoints / "autoencoder" / "kl-f4")["step"] == 6
+    assert (
+        len(
+            load_config(workspace.checkpoints / "autoencoder" / "identity")["autoencoder"][
+                "latent_std"
+            ]
+        )
+        == 3
+    )
+    assert {"val_i2t_r1", "val_t2i_r5"} <= set(s["clip"])
+    assert "val_loss" in s["diffusion"]
+    pipe = load_pipeline(workspace, Path(s["diffusion"]["checkpoint"]))
+    images = pipe.generate(
+        ["a small red circle on the left, gray background"], [0], num_inference_steps=3
+    )
+    assert images.shape == (1, 3, 32, 32) and images.abs().max() <= 1
+
+
+def test_rerun_of_a_finished_training_is_a_no_op(trained):
+    workspace, s = trained
+    before = load_file(workspace.checkpoints / "clip" / "clip-tiny" / "ema.safetensors")
+    again = train_clip(ClipTrainSpec(train=tiny_train(ema_decay=0.0)), workspace)
+    assert again["run_id"] == s["clip"]["run_id"]
+    after = load_file(workspace.checkpoints / "clip" / "clip-tiny" / "ema.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_other_settings_on_an_existing_checkpoint_are_refused(trained):
+    workspace, _ = trained
+    with pytest.raises(ValueError, match="other settings"):
+        train_clip(ClipTrainSpec(train=tiny_train(ema_decay=0.0, lr=5e-3)), workspace)
+
+
+def test_mlflow_run_contents(trained):
+    import mlflow
+
+    workspace, s = trained
+    with Tracker(workspace, "marble-train", "probe"):  # sets the tracking URI
+        pass
+    run = mlflow.get_run(s["autoencoder"]["run_id"])
+    assert run.data.params["train.steps"] == "6"
+    assert run.data.params["model.preset"] == "kl-f4"
+    assert "loss" in run.data.metrics and "val_psnr" in run.data.metrics
+    assert run.data.tags["code_version"]
+    artifacts = [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)]
+    assert "reconstructions.png" in artifacts
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in history] == [2, 4, 6]
+    names = {m.name for m in mlflow.search_registered_models()}
+    assert {"autoencoder-kl-f4", "clip-clip-tiny", "diffusion-clip-tiny_unet-s_kl-f4"} <= names
+    diffusion_artifacts = [
+        a.path for a in mlflow.MlflowClient().list_artifacts(s["diffusion"]["run_id"])
+    ]
+    assert "samples.png" in diffusion_artifacts
+
+
+# ---------------------------------------------------------------------------- loop behaviour
+
+
+def _null_tracker(workspace):
+    return lambda run_id, enabled: Tracker(workspace, "marble-test", "loop", run_id, enabled=False)
+
+
+def test_loss_falls_on_a_fixed_batch(tmp_path):
+    """Overfit: the U-Net drives the diffusion loss on one fixed batch far below its start."""
+    from models.diffusion import diffusion_loss, make_alphas_cumprod, q_sample
+    from models.unet import UNET_PRESETS, UNet
+
+    torch.manual_seed(0)
+    unet = UNet(UNET_PRESETS["unet-s"])
+    ac = make_alphas_cumprod("cosine")
+    g = torch.Generator().manual_seed(0)
+    z0 = torch.randn(8, 4, 8, 8, generator=g)
+    context = torch.randn(8, 6, 128, generator=g)
+    t = torch.randint(100, 900, (8,), generator=g)
+    noise = torch.randn(z0.shape, generator=g)
+    losses = []
+
+    def loss_fn(net, step, micro, gen):
+        loss = diffusion_loss(net(q_sample(z0, t, noise, ac), t, context), noise, t, ac, "epsilon")
+        losses.append(loss.item())
+        return loss, 8
+
+    cfg = TrainConfig(
+        steps=60, batch_size=8, lr=2e-3, warmup_steps=5, ema_decay=0.0, ckpt_every=1000
+    )
+    train(unet, loss_fn, cfg, tmp_path / "ckpt", {}, _null_tracker(None))
+    assert sum(losses[-5:]) / 5 < 0.3 * sum(losses[:5]) / 5
+
+
+def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(tmp_path):
+    model = torch.nn.Linear(2, 1)
+
+    def loss_fn(net, step, micro, g):
+        out = net(torch.ones(1, 2)).sum()
+        return (out * float("nan") if step == 3 else out**2), 1
+
+    cfg = TrainConfig(steps=10, batch_size=1, ckpt_every=2, ema_decay=0.0, warmup_steps=1)
+    with pytest.raises(NonFiniteLossError, match="at step 3"):
+        train(model, loss_fn, cfg, tmp_path / "ckpt", {}, _null_tracker(None))
+    assert load_state(tmp_path / "ckpt")["step"] == 2
+
+
+# ---------------------------------------------------------------------------- resume, DDP
+
+RESUME_SCRIPT = textwrap.dedent(
+    """
+    import sys, torch
+    from pathlib import Path
+    import tasks
+    from tasks.workspace import Workspace
+    from tasks.train_diffusion import DiffusionTrainSpec, train_diffusion
+    from tasks.trainer import TrainConfig
+    torch.set_num_threads(1)
+    cfg = TrainConfig(steps=16, batch_size=8, lr=1e-3, warmup_steps=2, log_every=4, ckpt_every=2)
+    train_diffusion(DiffusionTrainSpec(autoencoder="identity", train=cfg), Workspace(Path(sys.argv[1])))
+    """
+)
+
+
+def _prepare_home(trained, root: Path):
+    workspace, _ = trained
+    shutil.copytree(workspace.raw, root / "data" / "raw")
+    for kind, name in (("clip", "clip-tiny"), ("autoencoder", "identity")):
+        shutil.copytree(workspace.checkpoints / kind / name, root / "checkpoints" / kind / name)
+    return root
+
+
+def test_sigkill_then_resume_is_bit_identical(trained, tmp_path):
+    script = tmp_path / "resume.py"
+    script.write_text(RESUME_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    straight = _prepare_home(trained, tmp_path / "straight")
+    subprocess.run([sys.executable, script, straight], check=True, env=env, capture_output=True)
+
+    killed = _prepare_home(trained, tmp_path / "killed")
+    state = killed / "checkpoints" / "diffusion" / "clip-tiny_unet-s_identity" / "state.pt"
+    proc = subprocess.Popen(
+        [sys.executable, script, killed],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists() and load_state(state.parent)["step"] >= 6:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert load_state(state.parent)["step"] < 16
+    subprocess.run([sys.executable, script, killed], check=True, env=env, capture_output=True)
+
+    for name in ("model", "ema"):
+        a = load_file(
+            straight
+            / "checkpoints"
+            / "diffusion"
+            / "clip-tiny_unet-s_identity"
+            / f"{name}.safetensors"
+        )
+        b = load_file(state.parent / f"{name}.safetensors")
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{name} weights differ after resume"
+
+
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import hashlib, os, sys, torch
+    from pathlib import Path
+    import tasks
+    from models.autoencoder import AE_PRESETS, autoencoder_loss, build_autoencoder
+    from tasks.trainer import TrainConfig, init_distributed, rank_slice, train, pick_device
+    from tasks.tracking import Tracker
+    torch.manual_seed(0)
+    model = build_autoencoder(AE_PRESETS["kl-f4"])
+    data = torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(1)).clamp(-1, 1)
+    info = init_distributed(pick_device("cpu"))
+    def loss_fn(net, step, micro, g):
+        idx = rank_slice(torch.randint(32, (8,), generator=g), info)
+        recon, post = net(data[idx], generator=g)
+        return autoencoder_loss(data[idx], recon, post)[0], len(idx)
+    cfg = TrainConfig(steps=4, batch_size=8, warmup_steps=1, ckpt_every=2, ema_decay=0.9)
+    out = Path(sys.argv[1])
+    tracker = lambda run_id, enabled: Tracker(None, "x", "x", run_id, enabled=False)
+    result = train(model, loss_fn, cfg, out / "ckpt", {}, tracker)
+    digest = hashlib.sha1(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
+    (out / f"rank{info.rank}.txt").write_text(digest)
+    """
+)
+
+
+def test_ddp_two_processes_end_with_identical_weights(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+        "GLOO_SOCKET_IFNAME": "lo",
+        "MASTER_ADDR": "127.0.0.1",
+    }
+    proc = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node=2", str(script), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "rank0.txt").read_text() == (tmp_path / "rank1.txt").read_text()
+    assert load_state(tmp_path / "ckpt")["step"] == 4
