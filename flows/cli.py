@@ -68,6 +68,42 @@ def _cmd_shapes_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    """One trainer, without Prefect: this is what `torchrun -m flows.cli train ...` runs."""
+    from tasks.train_autoencoder import AutoencoderTrainSpec, train_autoencoder
+    from tasks.train_clip import ClipTrainSpec, train_clip
+    from tasks.train_diffusion import DiffusionTrainSpec, train_diffusion
+    from tasks.workspace import Workspace
+
+    workspace = Workspace.from_env(args.home)
+    overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v}
+    overrides |= {"device": args.device, "seed": args.seed}
+    if args.kind == "autoencoder":
+        base = AutoencoderTrainSpec(preset=args.autoencoder)
+        spec = AutoencoderTrainSpec(preset=args.autoencoder, train=_merge(base.train, overrides))
+        summary = train_autoencoder(spec, workspace)
+    elif args.kind == "clip":
+        base = ClipTrainSpec(preset=args.text_encoder)
+        summary = train_clip(
+            ClipTrainSpec(preset=args.text_encoder, train=_merge(base.train, overrides)), workspace
+        )
+    else:
+        base = DiffusionTrainSpec()
+        spec = DiffusionTrainSpec(
+            text_encoder=args.text_encoder, unet=args.unet, autoencoder=args.autoencoder,
+            train=_merge(base.train, overrides),
+        )  # fmt: skip
+        summary = train_diffusion(spec, workspace)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _merge(cfg, overrides: dict):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **overrides)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="marble", description=__doc__)
     parser.add_argument("--home", help="workspace root (default: $MARBLE_HOME or ./marble-home)")
@@ -94,6 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--distributor", default="multiprocessing", choices=["multiprocessing", "pyspark", "ray"]
     )
     ing.set_defaults(func=_cmd_ingest)
+
+    tr = sub.add_parser("train", help="train one model directly (no Prefect; works under torchrun)")
+    tr.add_argument("kind", choices=["autoencoder", "clip", "diffusion"])
+    tr.add_argument("--autoencoder", default="kl-f4", help="autoencoder preset / checkpoint name")
+    tr.add_argument("--text-encoder", default="clip-tiny", help="CLIP preset / checkpoint name")
+    tr.add_argument("--unet", default="unet-s", help="U-Net preset")
+    tr.add_argument("--steps", type=int, help="optimizer steps (default: the trainer's)")
+    tr.add_argument("--batch-size", type=int)
+    tr.add_argument("--device", default="auto")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.set_defaults(func=_cmd_train)
 
     shapes = sub.add_parser("shapes", help="the built-in captioned-shapes data source")
     shapes_sub = shapes.add_subparsers(dest="shapes_command", required=True, metavar="ACTION")

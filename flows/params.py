@@ -52,6 +52,31 @@ class IngestParams(BaseModel):
     distributor: Literal["multiprocessing", "pyspark", "ray"] = "multiprocessing"
 
 
+class TrainingParams(BaseModel):
+    """What to train, and for how long. The grid is text encoders x U-Nets (x autoencoders)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    autoencoders: list[Literal["kl-f4", "kl-f4-dec-s", "kl-f4-dec-l", "kl-f8", "identity"]] = Field(
+        ["kl-f4"], min_length=1, description="autoencoder presets (identity = pixel-space control)"
+    )
+    text_encoders: list[Literal["clip-tiny", "clip-small", "clip-base"]] = Field(
+        ["clip-tiny", "clip-small"], min_length=1, description="CLIP sizes (text tower sweep axis)"
+    )
+    unets: list[Literal["unet-s", "unet-m", "unet-l"]] = Field(
+        ["unet-s", "unet-m"], min_length=1, description="U-Net sizes (noise predictor sweep axis)"
+    )
+    autoencoder_steps: int = Field(1500, ge=1, le=10_000_000)
+    clip_steps: int = Field(400, ge=1, le=10_000_000)
+    diffusion_steps: int = Field(1500, ge=1, le=10_000_000)
+    diffusion_batch_size: int = Field(64, ge=1, le=65536)
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
+    schedule: Literal["linear", "scaled_linear", "cosine"] = "cosine"
+    cond_dropout: float = Field(0.1, ge=0, le=1)
+    seed: int = Field(0, ge=0)
+    device: str = Field("auto", description='"auto", "cpu", "cuda" or "cuda:N"')
+
+
 class RunParams(BaseModel):
     """The main job on the built-in data: serve shapes, ingest, and every later stage."""
 
@@ -61,3 +86,4 @@ class RunParams(BaseModel):
         None, description="workspace root; default $MARBLE_HOME or ./marble-home"
     )
     shapes: ShapesParams = ShapesParams()
+    training: TrainingParams = TrainingParams()

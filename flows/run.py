@@ -1,7 +1,7 @@
 """Flow `run`: the main job on the built-in captioned shapes, start to end.
 
 Serves the shapes on 127.0.0.1, then runs each stage that exists so far:
-ingest -> (filter, train, evaluate: later issues).
+ingest -> train (autoencoder, CLIP encoders, diffusion grid) -> (filter, evaluate: later).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from prefect import flow
 
 from flows.ingest import download_pairs
 from flows.params import IngestParams, RunParams
+from flows.train import run_training
 from tasks.ingest import IngestConfig
 from tasks.shapes import FaultRates, ShapesSpec
 from tasks.shapes_server import serve_shapes
@@ -56,4 +57,8 @@ def run_flow(params: RunParams = RunParams()) -> dict:
         f"ingest: {manifest['total_status_counts']} in {manifest['raw_dir']} "
         f"({manifest['attempted']} fetched this run at {manifest['pairs_per_s']} pairs/s)"
     )
+    t0 = time.perf_counter()
+    trained = run_training(params.training, str(workspace.root))
+    stages.update(trained)
+    print(f"training: {len(trained)} models in {time.perf_counter() - t0:.0f} s")
     return {"workspace": str(workspace.root), "stages": stages, "spec": asdict(shapes_spec(params))}
