@@ -10,12 +10,18 @@ from pathlib import Path
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from flows.params import RunParams, ShapesParams
+    from flows.params import RunParams, ShapesParams, TrainingParams
     from flows.run import run_flow
 
     shapes = ShapesParams(n=args.n, image_size=args.image_size, seed=args.seed, port=args.port)
+    training = TrainingParams(
+        text_encoders=args.text_encoders.split(","),
+        unets=args.unets.split(","),
+        autoencoders=args.autoencoders.split(","),
+        **{k: v for k, v in vars(args).items() if k.endswith("_steps") and v is not None},
+    )
     t0 = time.perf_counter()
-    summary = run_flow(RunParams(home=args.home, shapes=shapes))
+    summary = run_flow(RunParams(home=args.home, shapes=shapes, training=training))
     elapsed = time.perf_counter() - t0
     print(f"\nmarble run finished in {elapsed:.0f} s; workspace: {summary['workspace']}")
     for name, stage in summary["stages"].items():
@@ -114,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--image-size", type=int, default=32)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--port", type=int, default=8737, help="loopback port of the shapes server")
+    run.add_argument("--text-encoders", default="clip-tiny,clip-small", help="comma-separated")
+    run.add_argument("--unets", default="unet-s,unet-m", help="comma-separated")
+    run.add_argument("--autoencoders", default="kl-f4", help="comma-separated")
+    run.add_argument("--autoencoder-steps", type=int)
+    run.add_argument("--clip-steps", type=int)
+    run.add_argument("--diffusion-steps", type=int)
     run.set_defaults(func=_cmd_run)
 
     ing = sub.add_parser("ingest", help="download a URL list (Parquet/CSV) into data/raw/")

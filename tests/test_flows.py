@@ -39,7 +39,11 @@ def test_main_job_runs_with_only_loopback(tmp_path):
     home = tmp_path / "home"
     marble = Path(sys.executable).with_name("marble")
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
-    script = f"ip link set lo up && exec {marble} --home {home} run --n 200 --port 0"
+    script = (
+        f"ip link set lo up && exec {marble} --home {home} run --n 200 --port 0 "
+        "--text-encoders clip-tiny --unets unet-s --autoencoder-steps 3 --clip-steps 3 "
+        "--diffusion-steps 3"
+    )
     proc = subprocess.run(
         ["unshare", "-n", "sh", "-c", script], capture_output=True, text=True, env=env, timeout=600
     )
@@ -48,3 +52,5 @@ def test_main_job_runs_with_only_loopback(tmp_path):
     assert manifest["accepted"] == 200
     assert manifest["total_status_counts"]["success"] == 200 - 3  # 0.5 % of 200, rounded, x3
     assert (home / "data" / "source" / "truth.parquet").exists()
+    for part in ("autoencoder/kl-f4", "clip/clip-tiny", "diffusion/clip-tiny_unet-s_kl-f4"):
+        assert (home / "checkpoints" / part / "config.json").exists()

@@ -1,0 +1,121 @@
+"""CLIP presets built from scratch, tokenizer, text hidden states, frozen conditioner, loss."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from models.clip import (
+    CLIP_PRESETS,
+    PARAM_COUNTS,
+    TextConditioner,
+    build_clip,
+    clip_loss,
+    encode_text_tokens,
+    make_tokenizer,
+)
+
+# Documented in models/clip.py; hard-coded here so that a change to a preset is noticed.
+DOCUMENTED_PARAM_COUNTS = {
+    "clip-tiny": 7_169_537,
+    "clip-small": 11_745_409,
+    "clip-base": 17_905_665,
+}
+CAPTIONS = ["a large red circle on the left", "", "a small blue square"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return CLIP_PRESETS["clip-tiny"], build_clip(CLIP_PRESETS["clip-tiny"])
+
+
+def test_param_counts_documented():
+    assert PARAM_COUNTS == DOCUMENTED_PARAM_COUNTS
+
+
+@pytest.mark.parametrize("name", sorted(CLIP_PRESETS))
+def test_every_preset_builds_with_documented_param_count(name):
+    model = build_clip(CLIP_PRESETS[name])
+    assert sum(p.numel() for p in model.parameters()) == DOCUMENTED_PARAM_COUNTS[name]
+
+
+def test_text_towers_differ_in_width_and_depth():
+    cfgs = [CLIP_PRESETS[name] for name in ("clip-tiny", "clip-small", "clip-base")]
+    assert len({c.text_width for c in cfgs}) == 3 and len({c.text_layers for c in cfgs}) == 3
+
+
+def test_build_is_deterministic_under_manual_seed():
+    cfg = CLIP_PRESETS["clip-tiny"]
+    torch.manual_seed(3)
+    a = build_clip(cfg).state_dict()
+    torch.manual_seed(3)
+    b = build_clip(cfg).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_tokenizer_is_open_clip_with_config_context_length(tiny):
+    cfg, _ = tiny
+    tokens = make_tokenizer(cfg)(CAPTIONS)
+    assert tokens.shape == (3, cfg.context_length) and tokens.dtype == torch.int64
+    assert tokens[1, :2].tolist() == [49406, 49407]  # "" is [SOT, EOT]
+    short = make_tokenizer(dataclasses.replace(cfg, context_length=4))(CAPTIONS[:1])
+    assert short.shape == (1, 4) and short[0, -1].item() == 49407  # truncated, EOT kept
+
+
+def test_text_hidden_states_and_mask(tiny):
+    cfg, model = tiny
+    tokens = make_tokenizer(cfg)(CAPTIONS)
+    hidden, mask = encode_text_tokens(model, tokens)
+    assert hidden.shape == (3, cfg.context_length, cfg.text_width)
+    assert mask.shape == (3, cfg.context_length) and mask.dtype == torch.bool
+    lengths = (tokens != 0).sum(1)  # no caption here contains token 0 ("!")
+    assert mask.sum(1).tolist() == lengths.tolist() == [9, 2, 6]
+    assert mask[:, 0].all() and not mask[1, 2:].any()
+    # Pooling our hidden states at EOT and projecting gives open_clip's own text features.
+    pooled = hidden[torch.arange(3), tokens.argmax(-1)] @ model.text_projection
+    torch.testing.assert_close(pooled, model.encode_text(tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_hidden_states_causal_so_padding_does_not_change_real_tokens(tiny):
+    cfg, model = tiny
+    tokens = make_tokenizer(cfg)(CAPTIONS[:1])
+    full, mask = encode_text_tokens(model, tokens)
+    trimmed, _ = encode_text_tokens(model, tokens[:, :12])  # shorter L also works
+    torch.testing.assert_close(full[:, :12], trimmed)
+
+
+def test_text_conditioner_is_frozen_copy(tiny):
+    cfg, model = tiny
+    conditioner = TextConditioner(model)
+    assert conditioner.width == cfg.text_width
+    assert all(not p.requires_grad for p in conditioner.parameters())
+    assert all(p.requires_grad for p in model.parameters())  # the CLIP itself is untouched
+    conditioner.train()
+    assert not conditioner.training
+    tokens = make_tokenizer(cfg)(CAPTIONS)
+    context, mask = conditioner(tokens)
+    hidden, expected_mask = encode_text_tokens(model, tokens)
+    torch.testing.assert_close(context, hidden)
+    assert torch.equal(mask, expected_mask) and not context.requires_grad
+    assert "token_embedding.weight" in conditioner.state_dict()
+
+
+def test_clip_loss_equal_logits_is_log_batch():
+    features = torch.nn.functional.normalize(torch.ones(5, 8), dim=-1)
+    loss = clip_loss(features, features, torch.tensor(100.0))
+    assert loss.item() == pytest.approx(math.log(5))
+
+
+def test_clip_loss_perfect_alignment_is_near_zero():
+    features = torch.eye(4)
+    assert clip_loss(features, features, torch.tensor(100.0)).item() < 1e-6
+
+
+def test_image_features_at_configured_size(tiny):
+    cfg, model = tiny
+    features = model.encode_image(torch.randn(2, 3, cfg.image_size, cfg.image_size))
+    assert features.shape == (2, cfg.embed_dim)
+    model64 = build_clip(dataclasses.replace(cfg, image_size=64))
+    assert model64.encode_image(torch.randn(1, 3, 64, 64)).shape == (1, cfg.embed_dim)
