@@ -173,3 +173,24 @@ def build_table(spec: ShapesSpec) -> ShapesTable:
             faults[i] = kind
         start += count
     return ShapesTable(scenes, true_captions, captions, wrong, faults)
+
+
+def write_as_raw_shard(spec: ShapesSpec, path, base_url: str = "http://127.0.0.1:1") -> None:
+    """Render `spec` straight into one raw-style Parquet shard, as if ingested without a
+    single failure: for tests and benchmarks that need pairs but not HTTP or img2dataset.
+    Faults in the spec are ignored."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks.ids import pair_id
+
+    table = build_table(spec)
+    urls = [f"{base_url}/shapes/{spec.seed}/{i}.png" for i in range(spec.n)]
+    rows = {
+        "pair_id": [pair_id(u, c) for u, c in zip(urls, table.captions, strict=True)],
+        "caption": table.captions,
+        "url": urls,
+        "status": ["success"] * spec.n,
+        "png": [render_png(spec, i) for i in range(spec.n)],
+    }
+    pq.write_table(pa.table(rows), path)

@@ -1,0 +1,171 @@
+"""Benchmark: attribute accuracy of guided samples against minutes of diffusion training,
+latent space (kl-f4 autoencoder) and pixel space (identity autoencoder) side by side.
+
+    .venv/bin/python bench/time_to_quality.py [--minutes 3] [--evals 6] [--n 5000]
+
+Builds a workspace of rendered captioned shapes (no HTTP; by default without wrong
+captions, i.e. as a perfect filter would leave them), trains the autoencoder and a
+clip-tiny text tower once, then trains one U-Net per space for a step count sized to
+`--minutes` of training on this machine. At evenly spaced steps it samples one image per
+prompt (DDIM 25 steps, guidance 4) for `--prompts` fresh scenes and scores them with the
+pixel attribute detector. The training clock excludes evaluation time.
+
+Writes bench/results/time_to_quality.{json,png} and a sample grid per space. Run it on an
+otherwise idle machine: two busy cores halve every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import tasks  # noqa: E402,F401
+from eval.detector import attribute_scores  # noqa: E402
+from tasks.plots import save_grid, to_uint8  # noqa: E402
+from tasks.shapes import FaultRates, ShapesSpec, sample_scene, write_as_raw_shard  # noqa: E402
+from tasks.train_autoencoder import AutoencoderTrainSpec, train_autoencoder  # noqa: E402
+from tasks.train_clip import ClipTrainSpec, train_clip  # noqa: E402
+from tasks.train_diffusion import DiffusionTrainSpec, train_diffusion  # noqa: E402
+from tasks.trainer import TrainConfig  # noqa: E402
+from tasks.workspace import Workspace  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "results"
+
+
+def prompts(n: int, seed: int = 99) -> list[str]:
+    """Fresh scenes (a seed the training data never used), one caption each."""
+    return [sample_scene(seed, i, 0.25)[0].caption(i % 3) for i in range(n)]
+
+
+def measure_speed(spec: DiffusionTrainSpec, workspace, steps: int = 15) -> float:
+    """Training steps per second of this spec on this machine (a throwaway short run)."""
+    probe = DiffusionTrainSpec(
+        **{
+            **spec.__dict__,
+            "train": TrainConfig(**{**spec.train.__dict__, "steps": steps, "ckpt_every": 10**9}),
+        }
+    )
+    t0 = time.perf_counter()
+    train_diffusion(probe, workspace, log=lambda *_: None)
+    elapsed = time.perf_counter() - t0
+    shutil.rmtree(workspace.checkpoints / "diffusion" / probe.name)
+    return steps / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--minutes", type=float, default=3.0, help="training minutes per model")
+    parser.add_argument("--evals", type=int, default=6, help="evaluation points per model")
+    parser.add_argument("--prompts", type=int, default=200)
+    parser.add_argument("--n", type=int, default=5000, help="training pairs")
+    parser.add_argument("--unet", default="unet-s")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--ae-steps", type=int, default=1500)
+    parser.add_argument("--clip-steps", type=int, default=400)
+    parser.add_argument("--spaces", default="kl-f4,identity")
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    OUT.mkdir(exist_ok=True)
+    eval_prompts = prompts(args.prompts)
+    curves: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        workspace = Workspace(Path(tmp) / "home")
+        workspace.raw.mkdir(parents=True)
+        spec = ShapesSpec(n=args.n, wrong_caption_fraction=0.0, faults=FaultRates(0, 0, 0, 0, 0))
+        write_as_raw_shard(spec, workspace.raw / "00000.parquet")
+        t0 = time.perf_counter()
+        train_clip(
+            ClipTrainSpec(
+                train=TrainConfig(
+                    steps=args.clip_steps, batch_size=128, lr=1e-3, weight_decay=0.1, ema_decay=0.0
+                )
+            ),
+            workspace,
+        )
+        clip_s = time.perf_counter() - t0
+        for space in args.spaces.split(","):
+            t0 = time.perf_counter()
+            ae_train = TrainConfig(steps=args.ae_steps, batch_size=64, lr=2e-3, ema_decay=0.995)
+            ae = train_autoencoder(AutoencoderTrainSpec(preset=space, train=ae_train), workspace)
+            ae_s = time.perf_counter() - t0
+            base = DiffusionTrainSpec(
+                unet=args.unet,
+                autoencoder=space,
+                train=TrainConfig(steps=10, batch_size=args.batch, lr=args.lr, ema_decay=0.995),
+            )
+            steps = max(args.evals, int(measure_speed(base, workspace) * args.minutes * 60))
+            every = max(1, steps // args.evals)
+            clock = {"eval_s": 0.0, "start": time.perf_counter()}
+            points: list[dict] = []
+
+            def validate_fn(pipe, step, points=points, clock=clock, space=space):
+                t_eval = time.perf_counter()
+                images = []
+                for i in range(0, len(eval_prompts), 100):
+                    batch = eval_prompts[i : i + 100]
+                    images.append(to_uint8(pipe.generate(batch, list(range(i, i + len(batch))))))
+                import numpy as np
+
+                images = np.concatenate(images)
+                scores = attribute_scores(images, eval_prompts)
+                train_min = (t_eval - clock["start"] - clock["eval_s"]) / 60
+                points.append({"step": step, "train_min": train_min, **scores})
+                print(
+                    f"{space} step {step}: {train_min:.2f} min, all-correct {scores['all_correct']:.3f}",
+                    flush=True,
+                )
+                save_grid(images[:32], OUT / f"samples_{space}.png", ncol=8)
+                clock["eval_s"] += time.perf_counter() - t_eval
+                return {f"attr_{k}": v for k, v in scores.items()}
+
+            spec = DiffusionTrainSpec(
+                unet=args.unet, autoencoder=space,
+                train=TrainConfig(steps=steps, batch_size=args.batch, lr=args.lr, ema_decay=0.995, val_every=every, ckpt_every=10**9),
+            )  # fmt: skip
+            train_diffusion(spec, workspace, validate_fn=validate_fn)
+            curves[space] = points
+            curves[f"{space}_setup"] = [
+                {
+                    "autoencoder_s": ae_s,
+                    "clip_s": clip_s,
+                    "steps": steps,
+                    **{k: v for k, v in ae.items() if k.startswith("val_")},
+                }
+            ]
+
+    (OUT / "time_to_quality.json").write_text(
+        json.dumps({"args": vars(args), "curves": curves}, indent=2)
+    )
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for space in args.spaces.split(","):
+        pts = curves[space]
+        label = "latent (kl-f4, 8x8x4)" if space != "identity" else "pixel (identity, 32x32x3)"
+        ax.plot(
+            [p["train_min"] for p in pts], [100 * p["all_correct"] for p in pts], "o-", label=label
+        )
+    ax.axhline(80, color="gray", ls="--", lw=0.8)
+    ax.set_xlabel("diffusion training, minutes (2-core CPU)")
+    ax.set_ylabel("all attributes correct, %")
+    ax.set_title(f"{args.unet}, {args.prompts} prompts, DDIM 25, guidance 4")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(OUT / "time_to_quality.png", dpi=100)
+    print(json.dumps({k: v[-1] for k, v in curves.items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
