@@ -4,8 +4,10 @@ autoencoder decoder. Pure compute; loading the parts from checkpoints is a task'
     pipe = TextToImage(unet, autoencoder, text, tokenizer, alphas_cumprod, "epsilon")
     images = pipe.generate(captions, seeds, guidance_scale=4.0)   # (B, 3, H, W) in [-1, 1]
 
-Image k depends only on (caption k, seed k) and the settings: the initial noise comes from a
-per-image generator (`randn_per_image`), so batch size never changes an image.
+Image k depends only on (caption k, seed k) and the settings: the initial noise (and any
+ancestral noise) comes from a per-image generator (`randn_per_image`), so the batch size
+changes an image only by float rounding (CPU matmul kernels round differently per batch size;
+the same batch twice is bit-identical).
 """
 
 from __future__ import annotations

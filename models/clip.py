@@ -1,0 +1,181 @@
+"""Contrastive image-text encoders built from scratch with open_clip (Radford et al. 2021),
+and the text tower as a frozen conditioning encoder for the U-Net.
+
+Shapes: B batch, L = context_length tokens, D = text width, E = embed_dim.
+
+The tokenizer is open_clip's own `SimpleTokenizer` (the CLIP BPE vocabulary, shipped in the
+package): [SOT] tokens [EOT] then zero padding, truncated to `context_length` with the EOT
+kept.  EOT has the largest id in the vocabulary, so a row's EOT position is `argmax`, the
+same rule open_clip uses to pool the text features; the padding mask is every position up to
+and including it.
+
+Presets (`CLIP_PRESETS`; the text tower is the sweep axis, so the vision tower is the same in
+all three: ViT, 2 layers, width 128, 4 heads, patch 4; image_size 32 by default, change it
+with `dataclasses.replace`, which changes only the vision position table).  Most of each
+text tower's parameters are its 49,408-row token table.  `PARAM_COUNTS` holds the numbers:
+
+| preset     | E   | text D | layers | heads | vision tower | text (conditioner) | parameters |
+| ---------- | --- | ------ | ------ | ----- | ------------ | ------------------ | ---------- |
+| clip-tiny  | 128 | 128    | 2      | 2     | 428,032      | 6,725,120          | 7,169,537  |
+| clip-small | 192 | 192    | 4      | 3     | 436,224      | 11,272,320         | 11,745,409 |
+| clip-base  | 256 | 256    | 6      | 4     | 444,416      | 17,395,712         | 17,905,665 |
+
+"vision tower" differs only in its projection to E; "text (conditioner)" is what
+`TextConditioner` keeps (token table, positions, transformer, ln_final; no projection).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.tokenizer import SimpleTokenizer
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    embed_dim: int  # E: width of the shared image-text embedding
+    text_width: int  # D: width of the text tower (the U-Net's context_dim)
+    text_layers: int  # text transformer depth
+    text_heads: int  # text attention heads
+    image_size: int = 32  # square input side, pixels
+    patch_size: int = 4  # ViT patch side, pixels
+    vision_width: int = 128  # ViT width
+    vision_layers: int = 2  # ViT depth
+    vision_heads: int = 4  # ViT attention heads
+    context_length: int = 32  # L: tokens per caption, SOT and EOT included
+    vocab_size: int = 49408  # open_clip's BPE vocabulary, SOT/EOT included
+
+    def __post_init__(self):
+        if self.vision_width % self.vision_heads or self.text_width % self.text_heads:
+            raise ValueError("widths must be divisible by their head counts")
+        if self.image_size % self.patch_size:
+            raise ValueError("image_size must be a multiple of patch_size")
+
+
+CLIP_PRESETS: dict[str, ClipConfig] = {
+    "clip-tiny": ClipConfig(embed_dim=128, text_width=128, text_layers=2, text_heads=2),
+    "clip-small": ClipConfig(embed_dim=192, text_width=192, text_layers=4, text_heads=3),
+    "clip-base": ClipConfig(embed_dim=256, text_width=256, text_layers=6, text_heads=4),
+}
+
+PARAM_COUNTS: dict[str, int] = {
+    "clip-tiny": 7_169_537,
+    "clip-small": 11_745_409,
+    "clip-base": 17_905_665,
+}
+
+# ----------------------------------------------------------------------------
+# Building and tokenizing
+
+
+def build_clip(cfg: ClipConfig) -> open_clip.CLIP:
+    """A randomly initialised open_clip CLIP (no download); deterministic under
+    torch.manual_seed."""
+    vision_cfg = open_clip.CLIPVisionCfg(
+        layers=cfg.vision_layers,
+        width=cfg.vision_width,
+        head_width=cfg.vision_width // cfg.vision_heads,
+        patch_size=cfg.patch_size,
+        image_size=cfg.image_size,
+    )
+    text_cfg = open_clip.CLIPTextCfg(
+        context_length=cfg.context_length,
+        vocab_size=cfg.vocab_size,
+        width=cfg.text_width,
+        heads=cfg.text_heads,
+        layers=cfg.text_layers,
+    )
+    return open_clip.CLIP(cfg.embed_dim, vision_cfg=vision_cfg, text_cfg=text_cfg)
+
+
+@functools.lru_cache(maxsize=4)
+def _simple_tokenizer(context_length: int) -> SimpleTokenizer:
+    return SimpleTokenizer(context_length=context_length)  # reads the packaged BPE table once
+
+
+def make_tokenizer(cfg: ClipConfig) -> Callable[[list[str]], Tensor]:
+    """list[str] -> (B, context_length) int64, open_clip's CLIP tokenizer."""
+    return _simple_tokenizer(cfg.context_length)
+
+
+def token_mask(tokens: Tensor) -> Tensor:
+    """(B, L) token ids -> (B, L) bool, True up to and including each row's EOT."""
+    eot_index = tokens.argmax(dim=-1)  # (B,): EOT is the largest id
+    positions = torch.arange(tokens.shape[1], device=tokens.device)  # (L,)
+    return positions[None, :] <= eot_index[:, None]
+
+
+# ----------------------------------------------------------------------------
+# Text tower as a conditioning encoder
+
+
+def _text_hidden_states(tower: nn.Module, tokens: Tensor) -> Tensor:
+    """Token embedding + positions, causal transformer, ln_final: the steps of open_clip's
+    `CLIP.encode_text` before pooling.  tokens (B, L), L <= context_length -> (B, L, D)."""
+    length = tokens.shape[1]
+    cast_dtype = tower.transformer.get_cast_dtype()
+    x = tower.token_embedding(tokens).to(cast_dtype)  # (B, L, D)
+    x = x + tower.positional_embedding[:length].to(cast_dtype)
+    attn_mask = tower.attn_mask
+    if attn_mask is not None:
+        attn_mask = attn_mask[:length, :length]  # (L, L) causal, -inf above the diagonal
+    x = tower.transformer(x, attn_mask=attn_mask)  # (B, L, D)
+    return tower.ln_final(x)
+
+
+def _text_tower(clip_model: nn.Module) -> nn.Module:
+    """open_clip.CLIP keeps the text modules on itself; CustomTextCLIP keeps them in `.text`."""
+    return getattr(clip_model, "text", clip_model)
+
+
+def encode_text_tokens(clip_model: nn.Module, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    """tokens (B, L) -> hidden states after ln_final (B, L, D) and the mask (B, L) bool,
+    True = real token (SOT, words and EOT).  Padded positions hold values; mask them."""
+    return _text_hidden_states(_text_tower(clip_model), tokens), token_mask(tokens)
+
+
+class TextConditioner(nn.Module):
+    """A frozen copy of a CLIP's text tower: forward(tokens (B, L)) -> (context (B, L, D),
+    mask (B, L) bool).  Always in eval mode, no gradients; the CLIP passed in is untouched."""
+
+    def __init__(self, clip_model: nn.Module):
+        super().__init__()
+        tower = _text_tower(clip_model)
+        self.token_embedding = copy.deepcopy(tower.token_embedding)
+        self.positional_embedding = copy.deepcopy(tower.positional_embedding)
+        self.transformer = copy.deepcopy(tower.transformer)
+        self.ln_final = copy.deepcopy(tower.ln_final)
+        self.register_buffer("attn_mask", tower.attn_mask, persistent=False)
+        self.width: int = self.token_embedding.embedding_dim  # D
+        self.context_length: int = self.positional_embedding.shape[0]
+        self.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> TextConditioner:
+        return super().train(False)  # frozen: dropout and the like stay off
+
+    @torch.no_grad()
+    def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """tokens (B, L) -> (context (B, L, D), mask (B, L) bool)."""
+        return _text_hidden_states(self, tokens), token_mask(tokens)
+
+
+# ----------------------------------------------------------------------------
+# Contrastive loss
+
+
+def clip_loss(image_features: Tensor, text_features: Tensor, logit_scale: Tensor) -> Tensor:
+    """Symmetric InfoNCE (Radford et al. 2021, Fig. 3): cross-entropy of image->text and
+    text->image logits, averaged.  Features (B, E), L2-normalised by the caller
+    (`encode_image(..., normalize=True)`); logit_scale is the multiplier, i.e. already
+    exponentiated, as open_clip's forward returns it."""
+    logits = logit_scale * image_features @ text_features.T  # (B, B)
+    labels = torch.arange(len(logits), device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
