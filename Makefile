@@ -43,6 +43,8 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/time_to_quality.py
 
 clean-home:
 	rm -rf marble-home
