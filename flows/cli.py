@@ -74,6 +74,17 @@ def _cmd_shapes_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_filter(args: argparse.Namespace) -> int:
+    from flows.filter import filter_flow
+    from flows.params import FilterParams
+
+    params = FilterParams(
+        model=args.model, keep=args.keep, threshold=args.threshold, top_fraction=args.top_fraction
+    )
+    print(json.dumps(filter_flow(params, home=args.home), indent=2))
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     """One trainer, without Prefect: this is what `torchrun -m flows.cli train ...` runs."""
     from tasks.train_autoencoder import AutoencoderTrainSpec, train_autoencoder
@@ -142,6 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--distributor", default="multiprocessing", choices=["multiprocessing", "pyspark", "ray"]
     )
     ing.set_defaults(func=_cmd_ingest)
+
+    fil = sub.add_parser("filter", help="score raw pairs by CLIP similarity, keep those that fit")
+    fil.add_argument(
+        "--model", help="openclip:ARCH:TAG or marble:NAME (default: train a filter CLIP)"
+    )
+    fil.add_argument("--keep", default="otsu", choices=["otsu", "threshold", "top_fraction"])
+    fil.add_argument("--threshold", type=float, default=0.28)
+    fil.add_argument("--top-fraction", type=float, default=0.3)
+    fil.set_defaults(func=_cmd_filter)
 
     tr = sub.add_parser("train", help="train one model directly (no Prefect; works under torchrun)")
     tr.add_argument("kind", choices=["autoencoder", "clip", "diffusion"])

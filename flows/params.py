@@ -66,15 +66,38 @@ class TrainingParams(BaseModel):
     unets: list[Literal["unet-s", "unet-m", "unet-l"]] = Field(
         ["unet-s", "unet-m"], min_length=1, description="U-Net sizes (noise predictor sweep axis)"
     )
-    autoencoder_steps: int = Field(1500, ge=1, le=10_000_000)
-    clip_steps: int = Field(400, ge=1, le=10_000_000)
-    diffusion_steps: int = Field(1500, ge=1, le=10_000_000)
+    autoencoder_steps: int = Field(800, ge=1, le=10_000_000)
+    clip_steps: int = Field(300, ge=1, le=10_000_000)
+    diffusion_steps: int = Field(300, ge=1, le=10_000_000)
     diffusion_batch_size: int = Field(64, ge=1, le=65536)
-    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "v_prediction"
+    min_snr_gamma: float | None = Field(
+        5.0, gt=0, description="min-SNR loss weighting; empty = plain MSE"
+    )
     schedule: Literal["linear", "scaled_linear", "cosine"] = "cosine"
     cond_dropout: float = Field(0.1, ge=0, le=1)
     seed: int = Field(0, ge=0)
     device: str = Field("auto", description='"auto", "cpu", "cuda" or "cuda:N"')
+
+
+class FilterParams(BaseModel):
+    """Score every raw pair by CLIP image-caption similarity and keep the ones that fit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(
+        None,
+        description='"openclip:ARCH:TAG" (pretrained weights already on disk), "marble:NAME" '
+        "(a marble CLIP checkpoint), or empty: train a small filter CLIP on the raw pairs",
+    )
+    keep: Literal["otsu", "threshold", "top_fraction"] = Field(
+        "otsu", description="otsu: cut between the two modes of the similarity histogram"
+    )
+    threshold: float = Field(0.28, ge=-1, le=1, description='for keep="threshold"')
+    top_fraction: float = Field(0.3, gt=0, le=1, description='for keep="top_fraction"')
+    filter_clip_steps: int = Field(300, ge=1, le=10_000_000)
+    val_fraction: float = Field(0.05, ge=0, lt=1)
+    device: str = "auto"
 
 
 class RunParams(BaseModel):
@@ -86,4 +109,5 @@ class RunParams(BaseModel):
         None, description="workspace root; default $MARBLE_HOME or ./marble-home"
     )
     shapes: ShapesParams = ShapesParams()
+    filter: FilterParams = FilterParams()
     training: TrainingParams = TrainingParams()

@@ -1,7 +1,7 @@
 """Flow `run`: the main job on the built-in captioned shapes, start to end.
 
 Serves the shapes on 127.0.0.1, then runs each stage that exists so far:
-ingest -> train (autoencoder, CLIP encoders, diffusion grid) -> (filter, evaluate: later).
+ingest -> filter -> train (autoencoder, CLIP encoders, diffusion grid) -> (evaluate: later).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from dataclasses import asdict
 
 from prefect import flow
 
+from flows.filter import filter_task
 from flows.ingest import download_pairs
 from flows.params import IngestParams, RunParams
 from flows.train import run_training
@@ -56,6 +57,12 @@ def run_flow(params: RunParams = RunParams()) -> dict:
     print(
         f"ingest: {manifest['total_status_counts']} in {manifest['raw_dir']} "
         f"({manifest['attempted']} fetched this run at {manifest['pairs_per_s']} pairs/s)"
+    )
+    t0 = time.perf_counter()
+    kept = filter_task(params.filter, str(workspace.root))
+    stages["filter"] = {**kept, "stage_s": round(time.perf_counter() - t0, 1)}
+    print(
+        f"filter: kept {kept['kept']} of {kept['scored']} pairs ({kept.get('wrong_dropped_recall', '-')} of wrong captions dropped)"
     )
     t0 = time.perf_counter()
     trained = run_training(params.training, str(workspace.root))

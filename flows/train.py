@@ -67,12 +67,13 @@ def training_specs(params: TrainingParams):
             autoencoder=ae,
             schedule=params.schedule,
             prediction_type=params.prediction_type,
+            min_snr_gamma=params.min_snr_gamma,
             cond_dropout=params.cond_dropout,
             train=TrainConfig(
                 steps=params.diffusion_steps,
                 batch_size=params.diffusion_batch_size,
-                lr=1e-3,
-                ema_decay=0.995,
+                lr=2e-3,
+                ema_decay=0.99,
                 **common,
             ),
         )

@@ -133,7 +133,11 @@ def load_split_pairs(
     """
     from tasks.ids import split_of
 
-    if Path(pairs_dir).is_dir() and any(Path(pairs_dir).glob("*.parquet")):
+    if (
+        pairs_dir is not None
+        and Path(pairs_dir).is_dir()
+        and any(Path(pairs_dir).glob("*.parquet"))
+    ):
         return {split: load_all_pairs(pairs_dir, split) for split in ("train", "val")}
     images, captions, ids = load_all_pairs(raw_dir)
     out = {}

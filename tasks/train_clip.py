@@ -27,6 +27,8 @@ KIND = "clip"
 @dataclass(frozen=True)
 class ClipTrainSpec:
     preset: str = "clip-tiny"  # key of CLIP_PRESETS
+    raw_pairs: bool = False  # train on data/raw even when filtered pairs exist (the filter CLIP)
+    prefix: str = ""  # checkpoint name prefix, e.g. "filter-"
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             steps=600, batch_size=128, lr=1e-3, weight_decay=0.1, ema_decay=0.0
@@ -35,7 +37,7 @@ class ClipTrainSpec:
 
     @property
     def name(self) -> str:
-        return self.preset
+        return f"{self.prefix}{self.preset}"
 
 
 def load_clip(ckpt_dir: Path, device: torch.device | str = "cpu"):
@@ -65,7 +67,7 @@ def retrieval_metrics(model, images: torch.Tensor, tokens: torch.Tensor, caption
 def train_clip(spec: ClipTrainSpec, workspace: Workspace, log=print) -> dict:
     if spec.preset not in CLIP_PRESETS:
         raise ValueError(f"unknown CLIP preset {spec.preset!r}; choose from {list(CLIP_PRESETS)}")
-    data = load_split_pairs(workspace.pairs, workspace.raw)
+    data = load_split_pairs(None if spec.raw_pairs else workspace.pairs, workspace.raw)
     train_images, train_captions, _ = data["train"]
     val_images, val_captions, _ = data["val"]
     cfg = dataclasses.replace(CLIP_PRESETS[spec.preset], image_size=train_images.shape[1])
@@ -75,7 +77,12 @@ def train_clip(spec: ClipTrainSpec, workspace: Workspace, log=print) -> dict:
     device = pick_device(spec.train.device)
     info = init_distributed(device)
     ckpt_dir = workspace.checkpoints / KIND / spec.name
-    config = {"kind": KIND, "preset": spec.preset, "clip": asdict(cfg)}
+    config = {
+        "kind": KIND,
+        "preset": spec.preset,
+        "clip": asdict(cfg),
+        "raw_pairs": spec.raw_pairs,
+    }
 
     torch.manual_seed(spec.train.seed)
     model = build_clip(cfg)

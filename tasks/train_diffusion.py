@@ -47,12 +47,14 @@ class DiffusionTrainSpec:
     autoencoder: str = "kl-f4"  # checkpoint under checkpoints/autoencoder/ ("identity": pixels)
     schedule: Literal["linear", "scaled_linear", "cosine"] = "cosine"
     num_train_timesteps: int = 1000
-    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
-    min_snr_gamma: float | None = None  # Hang et al. 2023 loss weighting; None = plain MSE
+    # v-prediction with min-SNR-5 weighting learned far faster than plain ε on 8x8x4 latents
+    # (measured here: recognisable objects after 800 steps instead of noise).
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "v_prediction"
+    min_snr_gamma: float | None = 5.0  # Hang et al. 2023 loss weighting; None = plain MSE
     cond_dropout: float = 0.1  # caption replaced by "" with this probability
     guidance_scale: float = 4.0  # for the validation sample grid
     train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(steps=2000, batch_size=64, lr=1e-3, ema_decay=0.995)
+        default_factory=lambda: TrainConfig(steps=2000, batch_size=64, lr=2e-3, ema_decay=0.99)
     )
 
     @property

@@ -34,7 +34,7 @@ def test_cli_lists_every_subcommand():
     out = subprocess.run(
         [sys.executable, "-m", "flows.cli", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for command in ("run", "ingest", "train", "shapes"):
+    for command in ("run", "ingest", "filter", "train", "shapes"):
         assert f"    {command} " in out
 
 

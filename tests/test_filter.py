@@ -1,0 +1,103 @@
+"""CLIP filter: direct scores, reruns, stable splits, clear errors, wrong captions dropped."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from eval.threshold import otsu_threshold
+from models.clip import make_tokenizer
+from tasks.filter import FilterConfig, FilterModelError, filter_pairs, load_pretrained_openclip
+from tasks.ids import split_of
+from tasks.pairs import ParquetPairs
+from tasks.shapes import FaultRates, ShapesSpec, build_table, write_as_raw_shard
+from tasks.shapes_server import write_source_tables
+from tasks.train_clip import load_clip
+from tasks.workspace import Workspace
+
+pytestmark = pytest.mark.slow
+
+
+def test_otsu_splits_two_clusters():
+    values = np.r_[np.full(30, 0.1), np.full(70, 0.5)]
+    t = otsu_threshold(values)
+    assert 0.1 < t <= 0.5
+    assert ((values >= t) == (values == 0.5)).all()
+    with pytest.raises(ValueError):
+        otsu_threshold(np.ones(5))
+
+
+@pytest.fixture(scope="module")
+def filtered(tmp_path_factory):
+    """1200 pairs, 20 % wrong captions, truth alongside; filter CLIP trained on them."""
+    workspace = Workspace(tmp_path_factory.mktemp("filter") / "home")
+    spec = ShapesSpec(n=1200, seed=3, faults=FaultRates(0, 0, 0, 0, 0))
+    workspace.raw.mkdir(parents=True)
+    write_as_raw_shard(spec, workspace.raw / "00000.parquet")
+    workspace.source.mkdir(parents=True)
+    write_source_tables(spec, build_table(spec), "http://127.0.0.1:1", workspace.source)
+    cfg = FilterConfig(filter_clip_steps=80, workers=0)
+    return workspace, cfg, filter_pairs(cfg, workspace)
+
+
+def test_wrong_captions_are_dropped_and_right_ones_kept(filtered):
+    _, _, summary = filtered
+    # a fast, looser check (1,200 pairs, 80 steps: 0.77 and 1.0 measured); the README reports
+    # the full-size figures (5,000 pairs, 300 steps)
+    assert summary["wrong_dropped_recall"] >= 0.65
+    assert summary["right_kept"] >= 0.95
+    assert summary["drop_precision"] >= 0.95
+    assert summary["scored"] == 1200
+
+
+def test_scores_equal_a_direct_computation(filtered):
+    workspace, _, _ = filtered
+    scores = pq.read_table(workspace.scores / "scores.parquet").to_pylist()
+    model, cfg = load_clip(workspace.checkpoints / "clip" / "filter-clip-tiny")
+    ds = ParquetPairs(workspace.raw)
+    by_id = {r["pair_id"]: r for r in scores}
+    for i in (0, 17, 311):
+        image, caption, pid = ds[i]
+        with torch.no_grad():
+            a = model.encode_image(image[None], normalize=True)
+            b = model.encode_text(make_tokenizer(cfg)([caption]), normalize=True)
+        assert by_id[pid]["similarity"] == pytest.approx((a * b).sum().item(), abs=1e-5)
+        assert by_id[pid]["filter_model"] == "marble:filter-clip-tiny"
+
+
+def test_outputs_kept_rows_and_stable_split(filtered):
+    workspace, _, summary = filtered
+    scores = pq.read_table(workspace.scores / "scores.parquet")
+    pairs = pq.read_table(workspace.pairs).to_pylist()
+    kept_ids = {r["pair_id"] for r in scores.to_pylist() if r["kept"]}
+    assert {r["pair_id"] for r in pairs} == kept_ids and len(pairs) == summary["kept"]
+    assert all(r["split"] == split_of(r["pair_id"]) for r in pairs)
+    assert all(r["png"] for r in pairs)
+    val = sum(r["split"] == "val" for r in pairs) / len(pairs)
+    assert 0.01 < val < 0.12
+
+
+def test_rerun_gives_identical_output(filtered):
+    workspace, cfg, _ = filtered
+    before = pq.read_table(workspace.scores / "scores.parquet")
+    pairs_before = pq.read_table(workspace.pairs)
+    filter_pairs(cfg, workspace)  # the filter CLIP is reused (finished training is a no-op)
+    assert pq.read_table(workspace.scores / "scores.parquet").equals(before)
+    assert pq.read_table(workspace.pairs).equals(pairs_before)
+
+
+def test_pretrained_name_without_weights_is_a_clear_error(tmp_path):
+    with pytest.raises(FilterModelError, match="not on this machine"):
+        load_pretrained_openclip("RN50", "openai", "cpu", cache_dir=str(tmp_path))
+    with pytest.raises(FilterModelError, match="no architecture"):
+        load_pretrained_openclip("NoSuchNet", "x", "cpu")
+
+
+def test_unknown_model_spec_is_refused(filtered):
+    workspace, _, _ = filtered
+    with pytest.raises(FilterModelError, match="openclip:ARCH:TAG or marble:NAME"):
+        filter_pairs(FilterConfig(model="ViT-B-32"), workspace)
+    with pytest.raises(FilterModelError, match="no marble CLIP checkpoint"):
+        filter_pairs(FilterConfig(model="marble:nope"), workspace)
