@@ -43,6 +43,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/filter.py
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/time_to_quality.py
 

@@ -13,7 +13,7 @@ from prefect import flow
 
 from flows.filter import filter_task
 from flows.ingest import download_pairs
-from flows.params import IngestParams, RunParams
+from flows.params import RunParams
 from flows.train import run_training
 from tasks.ingest import IngestConfig
 from tasks.shapes import FaultRates, ShapesSpec
@@ -42,14 +42,7 @@ def run_flow(params: RunParams = RunParams()) -> dict:
         host = source.base_url.removeprefix("http://")
         print(f"serving {params.shapes.n} captioned shapes at {source.base_url}")
         cfg = IngestConfig(
-            url_list=source.url_list,
-            image_size=params.shapes.image_size,
-            allowed_hosts=(host,),
-            **{
-                k: v
-                for k, v in IngestParams(url_list="-").model_dump().items()
-                if k not in ("url_list", "image_size")
-            },
+            url_list=source.url_list, image_size=params.shapes.image_size, allowed_hosts=(host,)
         )
         t0 = time.perf_counter()
         manifest = download_pairs(cfg, str(workspace.root))

@@ -14,6 +14,7 @@ whole text-to-image pipeline from it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import tempfile
@@ -66,10 +67,15 @@ class DiffusionTrainSpec:
 
 
 def encode_training_set(workspace: Workspace, spec: DiffusionTrainSpec, device) -> dict:
-    """Latent posteriors and caption states of every train/val pair, cached on disk."""
+    """Latent posteriors and caption states of every train/val pair, cached on disk and keyed
+    by both encoders' checkpoint digests and the pair_ids of each split."""
     ae_dir = workspace.checkpoints / "autoencoder" / spec.autoencoder
     clip_dir = workspace.checkpoints / "clip" / spec.text_encoder
-    key = f"{ckpt.digest(ae_dir)}-{ckpt.digest(clip_dir)}"
+    data = load_split_pairs(workspace.pairs, workspace.raw)
+    pairs_key = hashlib.sha1(
+        json.dumps({split: d[2] for split, d in data.items()}).encode()
+    ).hexdigest()[:12]  # the pairs themselves: a new filter result means a new cache
+    key = f"{ckpt.digest(ae_dir)}-{ckpt.digest(clip_dir)}-{pairs_key}"
     path = workspace.root / "cache" / f"encoded-{key}.safetensors"
     if path.exists():
         tensors = load_file(path)
@@ -80,7 +86,6 @@ def encode_training_set(workspace: Workspace, spec: DiffusionTrainSpec, device) 
     clip_model, clip_cfg = load_clip(clip_dir, device)
     text = TextConditioner(clip_model).to(device)
     tokenizer = make_tokenizer(clip_cfg)
-    data = load_split_pairs(workspace.pairs, workspace.raw)
     captions = list(dict.fromkeys(data["train"][1] + data["val"][1] + [""]))
     index = {c: k for k, c in enumerate(captions)}
     tensors: dict[str, torch.Tensor] = {}
