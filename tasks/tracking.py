@@ -122,6 +122,16 @@ class Tracker:
         return model.model_id
 
 
+def training_tracker(workspace: Workspace, kind: str, name: str):
+    """Tracker factory for one model's training: (run_id, enabled) -> Tracker, one MLflow run
+    named <kind>-<name> in the experiment marble-train, resumable by run id."""
+
+    def factory(run_id: str | None = None, enabled: bool = True) -> Tracker:
+        return Tracker(workspace, "marble-train", f"{kind}-{name}", run_id, enabled)
+
+    return factory
+
+
 def _psutil_available() -> bool:
     try:
         import psutil  # noqa: F401

@@ -19,7 +19,7 @@ from models.autoencoder import AE_PRESETS, autoencoder_loss, build_autoencoder, 
 from tasks.checkpoint import dataclass_from_json, load_config, load_weights
 from tasks.pairs import load_split_pairs, to_float
 from tasks.plots import save_grid, to_uint8
-from tasks.tracking import Tracker
+from tasks.tracking import training_tracker
 from tasks.trainer import TrainConfig, init_distributed, pick_device, rank_slice, train
 from tasks.workspace import Workspace, atomic_dir, atomic_write_bytes
 
@@ -84,8 +84,7 @@ def train_autoencoder(spec: AutoencoderTrainSpec, workspace: Workspace, log=prin
         "kl_weight": spec.kl_weight,
     }
 
-    def tracker(run_id, enabled):
-        return Tracker(workspace, "marble-train", f"{KIND}-{spec.name}", run_id, enabled)
+    tracker = training_tracker(workspace, KIND, spec.name)
 
     if cfg.identity:  # nothing to train: the latents are the pixels
         model = build_autoencoder(cfg)
@@ -115,7 +114,7 @@ def train_autoencoder(spec: AutoencoderTrainSpec, workspace: Workspace, log=prin
             model, loss_fn, spec.train, ckpt_dir, config, tracker, validate, log=log, desc=KIND
         )
         model, result_run, wall, metrics = result.ema, result.run_id, result.wall_s, result.metrics
-        trained_now = result.step > result.resumed_from
+        trained_now = result.trained_now
 
     # Latent statistics on the training images, stored in the config beside the weights.
     model = model.to(device).eval()
@@ -124,7 +123,7 @@ def train_autoencoder(spec: AutoencoderTrainSpec, workspace: Workspace, log=prin
     atomic_write_bytes(ckpt_dir / "config.json", json.dumps(config, indent=2).encode())
 
     if trained_now:
-        with Tracker(workspace, "marble-train", f"{KIND}-{spec.name}", result_run) as t:
+        with tracker(result_run) as t:
             x = to_float(val_images[:16]).to(device)
             with torch.no_grad():
                 recon = model.decode(model.encode(x).mode())

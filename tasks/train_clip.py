@@ -17,7 +17,7 @@ import torch
 from models.clip import CLIP_PRESETS, ClipConfig, build_clip, clip_loss, make_tokenizer
 from tasks.checkpoint import dataclass_from_json, load_config, load_weights
 from tasks.pairs import load_split_pairs, to_float
-from tasks.tracking import Tracker
+from tasks.tracking import training_tracker
 from tasks.trainer import TrainConfig, init_distributed, pick_device, rank_slice, train
 from tasks.workspace import Workspace
 
@@ -98,20 +98,11 @@ def train_clip(spec: ClipTrainSpec, workspace: Workspace, log=print) -> dict:
         images = to_float(val_images[:512]).to(device)
         return retrieval_metrics(ema, images, val_tokens.to(device), val_captions[:512])
 
-    def tracker(run_id, enabled):
-        return Tracker(workspace, "marble-train", f"{KIND}-{spec.name}", run_id, enabled)
-
+    tracker = training_tracker(workspace, KIND, spec.name)
     result = train(
         model, loss_fn, spec.train, ckpt_dir, config, tracker, validate, log=log, desc=KIND
     )
-    if result.step > result.resumed_from and info.is_main:
-        with Tracker(workspace, "marble-train", f"{KIND}-{spec.name}", result.run_id) as t:
+    if result.trained_now and info.is_main:
+        with tracker(result.run_id) as t:
             t.log_model(f"{KIND}-{spec.name}", ckpt_dir, config)
-    return {
-        "kind": KIND,
-        "name": spec.name,
-        "checkpoint": str(ckpt_dir),
-        "run_id": result.run_id,
-        "wall_s": round(result.wall_s, 1),
-        **result.metrics,
-    }
+    return result.summary(KIND, spec.name, ckpt_dir)

@@ -32,7 +32,7 @@ from models.unet import UNET_PRESETS, UNet, UNetConfig
 from tasks import checkpoint as ckpt
 from tasks.pairs import load_split_pairs, to_float
 from tasks.plots import save_grid, to_uint8
-from tasks.tracking import Tracker
+from tasks.tracking import training_tracker
 from tasks.train_autoencoder import load_autoencoder
 from tasks.train_clip import load_clip
 from tasks.trainer import TrainConfig, init_distributed, pick_device, rank_slice, train
@@ -258,29 +258,19 @@ def train_diffusion(
             latent_shape=latent_shape,
         )
 
-    def tracker(run_id, enabled):
-        return Tracker(workspace, "marble-train", f"{KIND}-{spec.name}", run_id, enabled)
-
+    tracker = training_tracker(workspace, KIND, spec.name)
     result = train(
         model, loss_fn, spec.train, ckpt_dir, config, tracker, validate, log=log, desc=spec.name
     )
-    if result.step > result.resumed_from and info.is_main:
+    if result.trained_now and info.is_main:
         pipe = _pipeline_from(result.ema)
         val_captions = [cache["captions"][k] for k in cache["val_caption"].tolist()]
         prompts = list(dict.fromkeys(val_captions))[:16]
         images = pipe.generate(prompts, list(range(len(prompts))), spec.guidance_scale)
-        with Tracker(workspace, "marble-train", f"{KIND}-{spec.name}", result.run_id) as t:
+        with tracker(result.run_id) as t:
             with tempfile.TemporaryDirectory() as tmp:
                 t.log_artifact(save_grid(to_uint8(images), Path(tmp) / "samples.png", ncol=8))
                 (Path(tmp) / "prompts.txt").write_text("\n".join(prompts))
                 t.log_artifact(Path(tmp) / "prompts.txt")
             t.log_model(f"{KIND}-{spec.name}", ckpt_dir, config)
-    return {
-        "kind": KIND,
-        "name": spec.name,
-        "checkpoint": str(ckpt_dir),
-        "run_id": result.run_id,
-        "wall_s": round(result.wall_s, 1),
-        "img_per_s": round(result.images_per_s, 1),
-        **result.metrics,
-    }
+    return result.summary(KIND, spec.name, ckpt_dir)

@@ -80,6 +80,22 @@ class TrainResult:
     run_id: str | None
     resumed_from: int  # step the run resumed at (0: fresh start)
 
+    @property
+    def trained_now(self) -> bool:
+        """Whether this call trained at all (False for a rerun of a finished training)."""
+        return self.step > self.resumed_from
+
+    def summary(self, kind: str, name: str, ckpt_dir: Path) -> dict:
+        return {
+            "kind": kind,
+            "name": name,
+            "checkpoint": str(ckpt_dir),
+            "run_id": self.run_id,
+            "wall_s": round(self.wall_s, 1),
+            "img_per_s": round(self.images_per_s, 1),
+            **self.metrics,
+        }
+
 
 # ---------------------------------------------------------------------------- devices, DDP
 
