@@ -246,16 +246,20 @@ def train_diffusion(
             metrics |= validate_fn(_pipeline_from(ema), step)
         return metrics
 
+    frozen: dict = {}  # the autoencoder and text tower, read from disk once, on first use
+
     def _pipeline_from(ema) -> TextToImage:
-        clip_model, clip_cfg = load_clip(clip_dir, device)
+        if not frozen:
+            clip_model, clip_cfg = load_clip(clip_dir, device)
+            frozen["autoencoder"] = load_autoencoder(ae_dir, device)
+            frozen["text"] = TextConditioner(clip_model).to(device)
+            frozen["tokenizer"] = make_tokenizer(clip_cfg)
         return TextToImage(
             unet=ema.eval(),
-            autoencoder=load_autoencoder(ae_dir, device),
-            text=TextConditioner(clip_model).to(device),
-            tokenizer=make_tokenizer(clip_cfg),
             alphas_cumprod=ac,
             prediction_type=spec.prediction_type,
             latent_shape=latent_shape,
+            **frozen,
         )
 
     tracker = training_tracker(workspace, KIND, spec.name)
