@@ -158,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     fil.add_argument(
         "--model", help="openclip:ARCH:TAG or marble:NAME (default: train a filter CLIP)"
     )
-    fil.add_argument("--keep", default="otsu", choices=["otsu", "threshold", "top_fraction"])
+    fil.add_argument(
+        "--keep", default="mixture", choices=["mixture", "otsu", "threshold", "top_fraction"]
+    )
     fil.add_argument("--threshold", type=float, default=0.28)
     fil.add_argument("--top-fraction", type=float, default=0.3)
     fil.set_defaults(func=_cmd_filter)

@@ -90,8 +90,10 @@ class FilterParams(BaseModel):
         description='"openclip:ARCH:TAG" (pretrained weights already on disk), "marble:NAME" '
         "(a marble CLIP checkpoint), or empty: train a small filter CLIP on the raw pairs",
     )
-    keep: Literal["otsu", "threshold", "top_fraction"] = Field(
-        "otsu", description="otsu: cut between the two modes of the similarity histogram"
+    keep: Literal["mixture", "otsu", "threshold", "top_fraction"] = Field(
+        "mixture",
+        description="mixture: keep pairs the upper component of a two-Gaussian fit of the "
+        "similarities explains best; otsu: cut between the two modes of the histogram",
     )
     threshold: float = Field(0.28, ge=-1, le=1, description='for keep="threshold"')
     top_fraction: float = Field(0.3, gt=0, le=1, description='for keep="top_fraction"')

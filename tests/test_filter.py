@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-from eval.threshold import otsu_threshold
 from models.clip import make_tokenizer
 from tasks.filter import FilterConfig, FilterModelError, filter_pairs, load_pretrained_openclip
 from tasks.ids import split_of
@@ -18,15 +16,6 @@ from tasks.train_clip import load_clip
 from tasks.workspace import Workspace
 
 pytestmark = pytest.mark.slow
-
-
-def test_otsu_splits_two_clusters():
-    values = np.r_[np.full(30, 0.1), np.full(70, 0.5)]
-    t = otsu_threshold(values)
-    assert 0.1 < t <= 0.5
-    assert ((values >= t) == (values == 0.5)).all()
-    with pytest.raises(ValueError):
-        otsu_threshold(np.ones(5))
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +33,9 @@ def filtered(tmp_path_factory):
 
 def test_wrong_captions_are_dropped_and_right_ones_kept(filtered):
     _, _, summary = filtered
-    # a fast, looser check (1,200 pairs, 80 steps: 0.77 and 1.0 measured); the README reports
-    # the full-size figures (5,000 pairs, 300 steps)
-    assert summary["wrong_dropped_recall"] >= 0.65
+    # a fast, looser check (1,200 pairs, 80 steps: 0.91 and 0.997 measured); the README
+    # reports the full-size figures (5,000 pairs, 300 steps: 0.97 and 0.998)
+    assert summary["wrong_dropped_recall"] >= 0.85
     assert summary["right_kept"] >= 0.95
     assert summary["drop_precision"] >= 0.95
     assert summary["scored"] == 1200
