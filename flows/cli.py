@@ -79,7 +79,11 @@ def _cmd_filter(args: argparse.Namespace) -> int:
     from flows.params import FilterParams
 
     params = FilterParams(
-        model=args.model, keep=args.keep, threshold=args.threshold, top_fraction=args.top_fraction
+        model=args.model,
+        keep=args.keep,
+        threshold=args.threshold,
+        top_fraction=args.top_fraction,
+        filter_clip_epochs=args.filter_clip_epochs,
     )
     print(json.dumps(filter_flow(params, home=args.home), indent=2))
     return 0
@@ -163,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fil.add_argument("--threshold", type=float, default=0.28)
     fil.add_argument("--top-fraction", type=float, default=0.3)
+    fil.add_argument(
+        "--filter-clip-epochs", type=float, default=8.0, help="when no --model: its training"
+    )
     fil.set_defaults(func=_cmd_filter)
 
     tr = sub.add_parser("train", help="train one model directly (no Prefect; works under torchrun)")

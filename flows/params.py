@@ -97,7 +97,12 @@ class FilterParams(BaseModel):
     )
     threshold: float = Field(0.28, ge=-1, le=1, description='for keep="threshold"')
     top_fraction: float = Field(0.3, gt=0, le=1, description='for keep="top_fraction"')
-    filter_clip_steps: int = Field(300, ge=1, le=10_000_000)
+    filter_clip_epochs: float = Field(
+        8.0, gt=0, le=100_000, description="training epochs of the filter CLIP over the raw pairs"
+    )
+    filter_clip_steps: int | None = Field(
+        None, ge=1, le=10_000_000, description="a fixed step count instead of the epochs"
+    )
     val_fraction: float = Field(0.05, ge=0, lt=1)
     device: str = "auto"
 

@@ -27,7 +27,7 @@ KIND = "clip"
 @dataclass(frozen=True)
 class ClipTrainSpec:
     preset: str = "clip-tiny"  # key of CLIP_PRESETS
-    raw_pairs: bool = False  # train on data/raw even when filtered pairs exist (the filter CLIP)
+    raw_pairs: bool = False  # the filter CLIP: train on every raw pair (both splits)
     prefix: str = ""  # checkpoint name prefix, e.g. "filter-"
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
@@ -70,6 +70,12 @@ def train_clip(spec: ClipTrainSpec, workspace: Workspace, log=print) -> dict:
     data = load_split_pairs(None if spec.raw_pairs else workspace.pairs, workspace.raw)
     train_images, train_captions, _ = data["train"]
     val_images, val_captions, _ = data["val"]
+    if spec.raw_pairs:
+        # The filter CLIP scores every raw pair, so it trains on every raw pair: a held-out
+        # val split would score lower for being unseen and be dropped as if mis-captioned.
+        # Its val retrieval figures are then in-sample.
+        train_images = torch.cat([train_images, val_images])
+        train_captions = train_captions + val_captions
     cfg = dataclasses.replace(CLIP_PRESETS[spec.preset], image_size=train_images.shape[1])
     tokenizer = make_tokenizer(cfg)
     train_tokens = tokenizer(train_captions)  # (N, L), once
