@@ -63,7 +63,7 @@ class TrainingParams(BaseModel):
     text_encoders: list[Literal["clip-tiny", "clip-small", "clip-base"]] = Field(
         ["clip-tiny", "clip-small"], min_length=1, description="CLIP sizes (text tower sweep axis)"
     )
-    unets: list[Literal["unet-s", "unet-m", "unet-l"]] = Field(
+    unets: list[Literal["unet-xs", "unet-s", "unet-m", "unet-l"]] = Field(
         ["unet-s", "unet-m"], min_length=1, description="U-Net sizes (noise predictor sweep axis)"
     )
     autoencoder_steps: int = Field(800, ge=1, le=10_000_000)

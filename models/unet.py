@@ -13,11 +13,12 @@ Presets (`UNET_PRESETS`, the U-Net-size sweep axis), with the default context_di
 (clip-tiny's text width; `dataclasses.replace(cfg, context_dim=...)` for another tower,
 which changes only the cross-attention key/value projections):
 
-| preset | base | mult    | res blocks | attention levels | parameters |
-| ------ | ---- | ------- | ---------- | ---------------- | ---------- |
-| unet-s | 48   | 1, 2, 2 | 1          | 1, 2             | 3,566,356  |
-| unet-m | 64   | 1, 2, 2 | 2          | 1, 2             | 9,343,492  |
-| unet-l | 96   | 1, 2, 2 | 2          | 1, 2             | 20,718,340 |
+| preset  | base | mult    | res blocks | attention levels | parameters |
+| ------- | ---- | ------- | ---------- | ---------------- | ---------- |
+| unet-xs | 32   | 1, 2, 2 | 1          | 1, 2             | 1,628,516  |
+| unet-s  | 48   | 1, 2, 2 | 1          | 1, 2             | 3,566,356  |
+| unet-m  | 64   | 1, 2, 2 | 2          | 1, 2             | 9,343,492  |
+| unet-l  | 96   | 1, 2, 2 | 2          | 1, 2             | 20,718,340 |
 
 Levels are indexed from the input resolution: on 8x8 latents level 0 is 8x8, level 1 is
 4x4 and level 2 is 2x2; on 16x16 latents 16, 8 and 4.  The middle block always has one
@@ -71,12 +72,14 @@ class UNetConfig:
 
 
 UNET_PRESETS: dict[str, UNetConfig] = {
+    "unet-xs": UNetConfig(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1),
     "unet-s": UNetConfig(base_channels=48, channel_mult=(1, 2, 2), num_res_blocks=1),
     "unet-m": UNetConfig(base_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2),
     "unet-l": UNetConfig(base_channels=96, channel_mult=(1, 2, 2), num_res_blocks=2),
 }
 
 PARAM_COUNTS: dict[str, int] = {
+    "unet-xs": 1_628_516,
     "unet-s": 3_566_356,
     "unet-m": 9_343_492,
     "unet-l": 20_718_340,

@@ -20,7 +20,12 @@ from models.sampling import (
 from models.unet import PARAM_COUNTS, UNET_PRESETS, UNet, UNetConfig, timestep_embedding
 
 # Documented in models/unet.py; hard-coded here so that a change to a preset is noticed.
-DOCUMENTED_PARAM_COUNTS = {"unet-s": 3_566_356, "unet-m": 9_343_492, "unet-l": 20_718_340}
+DOCUMENTED_PARAM_COUNTS = {
+    "unet-xs": 1_628_516,
+    "unet-s": 3_566_356,
+    "unet-m": 9_343_492,
+    "unet-l": 20_718_340,
+}
 
 TINY = UNetConfig(
     base_channels=16, channel_mult=(1, 2), attn_levels=(0, 1), context_dim=12, head_dim=8,
