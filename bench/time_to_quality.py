@@ -5,8 +5,8 @@ latent space (kl-f4 autoencoder) and pixel space (identity autoencoder) side by 
 
 Builds a workspace of rendered captioned shapes (no HTTP; by default without wrong
 captions, i.e. as a perfect filter would leave them), trains the autoencoder and a
-clip-tiny text tower (1,200 steps) once, then trains one U-Net per space for a step count sized to
-`--minutes` of training on this machine. At evenly spaced steps it samples one image per
+clip-tiny text tower (1,200 steps) once, then trains one U-Net per space for a step count
+sized to `--minutes` of training on this machine. At evenly spaced steps it samples one image per
 prompt (DDIM 25 steps, guidance 4) for `--prompts` fresh scenes and scores them with the
 pixel attribute detector. The training clock excludes evaluation time.
 

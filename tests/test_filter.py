@@ -18,15 +18,22 @@ from tasks.workspace import Workspace
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def filtered(tmp_path_factory):
-    """1200 pairs, 20 % wrong captions, truth alongside; filter CLIP trained on them."""
-    workspace = Workspace(tmp_path_factory.mktemp("filter") / "home")
-    spec = ShapesSpec(n=1200, seed=3, faults=FaultRates(0, 0, 0, 0, 0))
+def _shapes_workspace(root, n: int, seed: int) -> Workspace:
+    """A workspace holding n rendered pairs as one raw shard (20 % wrong captions, no
+    download faults) and the ground-truth table beside them."""
+    workspace = Workspace(root / "home")
+    spec = ShapesSpec(n=n, seed=seed, faults=FaultRates(0, 0, 0, 0, 0))
     workspace.raw.mkdir(parents=True)
     write_as_raw_shard(spec, workspace.raw / "00000.parquet")
     workspace.source.mkdir(parents=True)
     write_source_tables(spec, build_table(spec), "http://127.0.0.1:1", workspace.source)
+    return workspace
+
+
+@pytest.fixture(scope="module")
+def filtered(tmp_path_factory):
+    """1200 pairs, 20 % wrong captions, truth alongside; filter CLIP trained on them."""
+    workspace = _shapes_workspace(tmp_path_factory.mktemp("filter"), n=1200, seed=3)
     cfg = FilterConfig(workers=0)  # 8 epochs: 75 steps
     return workspace, cfg, filter_pairs(cfg, workspace)
 
@@ -46,12 +53,7 @@ def test_unseen_val_pairs_are_not_dropped_on_small_data(tmp_path):
     # split alone for a fixed 300 steps, on small data it memorised those pairs, and the
     # held-out val pairs, scoring lower for being unseen, were dropped as if their captions
     # were wrong (200 pairs: no val pair kept, so training had no val split).
-    workspace = Workspace(tmp_path / "home")
-    spec = ShapesSpec(n=400, seed=5, faults=FaultRates(0, 0, 0, 0, 0))
-    workspace.raw.mkdir(parents=True)
-    write_as_raw_shard(spec, workspace.raw / "00000.parquet")
-    workspace.source.mkdir(parents=True)
-    write_source_tables(spec, build_table(spec), "http://127.0.0.1:1", workspace.source)
+    workspace = _shapes_workspace(tmp_path, n=400, seed=5)
     filter_pairs(FilterConfig(workers=0), workspace)
     truth = pq.read_table(workspace.source / "truth.parquet").to_pylist()
     is_wrong = {r["pair_id"]: r["caption_is_wrong"] for r in truth}
