@@ -37,7 +37,7 @@ from tasks.train_diffusion import DiffusionTrainSpec, train_diffusion  # noqa: E
 from tasks.trainer import TrainConfig  # noqa: E402
 from tasks.workspace import Workspace  # noqa: E402
 
-OUT = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def prompts(n: int, seed: int = 99) -> list[str]:
@@ -45,17 +45,17 @@ def prompts(n: int, seed: int = 99) -> list[str]:
     return [sample_scene(seed, i, 0.25)[0].caption(i % 3) for i in range(n)]
 
 
-def measure_speed(spec: DiffusionTrainSpec, workspace, steps: int = 30) -> float:
-    """Training steps per second of this spec on this machine (a throwaway short run)."""
-    probe = DiffusionTrainSpec(
-        **{
-            **spec.__dict__,
-            "train": TrainConfig(**{**spec.train.__dict__, "steps": steps, "ckpt_every": 10**9}),
-        }
-    )
-    summary = train_diffusion(probe, workspace, log=lambda *_: None)
-    shutil.rmtree(workspace.checkpoints / "diffusion" / probe.name)
-    return steps / summary["wall_s"]  # the training loop alone, not start-up and caching
+def measure_speed(spec: DiffusionTrainSpec, workspace, short: int = 10, long: int = 40) -> float:
+    """Training steps per second of this spec on this machine, from two throwaway runs: the
+    difference of a `long` and a `short` one, so first-step costs (allocator and kernel
+    warm-up, large on a GPU) cancel."""
+    wall = {}
+    for steps in (short, long):
+        train = TrainConfig(**{**spec.train.__dict__, "steps": steps, "ckpt_every": 10**9})
+        probe = DiffusionTrainSpec(**{**spec.__dict__, "train": train})
+        wall[steps] = train_diffusion(probe, workspace, log=lambda *_: None)["wall_s"]
+        shutil.rmtree(workspace.checkpoints / "diffusion" / probe.name)
+    return (long - short) / max(wall[long] - wall[short], 1e-9)
 
 
 def main() -> None:
@@ -73,9 +73,16 @@ def main() -> None:
     # cannot either: measured pooled cosine 0.9993 at 400 steps, 0.998 at 600, 0.80 at 1,200.
     parser.add_argument("--clip-steps", type=int, default=1200)
     parser.add_argument("--spaces", default="kl-f4,identity")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for json, plot, grids")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
-    OUT.mkdir(exist_ok=True)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    machine = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
     eval_prompts = prompts(args.prompts)
     curves: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,7 +131,7 @@ def main() -> None:
                     f"{space} step {step}: {train_min:.2f} min, all-correct {scores['all_correct']:.3f}",
                     flush=True,
                 )
-                save_grid(images[:32], OUT / f"samples_{space}.png", ncol=8)
+                save_grid(images[:32], out / f"samples_{space}.png", ncol=8)
                 clock["eval_s"] += time.perf_counter() - t_eval
                 return {f"attr_{k}": v for k, v in scores.items()}
 
@@ -143,8 +150,11 @@ def main() -> None:
                 }
             ]
 
-    (OUT / "time_to_quality.json").write_text(
-        json.dumps({"args": vars(args), "curves": curves}, indent=2)
+    (out / "time_to_quality.json").write_text(
+        json.dumps(
+            {"args": {**vars(args), "out": str(out)}, "machine": machine, "curves": curves},
+            indent=2,
+        )
     )
     import matplotlib
 
@@ -159,12 +169,12 @@ def main() -> None:
             [p["train_min"] for p in pts], [100 * p["all_correct"] for p in pts], "o-", label=label
         )
     ax.axhline(80, color="gray", ls="--", lw=0.8)
-    ax.set_xlabel("diffusion training, minutes (2-core CPU)")
+    ax.set_xlabel(f"diffusion training, minutes ({machine})")
     ax.set_ylabel("all attributes correct, %")
     ax.set_title(f"{args.unet}, {args.prompts} prompts, DDIM 25, guidance 4")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(OUT / "time_to_quality.png", dpi=100)
+    fig.savefig(out / "time_to_quality.png", dpi=100)
     print(json.dumps({k: v[-1] for k, v in curves.items()}, indent=1))
 
 

@@ -3,6 +3,9 @@
 Tracking URI: $MLFLOW_TRACKING_URI, else `sqlite:///$MARBLE_HOME/mlflow.db`; artifacts
 under `$MARBLE_HOME/mlartifacts/`. A run can be resumed by id, so a training task that was
 killed and restarted keeps logging into the same run.
+
+MARBLE_TRACKING=off turns tracking off for training (benchmarks on a GPU machine that has
+torch but not mlflow); any other value, or none, tracks.
 """
 
 from __future__ import annotations
@@ -125,11 +128,19 @@ class Tracker:
 def training_tracker(workspace: Workspace, kind: str, name: str):
     """Tracker factory for one model's training: (run_id, enabled) -> Tracker, one MLflow run
     named <kind>-<name> in the experiment marble-train, resumable by run id."""
+    tracking = tracking_enabled()
 
     def factory(run_id: str | None = None, enabled: bool = True) -> Tracker:
-        return Tracker(workspace, "marble-train", f"{kind}-{name}", run_id, enabled)
+        return Tracker(workspace, "marble-train", f"{kind}-{name}", run_id, enabled and tracking)
 
     return factory
+
+
+def tracking_enabled() -> bool:
+    value = os.environ.get("MARBLE_TRACKING", "on").strip().lower()
+    if value not in ("on", "off"):
+        raise ValueError(f"MARBLE_TRACKING must be 'on' or 'off', got {value!r}")
+    return value == "on"
 
 
 def _psutil_available() -> bool:

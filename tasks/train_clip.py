@@ -54,7 +54,7 @@ def retrieval_metrics(model, images: torch.Tensor, tokens: torch.Tensor, caption
     text_f = model.encode_text(tokens, normalize=True)  # (N, E)
     sim = image_f @ text_f.T  # (N, N)
     ids = {c: k for k, c in enumerate(dict.fromkeys(captions))}
-    label = torch.tensor([ids[c] for c in captions])  # caption class of each row
+    label = torch.tensor([ids[c] for c in captions], device=sim.device)  # caption class per row
     out = {}
     for name, s in (("i2t", sim), ("t2i", sim.T)):
         top = s.topk(min(5, s.shape[1]), dim=1).indices  # (N, 5)

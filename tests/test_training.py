@@ -17,11 +17,12 @@ import torch
 from safetensors.torch import load_file
 
 from tasks.checkpoint import load_config, load_state
-from tasks.tracking import Tracker
+from tasks.tracking import Tracker, training_tracker
 from tasks.train_autoencoder import AutoencoderTrainSpec, train_autoencoder
 from tasks.train_clip import ClipTrainSpec, train_clip
 from tasks.train_diffusion import DiffusionTrainSpec, load_pipeline, train_diffusion
 from tasks.trainer import NonFiniteLossError, TrainConfig, train
+from tasks.workspace import Workspace
 from tests.training_helpers import make_workspace, tiny_train
 
 pytestmark = pytest.mark.slow
@@ -99,6 +100,21 @@ def test_mlflow_run_contents(trained):
         a.path for a in mlflow.MlflowClient().list_artifacts(s["diffusion"]["run_id"])
     ]
     assert "samples.png" in diffusion_artifacts
+
+
+def test_tracking_switch_turns_mlflow_off(tmp_path, monkeypatch):
+    """MARBLE_TRACKING=off (GPU benchmarks without mlflow): nothing is tracked or written;
+    a value other than on/off is refused by name."""
+    workspace = Workspace(tmp_path / "home")
+    monkeypatch.setenv("MARBLE_TRACKING", "off")
+    with training_tracker(workspace, "autoencoder", "kl-f4")(None, True) as tracker:
+        tracker.log_params({"a": 1})
+        tracker.log_metrics({"loss": 1.0}, step=1)
+    assert tracker.run_id is None and not tracker.enabled
+    assert not (tmp_path / "home").exists()
+    monkeypatch.setenv("MARBLE_TRACKING", "maybe")
+    with pytest.raises(ValueError, match="MARBLE_TRACKING must be 'on' or 'off'"):
+        training_tracker(workspace, "autoencoder", "kl-f4")
 
 
 # ---------------------------------------------------------------------------- loop behaviour
@@ -219,7 +235,7 @@ DDP_SCRIPT = textwrap.dedent(
     import tasks
     from models.autoencoder import AE_PRESETS, autoencoder_loss, build_autoencoder
     from tasks.trainer import TrainConfig, init_distributed, rank_slice, train, pick_device
-    from tasks.tracking import Tracker
+    from tasks.tracking import Tracker, training_tracker
     torch.manual_seed(0)
     model = build_autoencoder(AE_PRESETS["kl-f4"])
     data = torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(1)).clamp(-1, 1)
