@@ -64,15 +64,20 @@ def main() -> None:
     parser.add_argument("--evals", type=int, default=6, help="evaluation points per model")
     parser.add_argument("--prompts", type=int, default=200)
     parser.add_argument("--n", type=int, default=5000, help="training pairs")
-    parser.add_argument("--unet", default="unet-s")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--unet", default="unet-xs")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=DiffusionTrainSpec().train.lr)
     parser.add_argument("--ae-steps", type=int, default=1500)
     # Below ~1,000 steps clip-tiny's text tower maps "circle" and "square" to nearly the same
     # states (its image tower cannot yet tell them apart at 32 px), and the U-Net then
     # cannot either: measured pooled cosine 0.9993 at 400 steps, 0.998 at 600, 0.80 at 1,200.
     parser.add_argument("--clip-steps", type=int, default=1200)
     parser.add_argument("--spaces", default="kl-f4,identity")
+    parser.add_argument(
+        "--timestep-sampling",
+        default=DiffusionTrainSpec.timestep_sampling,
+        choices=["uniform", "logit_normal"],
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for json, plot, grids")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
@@ -108,6 +113,7 @@ def main() -> None:
             base = DiffusionTrainSpec(
                 unet=args.unet,
                 autoencoder=space,
+                timestep_sampling=args.timestep_sampling,
                 train=TrainConfig(steps=10, batch_size=args.batch, lr=args.lr, ema_decay=0.99),
             )
             steps = max(args.evals, int(measure_speed(base, workspace) * args.minutes * 60))
@@ -136,7 +142,7 @@ def main() -> None:
                 return {f"attr_{k}": v for k, v in scores.items()}
 
             spec = DiffusionTrainSpec(
-                unet=args.unet, autoencoder=space,
+                unet=args.unet, autoencoder=space, timestep_sampling=args.timestep_sampling,
                 train=TrainConfig(steps=steps, batch_size=args.batch, lr=args.lr, ema_decay=0.99, val_every=every, ckpt_every=10**9),
             )  # fmt: skip
             train_diffusion(spec, workspace, validate_fn=validate_fn)

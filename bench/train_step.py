@@ -4,8 +4,9 @@ preset, and for diffusers' UNet2DConditionModel built to the same shape, in one 
     .venv/bin/python bench/train_step.py [--batch 64] [--latent 8] [--steps 20] [--device auto]
 
 Needs only torch (and diffusers, optional: `pip install diffusers`), so it runs on a GPU
-machine without the rest of the stack. bf16 autocast on CUDA, fp32 on CPU. Prints a table
-and one JSON line. Run it on an otherwise idle machine.
+machine without the rest of the stack. bf16 autocast on CUDA, fp32 on CPU; fused AdamW
+for both, as marble's trainer uses. Prints a table and one JSON line. Run it on an
+otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def diffusers_twin(cfg: UNetConfig, latent: int):
 
 
 def time_steps(model, forward, batch, latent, channels, context, steps, device) -> float:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as the trainer
     ac = make_alphas_cumprod("cosine").to(device)
     g = torch.Generator(device=device).manual_seed(0)
     z0 = torch.randn(batch, channels, latent, latent, device=device, generator=g)

@@ -126,6 +126,8 @@ def _merge(cfg, overrides: dict):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from flows.params import TrainingParams
+
     parser = argparse.ArgumentParser(prog="marble", description=__doc__)
     parser.add_argument("--home", help="workspace root (default: $MARBLE_HOME or ./marble-home)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -135,9 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--image-size", type=int, default=32)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--port", type=int, default=8737, help="loopback port of the shapes server")
-    run.add_argument("--text-encoders", default="clip-tiny,clip-small", help="comma-separated")
-    run.add_argument("--unets", default="unet-s,unet-m", help="comma-separated")
-    run.add_argument("--autoencoders", default="kl-f4", help="comma-separated")
+    grid = TrainingParams()  # the built-in grid's defaults live in one place
+    for flag, default in (
+        ("--text-encoders", grid.text_encoders),
+        ("--unets", grid.unets),
+        ("--autoencoders", grid.autoencoders),
+    ):
+        run.add_argument(flag, default=",".join(default), help="comma-separated")
     run.add_argument("--autoencoder-steps", type=int)
     run.add_argument("--clip-steps", type=int)
     run.add_argument("--diffusion-steps", type=int)
@@ -176,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("kind", choices=["autoencoder", "clip", "diffusion"])
     tr.add_argument("--autoencoder", default="kl-f4", help="autoencoder preset / checkpoint name")
     tr.add_argument("--text-encoder", default="clip-tiny", help="CLIP preset / checkpoint name")
-    tr.add_argument("--unet", default="unet-s", help="U-Net preset")
+    tr.add_argument("--unet", default="unet-xs", help="U-Net preset")
     tr.add_argument("--steps", type=int, help="optimizer steps (default: the trainer's)")
     tr.add_argument("--batch-size", type=int)
     tr.add_argument("--device", default="auto")

@@ -64,17 +64,20 @@ class TrainingParams(BaseModel):
         ["clip-tiny", "clip-small"], min_length=1, description="CLIP sizes (text tower sweep axis)"
     )
     unets: list[Literal["unet-xs", "unet-s", "unet-m", "unet-l"]] = Field(
-        ["unet-s", "unet-m"], min_length=1, description="U-Net sizes (noise predictor sweep axis)"
+        ["unet-xs", "unet-s"], min_length=1, description="U-Net sizes (noise predictor sweep axis)"
     )
     autoencoder_steps: int = Field(800, ge=1, le=10_000_000)
     clip_steps: int = Field(300, ge=1, le=10_000_000)
     diffusion_steps: int = Field(300, ge=1, le=10_000_000)
-    diffusion_batch_size: int = Field(64, ge=1, le=65536)
+    diffusion_batch_size: int = Field(128, ge=1, le=65536)
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "v_prediction"
     min_snr_gamma: float | None = Field(
         5.0, gt=0, description="min-SNR loss weighting; empty = plain MSE"
     )
     schedule: Literal["linear", "scaled_linear", "cosine"] = "cosine"
+    timestep_sampling: Literal["uniform", "logit_normal"] = Field(
+        "uniform", description="training timesteps: logit-normal favours mid-schedule"
+    )
     cond_dropout: float = Field(0.1, ge=0, le=1)
     seed: int = Field(0, ge=0)
     device: str = Field("auto", description='"auto", "cpu", "cuda" or "cuda:N"')

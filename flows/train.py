@@ -68,12 +68,13 @@ def training_specs(params: TrainingParams):
             schedule=params.schedule,
             prediction_type=params.prediction_type,
             min_snr_gamma=params.min_snr_gamma,
+            timestep_sampling=params.timestep_sampling,
             cond_dropout=params.cond_dropout,
             train=TrainConfig(
                 steps=params.diffusion_steps,
                 batch_size=params.diffusion_batch_size,
-                lr=2e-3,
-                ema_decay=0.99,
+                lr=DiffusionTrainSpec().train.lr,
+                ema_decay=DiffusionTrainSpec().train.ema_decay,
                 **common,
             ),
         )

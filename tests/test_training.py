@@ -95,7 +95,7 @@ def test_mlflow_run_contents(trained):
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
     assert [m.step for m in history] == [2, 4, 6]
     names = {m.name for m in mlflow.search_registered_models()}
-    assert {"autoencoder-kl-f4", "clip-clip-tiny", "diffusion-clip-tiny_unet-s_kl-f4"} <= names
+    assert {"autoencoder-kl-f4", "clip-clip-tiny", "diffusion-clip-tiny_unet-xs_kl-f4"} <= names
     diffusion_artifacts = [
         a.path for a in mlflow.MlflowClient().list_artifacts(s["diffusion"]["run_id"])
     ]
@@ -115,6 +115,11 @@ def test_tracking_switch_turns_mlflow_off(tmp_path, monkeypatch):
     monkeypatch.setenv("MARBLE_TRACKING", "maybe")
     with pytest.raises(ValueError, match="MARBLE_TRACKING must be 'on' or 'off'"):
         training_tracker(workspace, "autoencoder", "kl-f4")
+
+
+def test_unknown_timestep_sampling_is_refused_by_name():
+    with pytest.raises(ValueError, match="unknown timestep_sampling 'beta'"):
+        DiffusionTrainSpec(timestep_sampling="beta")
 
 
 # ---------------------------------------------------------------------------- loop behaviour
@@ -197,7 +202,7 @@ def test_sigkill_then_resume_is_bit_identical(trained, tmp_path):
     subprocess.run([sys.executable, script, straight], check=True, env=env, capture_output=True)
 
     killed = _prepare_home(trained, tmp_path / "killed")
-    state = killed / "checkpoints" / "diffusion" / "clip-tiny_unet-s_identity" / "state.pt"
+    state = killed / "checkpoints" / "diffusion" / "clip-tiny_unet-xs_identity" / "state.pt"
     proc = subprocess.Popen(
         [sys.executable, script, killed],
         env=env,
@@ -220,7 +225,7 @@ def test_sigkill_then_resume_is_bit_identical(trained, tmp_path):
             straight
             / "checkpoints"
             / "diffusion"
-            / "clip-tiny_unet-s_identity"
+            / "clip-tiny_unet-xs_identity"
             / f"{name}.safetensors"
         )
         b = load_file(state.parent / f"{name}.safetensors")

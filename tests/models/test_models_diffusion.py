@@ -13,6 +13,7 @@ from models.diffusion import (
     make_alphas_cumprod,
     min_snr_weight,
     q_sample,
+    sample_timesteps,
     snr,
     to_epsilon,
     to_v,
@@ -147,3 +148,31 @@ def test_diffusion_loss_is_mse_and_weighted_mean():
 
 def test_append_dims():
     assert append_dims(torch.zeros(3), 4).shape == (3, 1, 1, 1)
+
+
+def test_logit_normal_timesteps_follow_their_cdf():
+    """t = floor(T·σ(u)), u ~ N(0, s²), so P(t < k) = P(σ(u) < k/T) = Φ(logit(k/T) / s)."""
+    T, n = 1000, 200_000
+    g = torch.Generator().manual_seed(0)
+
+    def expected(k: int, scale: float) -> float:
+        logit = math.log(k / (T - k))
+        return 0.5 * (1 + math.erf(logit / scale / math.sqrt(2)))  # Φ
+
+    for scale in (1.0, 0.5):
+        t = sample_timesteps(n, T, g, "logit_normal", scale=scale)
+        assert 0 <= t.min() and t.max() <= T - 1 and t.dtype == torch.int64
+        for k in (100, 269, 500, 731, 900):  # 269 = T·σ(-1): 15.9 % below it at scale 1
+            share = (t < k).double().mean().item()
+            assert share == pytest.approx(expected(k, scale), abs=0.003)  # SE ≤ 0.0012
+
+
+def test_uniform_timesteps_and_bad_sampling():
+    g = torch.Generator().manual_seed(0)
+    t = sample_timesteps(100_000, 10, g)
+    counts = torch.bincount(t, minlength=10).double() / len(t)
+    assert counts.tolist() == pytest.approx([0.1] * 10, abs=0.005)
+    with pytest.raises(ValueError, match="unknown timestep sampling 'beta'"):
+        sample_timesteps(4, 10, g, "beta")
+    with pytest.raises(ValueError, match="scale must be positive"):
+        sample_timesteps(4, 10, g, "logit_normal", scale=0.0)
