@@ -232,8 +232,8 @@ def sample_timesteps(
     "uniform": every t equally often (Ho et al. 2020).
     "logit_normal": t = floor(T · sigmoid(u)), u ~ N(0, scale²), which draws the middle of the
     schedule more often and its two ends (nearly clean, nearly pure noise) less; Esser et
-    al. 2024 (SD3, §3.1) found this sampling best among those they compared. P(t < T·σ(a))
-    = Φ(a / scale), e.g. Φ(-1) = 15.9 % of draws fall below T·σ(-1) = 0.269 T at scale 1.
+    al. 2024 (SD3, §3.1) found this sampling best among those they compared. For an integer
+    k, P(t < k) = Φ(logit(k/T) / scale): at scale 1, 15.9 % = Φ(-1) fall below 0.269 T.
     """
     if method == "uniform":
         return torch.randint(num_train_timesteps, (n,), generator=generator)

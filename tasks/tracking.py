@@ -5,7 +5,7 @@ under `$MARBLE_HOME/mlartifacts/`. A run can be resumed by id, so a training tas
 killed and restarted keeps logging into the same run.
 
 MARBLE_TRACKING=off turns tracking off for training (benchmarks on a GPU machine that has
-torch but not mlflow); any other value, or none, tracks.
+torch but not mlflow); on, the default, tracks; any other value is refused.
 """
 
 from __future__ import annotations
