@@ -60,6 +60,7 @@ def training_specs(params: TrainingParams):
         )
         for p in params.text_encoders
     ]
+    diffusion_defaults = DiffusionTrainSpec().train  # lr and EMA picked by time to quality
     diffusions = [
         DiffusionTrainSpec(
             text_encoder=text,
@@ -73,8 +74,8 @@ def training_specs(params: TrainingParams):
             train=TrainConfig(
                 steps=params.diffusion_steps,
                 batch_size=params.diffusion_batch_size,
-                lr=DiffusionTrainSpec().train.lr,
-                ema_decay=DiffusionTrainSpec().train.ema_decay,
+                lr=diffusion_defaults.lr,
+                ema_decay=diffusion_defaults.ema_decay,
                 **common,
             ),
         )

@@ -240,7 +240,7 @@ DDP_SCRIPT = textwrap.dedent(
     import tasks
     from models.autoencoder import AE_PRESETS, autoencoder_loss, build_autoencoder
     from tasks.trainer import TrainConfig, init_distributed, rank_slice, train, pick_device
-    from tasks.tracking import Tracker, training_tracker
+    from tasks.tracking import Tracker
     torch.manual_seed(0)
     model = build_autoencoder(AE_PRESETS["kl-f4"])
     data = torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(1)).clamp(-1, 1)
