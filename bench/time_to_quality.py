@@ -17,6 +17,7 @@ otherwise idle machine: two busy cores halve every figure.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -56,8 +57,8 @@ def measure_speed(
     read 14 % fast once; steps vary by about 10 % on 2 busy cores."""
 
     def wall(steps: int) -> float:
-        train = TrainConfig(**{**spec.train.__dict__, "steps": steps, "ckpt_every": 10**9})
-        probe = DiffusionTrainSpec(**{**spec.__dict__, "train": train})
+        train = dataclasses.replace(spec.train, steps=steps, ckpt_every=10**9)
+        probe = dataclasses.replace(spec, train=train)
         seconds_taken = train_diffusion(probe, workspace, log=lambda *_: None)["wall_s"]
         shutil.rmtree(workspace.checkpoints / "diffusion" / probe.name)
         return seconds_taken
@@ -82,6 +83,7 @@ def main() -> None:
     # cannot either: measured pooled cosine 0.9993 at 400 steps, 0.998 at 600, 0.80 at 1,200.
     parser.add_argument("--clip-steps", type=int, default=1200)
     parser.add_argument("--spaces", default="kl-f4,identity")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the diffusion training")
     parser.add_argument(
         "--timestep-sampling",
         default=DiffusionTrainSpec.timestep_sampling,
@@ -119,11 +121,19 @@ def main() -> None:
             ae_train = TrainConfig(steps=args.ae_steps, batch_size=64, lr=2e-3, ema_decay=0.995)
             ae = train_autoencoder(AutoencoderTrainSpec(preset=space, train=ae_train), workspace)
             ae_s = time.perf_counter() - t0
+            # the built-in training settings (betas, EMA, warm-up), with this run's overrides
+            defaults = dataclasses.replace(
+                DiffusionTrainSpec().train,
+                batch_size=args.batch,
+                lr=args.lr,
+                seed=args.seed,
+                ckpt_every=10**9,
+            )
             base = DiffusionTrainSpec(
                 unet=args.unet,
                 autoencoder=space,
                 timestep_sampling=args.timestep_sampling,
-                train=TrainConfig(steps=10, batch_size=args.batch, lr=args.lr, ema_decay=0.99),
+                train=dataclasses.replace(defaults, steps=10),
             )
             steps = max(args.evals, int(measure_speed(base, workspace) * args.minutes * 60))
             every = max(1, steps // args.evals)
@@ -152,7 +162,7 @@ def main() -> None:
 
             spec = DiffusionTrainSpec(
                 unet=args.unet, autoencoder=space, timestep_sampling=args.timestep_sampling,
-                train=TrainConfig(steps=steps, batch_size=args.batch, lr=args.lr, ema_decay=0.99, val_every=every, ckpt_every=10**9),
+                train=dataclasses.replace(defaults, steps=steps, val_every=every),
             )  # fmt: skip
             train_diffusion(spec, workspace, validate_fn=validate_fn)
             curves[space] = points

@@ -63,7 +63,7 @@ def time_steps(model, forward, batch, latent, channels, context, steps, device) 
         loss.backward()
         opt.step()
 
-    for _ in range(3):  # warm-up
+    for _ in range(5):  # warm-up; under CUDA graphs also the recording runs
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()

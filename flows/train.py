@@ -6,6 +6,7 @@ skips finished ones.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from prefect import flow, task
@@ -60,7 +61,7 @@ def training_specs(params: TrainingParams):
         )
         for p in params.text_encoders
     ]
-    diffusion_defaults = DiffusionTrainSpec().train  # lr and EMA picked by time to quality
+    diffusion_defaults = DiffusionTrainSpec().train  # lr, betas, EMA: picked by time to quality
     diffusions = [
         DiffusionTrainSpec(
             text_encoder=text,
@@ -71,11 +72,10 @@ def training_specs(params: TrainingParams):
             min_snr_gamma=params.min_snr_gamma,
             timestep_sampling=params.timestep_sampling,
             cond_dropout=params.cond_dropout,
-            train=TrainConfig(
+            train=dataclasses.replace(
+                diffusion_defaults,
                 steps=params.diffusion_steps,
                 batch_size=params.diffusion_batch_size,
-                lr=diffusion_defaults.lr,
-                ema_decay=diffusion_defaults.ema_decay,
                 **common,
             ),
         )

@@ -47,6 +47,9 @@ class TrainConfig:
     batch_size: int = 64  # images per optimizer step, summed over ranks and micro-batches
     lr: float = 1e-3  # peak learning rate
     weight_decay: float = 0.0
+    # AdamW (beta1, beta2). A shorter second-moment memory than the usual 0.999 suits short
+    # runs: see DiffusionTrainSpec.
+    betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 50  # linear warmup, then cosine decay to min_lr_ratio * lr
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0  # max global grad norm; 0 disables
@@ -57,11 +60,16 @@ class TrainConfig:
     ckpt_every: int = 200
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
-    compile: bool = False  # torch.compile the model (helps on GPU, not on 2 CPU cores)
+    # torch.compile the model, default mode. bench/train_step.py measured the CUDA-graph mode
+    # ("reduce-overhead") 5.8x faster than eager for unet-xs on an H200; untested here with DDP.
+    compile: bool = False
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("steps, batch_size and grad_accum must be >= 1")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))  # lists from JSON
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
 
@@ -144,8 +152,16 @@ def step_generator(seed: int, step: int, micro: int = 0) -> torch.Generator:
 
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-        e.lerp_(p.detach(), 1.0 - decay)
+    """ema <- decay * ema + (1 - decay) * model, for every parameter; buffers are copied.
+
+    One multi-tensor kernel for all parameters: a loop of per-tensor lerp_ calls cost 3.6 ms
+    per step for unet-xs's 310 tensors on 2 CPU cores, the foreach form 0.75 ms.
+    """
+    ema_params, params = list(ema.parameters()), list(model.parameters())
+    if len(ema_params) != len(params):
+        raise ValueError(f"EMA has {len(ema_params)} parameters, the model {len(params)}")
+    if params:
+        torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1.0 - decay)
     for e, b in zip(ema.buffers(), model.buffers(), strict=True):
         e.copy_(b)
 
@@ -163,8 +179,18 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine
 
 
+# TrainConfig fields added after checkpoints already existed: they enter the digest only when
+# set to something other than their default, so adding one does not orphan old checkpoints.
+_FIELDS_ADDED_LATER = ("betas",)
+
+
 def settings_digest(config: dict[str, Any], cfg: TrainConfig) -> str:
-    blob = json.dumps({"config": config, "train": asdict(cfg)}, sort_keys=True, default=str)
+    """What a checkpoint was trained with; resuming under other settings is refused."""
+    train = asdict(cfg)
+    for name in _FIELDS_ADDED_LATER:
+        if getattr(cfg, name) == TrainConfig.__dataclass_fields__[name].default:
+            del train[name]
+    blob = json.dumps({"config": config, "train": train}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
@@ -198,6 +224,7 @@ def train(
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
         lr=cfg.lr,
+        betas=tuple(cfg.betas),
         weight_decay=cfg.weight_decay,
         fused=True,
     )

@@ -117,6 +117,34 @@ def test_tracking_switch_turns_mlflow_off(tmp_path, monkeypatch):
         training_tracker(workspace, "autoencoder", "kl-f4")
 
 
+def test_bad_train_config_is_refused_by_name():
+    with pytest.raises(ValueError, match="betas must be two numbers in"):
+        TrainConfig(betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="ema_decay must lie in"):
+        TrainConfig(ema_decay=1.0)
+
+
+def test_settings_digest_of_older_checkpoints_is_unchanged():
+    """A field added to TrainConfig later counts only when changed from its default, so
+    checkpoints written before it existed still resume."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from tasks.trainer import settings_digest
+
+    cfg, config = TrainConfig(steps=7), {"kind": "x"}
+    before = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "betas"}
+    blob = json.dumps({"config": config, "train": before}, sort_keys=True, default=str)
+    assert settings_digest(config, cfg) == hashlib.sha1(blob.encode()).hexdigest()[:16]
+    assert settings_digest(config, TrainConfig(steps=7, betas=[0.9, 0.999])) == (
+        settings_digest(config, cfg)
+    )
+    assert settings_digest(config, TrainConfig(steps=7, betas=(0.9, 0.99))) != (
+        settings_digest(config, cfg)
+    )
+
+
 def test_unknown_timestep_sampling_is_refused_by_name():
     with pytest.raises(ValueError, match="unknown timestep_sampling 'beta'"):
         DiffusionTrainSpec(timestep_sampling="beta")
@@ -127,6 +155,27 @@ def test_unknown_timestep_sampling_is_refused_by_name():
 
 def _null_tracker(workspace):
     return lambda run_id, enabled: Tracker(workspace, "marble-test", "loop", run_id, enabled=False)
+
+
+def test_ema_update_closed_form():
+    """ema <- d * ema + (1 - d) * model: from 0 towards 1 with d = 0.9, 0.1 then 0.19."""
+    from tasks.trainer import ema_decay_at, update_ema
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    for p in model.parameters():
+        torch.nn.init.ones_(p)
+    for p in ema.parameters():
+        torch.nn.init.zeros_(p)
+    model[1].running_mean.fill_(5.0)
+    update_ema(ema, model, 0.9)
+    for p in ema.parameters():
+        torch.testing.assert_close(p, torch.full_like(p, 0.1))
+    update_ema(ema, model, 0.9)
+    for p in ema.parameters():
+        torch.testing.assert_close(p, torch.full_like(p, 0.19))
+    torch.testing.assert_close(ema[1].running_mean, torch.full((2,), 5.0))  # copied
+    assert ema_decay_at(0, 0.999) == pytest.approx(0.1) and ema_decay_at(10**6, 0.99) == 0.99
 
 
 def test_loss_falls_on_a_fixed_batch(tmp_path):

@@ -119,6 +119,32 @@ def test_timestep_embedding_closed_form():
 # Attention
 
 
+def _reference_attention(x, context, w_q, w_k, w_v, heads, mask=None):
+    """softmax(q k^T / sqrt(d)) v per head, written out with plain matmuls."""
+    q, k, v = x @ w_q.T, context @ w_k.T, context @ w_v.T
+    b, n, inner = q.shape
+    d = inner // heads
+    q, k, v = (t.view(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
+    scores = q @ k.transpose(-1, -2) / d**0.5  # (B, heads, N, L)
+    if mask is not None:
+        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+    return (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, inner)
+
+
+def test_attention_matches_written_out_softmax():
+    """Self- and masked cross-attention equal softmax(q k^T / sqrt(d)) v per head."""
+    torch.manual_seed(0)
+    x, (context, mask) = torch.randn(2, 10, 16), _context()
+    for attn, ctx, ctx_mask in (
+        (Attention(query_dim=16, context_dim=None, heads=2, head_dim=8), x, None),
+        (Attention(query_dim=16, context_dim=12, heads=2, head_dim=8), context, mask),
+    ):
+        weights = attn.to_q.weight, attn.to_k.weight, attn.to_v.weight
+        reference = _reference_attention(x, ctx, *weights, heads=2, mask=ctx_mask)
+        got = attn(x) if ctx is x else attn(x, ctx, ctx_mask)
+        torch.testing.assert_close(got, attn.to_out(reference))
+
+
 def test_cross_attention_invariant_to_context_permutation():
     torch.manual_seed(0)
     attn = Attention(query_dim=16, context_dim=12, heads=2, head_dim=8)
