@@ -70,7 +70,7 @@ class DiffusionTrainSpec:
     # lr 3e-3: 81.5 % all-correct at both seeds tried against 2e-3's 75.5 / 78.5 % (unet-xs,
     # 880 steps = 3 CPU minutes); 4e-3 was far worse on unet-s (27 %). AdamW beta2 0.99 and
     # EMA 0.98 (short memories for a short run): 82.5 / 74.5 % at 800 steps and seeds 0 / 1,
-    # against 78 / 74.5 % with beta2 0.999 and EMA 0.99 (bench/time_to_quality.py, README).
+    # against 78 / 74.5 % with beta2 0.999 and EMA 0.99 (plain-loop probes; README).
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             steps=2000, batch_size=128, lr=3e-3, betas=(0.9, 0.99), ema_decay=0.98

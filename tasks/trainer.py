@@ -155,7 +155,7 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * model, for every parameter; buffers are copied.
 
     One multi-tensor kernel for all parameters: a loop of per-tensor lerp_ calls cost 3.6 ms
-    per step for unet-xs's 310 tensors on 2 CPU cores, the foreach form 0.75 ms.
+    per step for unet-xs's 324 tensors on 2 CPU cores, the foreach form 0.75 ms.
     """
     ema_params, params = list(ema.parameters()), list(model.parameters())
     if len(ema_params) != len(params):
@@ -224,7 +224,7 @@ def train(
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
         lr=cfg.lr,
-        betas=tuple(cfg.betas),
+        betas=cfg.betas,
         weight_decay=cfg.weight_decay,
         fused=True,
     )
