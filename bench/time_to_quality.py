@@ -24,14 +24,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import get_args
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tasks  # noqa: E402,F401
 from eval.detector import attribute_scores  # noqa: E402
-from models.diffusion import TimestepSampling  # noqa: E402
+from models.diffusion import TIMESTEP_SAMPLINGS  # noqa: E402
 from tasks.plots import save_grid, to_uint8  # noqa: E402
 from tasks.shapes import FaultRates, ShapesSpec, sample_scene, write_as_raw_shard  # noqa: E402
 from tasks.train_autoencoder import AutoencoderTrainSpec, train_autoencoder  # noqa: E402
@@ -87,7 +86,7 @@ def main() -> None:
     parser.add_argument(
         "--timestep-sampling",
         default=DiffusionTrainSpec.timestep_sampling,
-        choices=get_args(TimestepSampling),
+        choices=TIMESTEP_SAMPLINGS,
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for json, plot, grids")
     args = parser.parse_args()

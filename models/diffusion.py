@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,7 @@ Schedule = Literal["linear", "scaled_linear", "cosine"]
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
 TimestepSampling = Literal["uniform", "logit_normal"]
+TIMESTEP_SAMPLINGS: tuple[str, ...] = get_args(TimestepSampling)
 
 
 def append_dims(x: Tensor, ndim: int) -> Tensor:
@@ -243,7 +244,7 @@ def sample_timesteps(
         u = torch.randn(n, generator=generator, dtype=torch.float64) * scale
         t = (torch.sigmoid(u) * num_train_timesteps).long()
         return t.clamp_(0, num_train_timesteps - 1)
-    raise ValueError(f"unknown timestep sampling {method!r}; expected 'uniform' or 'logit_normal'")
+    raise ValueError(f"unknown timestep sampling {method!r}; expected one of {TIMESTEP_SAMPLINGS}")
 
 
 # ----------------------------------------------------------------------------

@@ -20,13 +20,14 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from models.clip import TextConditioner, make_tokenizer
 from models.diffusion import (
+    TIMESTEP_SAMPLINGS,
     TimestepSampling,
     diffusion_loss,
     make_alphas_cumprod,
@@ -78,10 +79,10 @@ class DiffusionTrainSpec:
     )
 
     def __post_init__(self):
-        if self.timestep_sampling not in get_args(TimestepSampling):
+        if self.timestep_sampling not in TIMESTEP_SAMPLINGS:
             raise ValueError(
                 f"unknown timestep_sampling {self.timestep_sampling!r}; "
-                f"choose from {get_args(TimestepSampling)}"
+                f"choose from {TIMESTEP_SAMPLINGS}"
             )
 
     @property
