@@ -40,10 +40,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp)
         write_as_raw_shard(
-            ShapesSpec(n=args.n, faults=FaultRates(0, 0, 0, 0, 0)), raw / "00000.parquet"
+            ShapesSpec(n=args.n, faults=FaultRates.uniform(0)), raw / "00000.parquet"
         )
         t0 = time.perf_counter()
-        score_raw_pairs(scorer, raw, FilterConfig(batch_size=args.batch, workers=args.workers))
+        score_raw_pairs(
+            scorer,
+            raw,
+            FilterConfig(model="marble:bench", batch_size=args.batch, workers=args.workers),
+        )
         pipeline = args.n / (time.perf_counter() - t0)
     images = torch.rand(args.batch, 3, 32, 32) * 2 - 1
     captions = ["a large red circle on the left, gray background"] * args.batch

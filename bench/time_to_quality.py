@@ -36,7 +36,6 @@ from tasks.shapes import FaultRates, ShapesSpec, sample_scene, write_as_raw_shar
 from tasks.train_autoencoder import AutoencoderTrainSpec, train_autoencoder  # noqa: E402
 from tasks.train_clip import ClipTrainSpec, train_clip  # noqa: E402
 from tasks.train_diffusion import DiffusionTrainSpec, train_diffusion  # noqa: E402
-from tasks.trainer import TrainConfig  # noqa: E402
 from tasks.workspace import Workspace  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -52,14 +51,14 @@ def measure_speed(
 ) -> float:
     """Training steps per second of this spec on this machine, from two throwaway runs: the
     difference of a `short` one and one about `seconds` longer, so first-step costs
-    (allocator and kernel warm-up, large on a GPU) cancel. A 30-step difference (6 s here)
-    read 14 % fast once; steps vary by about 10 % on 2 busy cores."""
+    (allocator and kernel warm-up, large on a GPU) cancel, and the longer one spans enough
+    steps to average out step-to-step variation."""
 
     def wall(steps: int) -> float:
         train = dataclasses.replace(spec.train, steps=steps, ckpt_every=10**9)
         probe = dataclasses.replace(spec, train=train)
         seconds_taken = train_diffusion(probe, workspace, log=lambda *_: None)["wall_s"]
-        shutil.rmtree(workspace.checkpoints / "diffusion" / probe.name)
+        shutil.rmtree(workspace.checkpoint("diffusion", probe.name))
         return seconds_taken
 
     first = wall(short)
@@ -77,9 +76,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=DiffusionTrainSpec().train.lr)
     parser.add_argument("--ae-steps", type=int, default=1500)
-    # Below ~1,000 steps clip-tiny's text tower maps "circle" and "square" to nearly the same
-    # states (its image tower cannot yet tell them apart at 32 px), and the U-Net then
-    # cannot either: measured pooled cosine 0.9993 at 400 steps, 0.998 at 600, 0.80 at 1,200.
+    # a text tower that tells "circle" from "square" (docs/training.md, time to quality)
     parser.add_argument("--clip-steps", type=int, default=1200)
     parser.add_argument("--spaces", default="kl-f4,identity")
     parser.add_argument("--seed", type=int, default=0, help="seed of the diffusion training")
@@ -103,22 +100,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workspace = Workspace(Path(tmp) / "home")
         workspace.raw.mkdir(parents=True)
-        spec = ShapesSpec(n=args.n, wrong_caption_fraction=0.0, faults=FaultRates(0, 0, 0, 0, 0))
+        spec = ShapesSpec(n=args.n, wrong_caption_fraction=0.0, faults=FaultRates.uniform(0))
         write_as_raw_shard(spec, workspace.raw / "00000.parquet")
         t0 = time.perf_counter()
+        clip = ClipTrainSpec()
         train_clip(
-            ClipTrainSpec(
-                train=TrainConfig(
-                    steps=args.clip_steps, batch_size=128, lr=1e-3, weight_decay=0.1, ema_decay=0.0
-                )
-            ),
+            dataclasses.replace(clip, train=dataclasses.replace(clip.train, steps=args.clip_steps)),
             workspace,
         )
         clip_s = time.perf_counter() - t0
         for space in args.spaces.split(","):
             t0 = time.perf_counter()
-            ae_train = TrainConfig(steps=args.ae_steps, batch_size=64, lr=2e-3, ema_decay=0.995)
-            ae = train_autoencoder(AutoencoderTrainSpec(preset=space, train=ae_train), workspace)
+            ae_spec = AutoencoderTrainSpec(preset=space)
+            ae_train = dataclasses.replace(ae_spec.train, steps=args.ae_steps)
+            ae = train_autoencoder(dataclasses.replace(ae_spec, train=ae_train), workspace)
             ae_s = time.perf_counter() - t0
             # the built-in training settings (betas, EMA, warm-up), with this run's overrides
             defaults = dataclasses.replace(

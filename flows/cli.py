@@ -1,4 +1,9 @@
-"""The `marble` command line. Each subcommand calls a flow (or a task) with typed parameters."""
+"""The `marble` command line. Each subcommand calls a flow (or a task) with typed parameters.
+
+Options, their defaults, choices and help come from the pydantic parameter models in
+flows/params.py (`add_model_options`), so the CLI and the Prefect UI form always agree, and
+a value out of bounds is refused by the same model either way.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +11,105 @@ import argparse
 import json
 import sys
 import time
+import types
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
+
+# ---------------------------------------------------------------------------- options from models
+
+
+def _comma_list(item_type, choices: tuple | None):
+    def parse(text: str) -> list:
+        items = [item_type(part.strip()) for part in text.split(",") if part.strip()]
+        for item in items:
+            if choices is not None and item not in choices:
+                raise argparse.ArgumentTypeError(
+                    f"invalid choice {item!r} (choose from {', '.join(map(str, choices))})"
+                )
+        return items
+
+    return parse
+
+
+def _option_kwargs(annotation, default) -> dict:
+    """argparse keyword arguments for a pydantic field's annotation."""
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):  # X | None: an optional X
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+        origin = get_origin(annotation)
+    if annotation is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if origin is list:
+        (item,) = get_args(annotation)
+        choices = get_args(item) if get_origin(item) is Literal else None
+        item_type = type(choices[0]) if choices else item
+        return {"type": _comma_list(item_type, choices), "metavar": "A,B,..."}
+    if origin is Literal:
+        choices = get_args(annotation)
+        return {"type": type(choices[0]), "choices": choices}
+    return {"type": annotation}
+
+
+def _bounds(field) -> str:
+    """The field's numeric bounds as text, e.g. ">= 1, <= 10000000"."""
+    signs = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    parts = []
+    for item in field.metadata:
+        for key, sign in signs.items():
+            value = getattr(item, key, None)
+            if value is not None:
+                parts.append(f"{sign} {value}")
+    return ", ".join(parts)
+
+
+def add_model_options(
+    parser: argparse.ArgumentParser,
+    model: type[BaseModel],
+    only: Iterable[str] | None = None,
+    positional: Iterable[str] = (),
+) -> list[str]:
+    """Add `--field-name` options for `model`'s fields (all, or `only`); returns their names.
+    Defaults are the model's; values are checked by the model when it is built."""
+    names = list(only) if only is not None else list(model.model_fields)
+    for name in names:
+        field = model.model_fields[name]
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
+        kwargs = _option_kwargs(field.annotation, default)
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        notes = [f"default: {shown}"] if default is not None else []
+        notes += [_bounds(field)] if _bounds(field) else []
+        help_text = field.description or ""
+        if notes:
+            help_text += f" ({'; '.join(notes)})" if help_text else "; ".join(notes)
+        if name in positional:
+            parser.add_argument(name, help=help_text, **kwargs)
+        else:
+            flag = "--" + name.replace("_", "-")
+            parser.add_argument(flag, dest=name, default=default, help=help_text, **kwargs)
+    return names
+
+
+def build_model(model: type[BaseModel], args: argparse.Namespace, names: Iterable[str]):
+    return model(**{name: getattr(args, name) for name in names})
+
+
+# ---------------------------------------------------------------------------- commands
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from flows.params import RunParams, ShapesParams, TrainingParams
     from flows.run import run_flow
 
-    shapes = ShapesParams(n=args.n, image_size=args.image_size, seed=args.seed, port=args.port)
-    training = TrainingParams(
-        text_encoders=args.text_encoders.split(","),
-        unets=args.unets.split(","),
-        autoencoders=args.autoencoders.split(","),
-        **{k: v for k, v in vars(args).items() if k.endswith("_steps") and v is not None},
+    params = RunParams(
+        home=args.home,
+        shapes=build_model(ShapesParams, args, args.shapes_fields),
+        training=build_model(TrainingParams, args, args.training_fields),
     )
     t0 = time.perf_counter()
-    summary = run_flow(RunParams(home=args.home, shapes=shapes, training=training))
+    summary = run_flow(params)
     elapsed = time.perf_counter() - t0
     print(f"\nmarble run finished in {elapsed:.0f} s; workspace: {summary['workspace']}")
     for name, stage in summary["stages"].items():
@@ -34,35 +122,23 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     from flows.params import IngestParams
     from tasks.url_list import read_url_list
 
-    read_url_list(Path(args.url_list), args.url_col, args.caption_col)  # bad input: fail here
-    params = IngestParams(
-        url_list=str(Path(args.url_list).resolve()),
-        url_col=args.url_col,
-        caption_col=args.caption_col,
-        image_size=args.image_size,
-        processes=args.processes,
-        threads=args.threads,
-        allow_private=args.allow_private,
-        distributor=args.distributor,
-    )
+    params = build_model(IngestParams, args, args.fields)
+    params = params.model_copy(update={"url_list": str(Path(params.url_list).resolve())})
+    read_url_list(Path(params.url_list), params.url_col, params.caption_col)  # bad input: here
     manifest = ingest_flow(params, home=args.home)
     print(json.dumps({k: v for k, v in manifest.items() if k != "history"}, indent=2))
     return 0
 
 
 def _cmd_shapes_serve(args: argparse.Namespace) -> int:
-    from tasks.shapes import FaultRates, ShapesSpec
+    from flows.params import ShapesParams
     from tasks.shapes_server import serve_shapes
     from tasks.workspace import Workspace
 
-    spec = ShapesSpec(
-        n=args.n,
-        image_size=args.image_size,
-        seed=args.seed,
-        faults=FaultRates(*(args.fault_rate,) * 5),
-    )
+    params = build_model(ShapesParams, args, args.fields)
+    spec = params.to_spec()
     out = Path(args.out) if args.out else Workspace.from_env(args.home).source
-    with serve_shapes(spec, out, port=args.port) as source:
+    with serve_shapes(spec, out, port=params.port) as source:
         print(f"serving {spec.n} captioned shapes at {source.base_url}")
         print(f"URL list:     {source.url_list}\nground truth: {source.truth}")
         print("Ctrl-C to stop.", flush=True)
@@ -78,136 +154,113 @@ def _cmd_filter(args: argparse.Namespace) -> int:
     from flows.filter import filter_flow
     from flows.params import FilterParams
 
-    params = FilterParams(
-        model=args.model,
-        keep=args.keep,
-        threshold=args.threshold,
-        top_fraction=args.top_fraction,
-        filter_clip_epochs=args.filter_clip_epochs,
-    )
+    params = build_model(FilterParams, args, args.fields)
     print(json.dumps(filter_flow(params, home=args.home), indent=2))
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     """One trainer, without Prefect: this is what `torchrun -m flows.cli train ...` runs."""
+    import dataclasses
+
+    from flows.params import TrainModelParams
     from tasks.train_autoencoder import AutoencoderTrainSpec, train_autoencoder
     from tasks.train_clip import ClipTrainSpec, train_clip
     from tasks.train_diffusion import DiffusionTrainSpec, train_diffusion
     from tasks.workspace import Workspace
 
+    params = build_model(TrainModelParams, args, args.fields)
     workspace = Workspace.from_env(args.home)
-    overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v}
-    overrides |= {"device": args.device, "seed": args.seed}
-    if args.kind == "autoencoder":
-        base = AutoencoderTrainSpec(preset=args.autoencoder)
-        spec = AutoencoderTrainSpec(preset=args.autoencoder, train=_merge(base.train, overrides))
-        summary = train_autoencoder(spec, workspace)
-    elif args.kind == "clip":
-        base = ClipTrainSpec(preset=args.text_encoder)
-        summary = train_clip(
-            ClipTrainSpec(preset=args.text_encoder, train=_merge(base.train, overrides)), workspace
-        )
+    if params.kind == "autoencoder":
+        spec, trainer = AutoencoderTrainSpec(preset=params.autoencoder), train_autoencoder
+    elif params.kind == "clip":
+        spec, trainer = ClipTrainSpec(preset=params.text_encoder), train_clip
     else:
-        base = DiffusionTrainSpec()
         spec = DiffusionTrainSpec(
-            text_encoder=args.text_encoder, unet=args.unet, autoencoder=args.autoencoder,
-            train=_merge(base.train, overrides),
-        )  # fmt: skip
-        summary = train_diffusion(spec, workspace)
-    print(json.dumps(summary, indent=2, default=str))
+            text_encoder=params.text_encoder, unet=params.unet, autoencoder=params.autoencoder
+        )
+        trainer = train_diffusion
+    changes = {"device": params.device, "seed": params.seed}
+    changes |= {k: getattr(params, k) for k in ("steps", "batch_size") if getattr(params, k)}
+    spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, **changes))
+    print(json.dumps(trainer(spec, workspace), indent=2, default=str))
     return 0
 
 
-def _merge(cfg, overrides: dict):
-    import dataclasses
-
-    return dataclasses.replace(cfg, **overrides)
+# ---------------------------------------------------------------------------- the parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from flows.params import TrainingParams
+    from flows.params import (
+        FilterParams,
+        IngestParams,
+        ShapesParams,
+        TrainingParams,
+        TrainModelParams,
+    )
 
-    parser = argparse.ArgumentParser(prog="marble", description=__doc__)
+    parser = argparse.ArgumentParser(prog="marble", description=__doc__.split("\n")[0])
     parser.add_argument("--home", help="workspace root (default: $MARBLE_HOME or ./marble-home)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="the main job: the whole chain on the built-in shapes data")
-    run.add_argument("--n", type=int, default=5000, help="pairs in the built-in data (5000)")
-    run.add_argument("--image-size", type=int, default=32)
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--port", type=int, default=8737, help="loopback port of the shapes server")
-    grid = TrainingParams()  # the built-in grid's defaults live in one place
-    for flag, default in (
-        ("--text-encoders", grid.text_encoders),
-        ("--unets", grid.unets),
-        ("--autoencoders", grid.autoencoders),
-    ):
-        run.add_argument(flag, default=",".join(default), help="comma-separated")
-    run.add_argument("--autoencoder-steps", type=int)
-    run.add_argument("--clip-steps", type=int)
-    run.add_argument("--diffusion-steps", type=int)
-    run.set_defaults(func=_cmd_run)
+    run.set_defaults(
+        func=_cmd_run,
+        shapes_fields=add_model_options(
+            run, ShapesParams, only=("n", "image_size", "seed", "port")
+        ),
+        training_fields=add_model_options(
+            run,
+            TrainingParams,
+            only=(
+                "text_encoders",
+                "unets",
+                "autoencoders",
+                "autoencoder_steps",
+                "clip_steps",
+                "diffusion_steps",
+            ),
+        ),
+    )
 
     ing = sub.add_parser("ingest", help="download a URL list (Parquet/CSV) into data/raw/")
-    ing.add_argument("url_list")
-    ing.add_argument("--url-col", default="url")
-    ing.add_argument("--caption-col", default="caption")
-    ing.add_argument("--image-size", type=int, default=32)
-    ing.add_argument("--processes", type=int, default=2)
-    ing.add_argument("--threads", type=int, default=32)
-    ing.add_argument(
-        "--allow-private", action="store_true", help="fetch private/loopback addresses"
+    ing.set_defaults(
+        func=_cmd_ingest, fields=add_model_options(ing, IngestParams, positional=("url_list",))
     )
-    ing.add_argument(
-        "--distributor", default="multiprocessing", choices=["multiprocessing", "pyspark", "ray"]
-    )
-    ing.set_defaults(func=_cmd_ingest)
 
     fil = sub.add_parser("filter", help="score raw pairs by CLIP similarity, keep those that fit")
-    fil.add_argument(
-        "--model", help="openclip:ARCH:TAG or marble:NAME (default: train a filter CLIP)"
-    )
-    fil.add_argument(
-        "--keep", default="mixture", choices=["mixture", "otsu", "threshold", "top_fraction"]
-    )
-    fil.add_argument("--threshold", type=float, default=0.28)
-    fil.add_argument("--top-fraction", type=float, default=0.3)
-    fil.add_argument(
-        "--filter-clip-epochs", type=float, default=8.0, help="when no --model: its training"
-    )
-    fil.set_defaults(func=_cmd_filter)
+    fil.set_defaults(func=_cmd_filter, fields=add_model_options(fil, FilterParams))
 
     tr = sub.add_parser("train", help="train one model directly (no Prefect; works under torchrun)")
-    tr.add_argument("kind", choices=["autoencoder", "clip", "diffusion"])
-    tr.add_argument("--autoencoder", default="kl-f4", help="autoencoder preset / checkpoint name")
-    tr.add_argument("--text-encoder", default="clip-tiny", help="CLIP preset / checkpoint name")
-    tr.add_argument("--unet", default="unet-xs", help="U-Net preset")
-    tr.add_argument("--steps", type=int, help="optimizer steps (default: the trainer's)")
-    tr.add_argument("--batch-size", type=int)
-    tr.add_argument("--device", default="auto")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.set_defaults(func=_cmd_train)
+    tr.set_defaults(
+        func=_cmd_train, fields=add_model_options(tr, TrainModelParams, positional=("kind",))
+    )
 
     shapes = sub.add_parser("shapes", help="the built-in captioned-shapes data source")
     shapes_sub = shapes.add_subparsers(dest="shapes_command", required=True, metavar="ACTION")
     serve = shapes_sub.add_parser(
         "serve", help="serve the shapes on 127.0.0.1 and write the URL list"
     )
-    serve.add_argument("--n", type=int, default=5000)
-    serve.add_argument("--image-size", type=int, default=32)
-    serve.add_argument("--seed", type=int, default=0)
-    serve.add_argument("--port", type=int, default=0, help="0: a free port")
-    serve.add_argument("--fault-rate", type=float, default=0.005, help="per fault kind")
     serve.add_argument("--out", help="folder for urls.parquet and truth.parquet")
-    serve.set_defaults(func=_cmd_shapes_serve)
+    serve.set_defaults(func=_cmd_shapes_serve, fields=add_model_options(serve, ShapesParams))
     return parser
+
+
+def _validation_message(error: ValidationError) -> str:
+    parts = []
+    for e in error.errors():
+        where = ".".join(str(x) for x in e["loc"]) or error.title
+        parts.append(f"{where.replace('_', '-')}: {e['msg']}")
+    return "; ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except ValidationError as e:  # a value out of a parameter model's bounds
+        print(f"marble: error: {_validation_message(e)}", file=sys.stderr)
+        return 2
     except ValueError as e:  # bad input: one clear line, no traceback
         print(f"marble: error: {e}", file=sys.stderr)
         return 2

@@ -32,8 +32,8 @@ def _retry_unless_bad_input(task, task_run, state) -> bool:
     retry_condition_fn=_retry_unless_bad_input,
     cache_policy=NO_CACHE,
 )
-def download_pairs(cfg: IngestConfig, home: str | None) -> dict:
-    return asdict(ingest(cfg, Workspace.from_env(home)))
+def download_pairs(cfg: IngestConfig, workspace: Workspace) -> dict:
+    return asdict(ingest(cfg, workspace))
 
 
 def ingest_config(params: IngestParams, allowed_hosts: tuple[str, ...] = ()) -> IngestConfig:
@@ -46,4 +46,4 @@ def ingest_config(params: IngestParams, allowed_hosts: tuple[str, ...] = ()) -> 
 @flow(name="ingest", log_prints=True)
 def ingest_flow(params: IngestParams, home: str | None = None) -> dict:
     """Download the pairs of a URL list into the workspace; returns the ingest manifest."""
-    return download_pairs(ingest_config(params), home)
+    return download_pairs(ingest_config(params), Workspace.from_env(home))

@@ -1,10 +1,50 @@
-"""Flow parameters as pydantic models: Prefect validates them and builds the UI form from them."""
+"""Flow parameters as pydantic models: Prefect validates them and builds the UI form from them,
+and the `marble` CLI derives its options from them (flows/cli.py).
+
+Each default is written once. Task settings default to their task spec's value
+(`spec_default`); choice lists are Literals built from the preset tables and rule tables
+themselves; the defaults that only describe the built-in run (its training budgets, its
+grid) live here.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import dataclasses
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from models.autoencoder import AE_PRESETS
+from models.clip import CLIP_PRESETS
+from models.diffusion import BETA_SCHEDULES, PREDICTION_TYPES, TIMESTEP_SAMPLINGS
+from models.unet import UNET_PRESETS
+from tasks.filter import FilterConfig
+from tasks.ingest import IngestConfig
+from tasks.keep_rules import KEEP_RULES
+from tasks.shapes import DEFAULT_FAULT_RATE, FaultRates, ShapesSpec
+from tasks.train_autoencoder import AutoencoderTrainSpec
+from tasks.train_clip import FILTER_CLIP_EPOCHS, ClipTrainSpec
+from tasks.train_diffusion import DiffusionTrainSpec
+
+AutoencoderPreset = Literal[tuple(AE_PRESETS)]
+ClipPreset = Literal[tuple(CLIP_PRESETS)]
+UNetPreset = Literal[tuple(UNET_PRESETS)]
+ScheduleName = Literal[tuple(BETA_SCHEDULES)]
+PredictionTypeName = Literal[PREDICTION_TYPES]
+TimestepSamplingName = Literal[TIMESTEP_SAMPLINGS]
+KeepRuleName = Literal[tuple(KEEP_RULES)]
+Distributor = Literal["multiprocessing", "pyspark", "ray"]
+
+
+def spec_default(spec: type, name: str) -> Any:
+    """The default of field `name` of the dataclass `spec`."""
+    field = spec.__dataclass_fields__[name]
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    return field.default_factory()
+
+
+_DIFFUSION = DiffusionTrainSpec()  # its defaults: the settings time to quality picked
 
 
 class ShapesParams(BaseModel):
@@ -12,15 +52,29 @@ class ShapesParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    n: int = Field(5000, ge=1, le=1_000_000, description="number of image-text pairs")
-    image_size: int = Field(32, ge=8, le=512, description="rendered image side, pixels")
-    seed: int = Field(0, ge=0, description="everything about the data follows from it")
-    wrong_caption_fraction: float = Field(
-        0.2, ge=0, le=1, description="pairs given another image's caption (ground truth kept)"
+    n: int = Field(
+        spec_default(ShapesSpec, "n"), ge=1, le=1_000_000, description="number of image-text pairs"
     )
-    two_object_fraction: float = Field(0.25, ge=0, le=1, description="images with two objects")
+    image_size: int = Field(
+        spec_default(ShapesSpec, "image_size"), ge=8, le=512, description="image side, pixels"
+    )
+    seed: int = Field(
+        spec_default(ShapesSpec, "seed"), ge=0, description="everything about the data follows"
+    )
+    wrong_caption_fraction: float = Field(
+        spec_default(ShapesSpec, "wrong_caption_fraction"),
+        ge=0,
+        le=1,
+        description="pairs given another image's caption (ground truth kept)",
+    )
+    two_object_fraction: float = Field(
+        spec_default(ShapesSpec, "two_object_fraction"),
+        ge=0,
+        le=1,
+        description="images with two objects",
+    )
     fault_rate: float = Field(
-        0.005,
+        DEFAULT_FAULT_RATE,
         ge=0,
         le=0.2,
         description="fraction of URLs given each fault: 404, corrupt, truncated, slow, redirect",
@@ -33,6 +87,16 @@ class ShapesParams(BaseModel):
         "0 or a busy port falls back to a free one",
     )
 
+    def to_spec(self) -> ShapesSpec:
+        return ShapesSpec(
+            n=self.n,
+            image_size=self.image_size,
+            seed=self.seed,
+            wrong_caption_fraction=self.wrong_caption_fraction,
+            two_object_fraction=self.two_object_fraction,
+            faults=FaultRates.uniform(self.fault_rate),
+        )
+
 
 class IngestParams(BaseModel):
     """Download a URL list with img2dataset into data/raw/."""
@@ -40,46 +104,65 @@ class IngestParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url_list: str = Field(description="Parquet, CSV or TSV file with a URL and a caption column")
-    url_col: str = "url"
-    caption_col: str = "caption"
-    image_size: int = Field(32, ge=8, le=4096, description="output side, pixels (centre crop)")
-    processes: int = Field(2, ge=1, le=256)
-    threads: int = Field(32, ge=1, le=1024)
-    shard_size: int = Field(1000, ge=1, le=1_000_000, description="rows per Parquet shard")
-    timeout_s: int = Field(10, ge=1, le=600)
-    retries: int = Field(1, ge=0, le=10)
-    allow_private: bool = Field(False, description="allow private and loopback addresses")
-    distributor: Literal["multiprocessing", "pyspark", "ray"] = "multiprocessing"
+    url_col: str = Field(spec_default(IngestConfig, "url_col"), description="URL column")
+    caption_col: str = Field(
+        spec_default(IngestConfig, "caption_col"), description="caption column"
+    )
+    image_size: int = Field(
+        spec_default(IngestConfig, "image_size"),
+        ge=8,
+        le=4096,
+        description="output side, pixels (centre crop)",
+    )
+    processes: int = Field(spec_default(IngestConfig, "processes"), ge=1, le=256)
+    threads: int = Field(spec_default(IngestConfig, "threads"), ge=1, le=1024)
+    shard_size: int = Field(
+        spec_default(IngestConfig, "shard_size"),
+        ge=1,
+        le=1_000_000,
+        description="rows per Parquet shard",
+    )
+    timeout_s: int = Field(spec_default(IngestConfig, "timeout_s"), ge=1, le=600)
+    retries: int = Field(spec_default(IngestConfig, "retries"), ge=0, le=10)
+    allow_private: bool = Field(
+        spec_default(IngestConfig, "allow_private"),
+        description="fetch private and loopback addresses",
+    )
+    distributor: Distributor = spec_default(IngestConfig, "distributor")
 
 
 class TrainingParams(BaseModel):
-    """What to train, and for how long. The grid is text encoders x U-Nets (x autoencoders)."""
+    """What to train, and for how long. The grid is text encoders x U-Nets (x autoencoders).
+
+    The step budgets are the built-in run's: sized so `make run` fits about 15 minutes on
+    2 CPU cores, not for sample quality."""
 
     model_config = ConfigDict(extra="forbid")
 
-    autoencoders: list[Literal["kl-f4", "kl-f4-dec-s", "kl-f4-dec-l", "kl-f8", "identity"]] = Field(
+    autoencoders: list[AutoencoderPreset] = Field(
         ["kl-f4"], min_length=1, description="autoencoder presets (identity = pixel-space control)"
     )
-    text_encoders: list[Literal["clip-tiny", "clip-small", "clip-base"]] = Field(
+    text_encoders: list[ClipPreset] = Field(
         ["clip-tiny", "clip-small"], min_length=1, description="CLIP sizes (text tower sweep axis)"
     )
-    unets: list[Literal["unet-xs", "unet-s", "unet-m", "unet-l"]] = Field(
+    unets: list[UNetPreset] = Field(
         ["unet-xs", "unet-s"], min_length=1, description="U-Net sizes (noise predictor sweep axis)"
     )
-    autoencoder_steps: int = Field(800, ge=1, le=10_000_000)
-    clip_steps: int = Field(300, ge=1, le=10_000_000)
-    diffusion_steps: int = Field(300, ge=1, le=10_000_000)
-    diffusion_batch_size: int = Field(128, ge=1, le=65536)
-    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "v_prediction"
+    autoencoder_steps: int = Field(800, ge=1, le=10_000_000, description="optimizer steps")
+    clip_steps: int = Field(300, ge=1, le=10_000_000, description="optimizer steps")
+    diffusion_steps: int = Field(300, ge=1, le=10_000_000, description="optimizer steps")
+    diffusion_batch_size: int = Field(_DIFFUSION.train.batch_size, ge=1, le=65536)
+    prediction_type: PredictionTypeName = _DIFFUSION.prediction_type
     min_snr_gamma: float | None = Field(
-        5.0, gt=0, description="min-SNR loss weighting; empty = plain MSE"
+        _DIFFUSION.min_snr_gamma, gt=0, description="min-SNR loss weighting; empty = plain MSE"
     )
-    schedule: Literal["linear", "scaled_linear", "cosine"] = "cosine"
-    timestep_sampling: Literal["uniform", "logit_normal"] = Field(
-        "uniform", description="training timesteps: logit-normal favours mid-schedule"
+    schedule: ScheduleName = _DIFFUSION.schedule
+    timestep_sampling: TimestepSamplingName = Field(
+        _DIFFUSION.timestep_sampling,
+        description="training timesteps: logit-normal favours mid-schedule",
     )
-    cond_dropout: float = Field(0.1, ge=0, le=1)
-    seed: int = Field(0, ge=0)
+    cond_dropout: float = Field(_DIFFUSION.cond_dropout, ge=0, le=1)
+    seed: int = Field(0, ge=0, description="seed of every training")
     device: str = Field("auto", description='"auto", "cpu", "cuda" or "cuda:N"')
 
 
@@ -93,21 +176,64 @@ class FilterParams(BaseModel):
         description='"openclip:ARCH:TAG" (pretrained weights already on disk), "marble:NAME" '
         "(a marble CLIP checkpoint), or empty: train a small filter CLIP on the raw pairs",
     )
-    keep: Literal["mixture", "otsu", "threshold", "top_fraction"] = Field(
-        "mixture",
+    keep: KeepRuleName = Field(
+        spec_default(FilterConfig, "keep"),
         description="mixture: keep pairs the upper component of a two-Gaussian fit of the "
         "similarities explains best; otsu: cut between the two modes of the histogram",
     )
-    threshold: float = Field(0.28, ge=-1, le=1, description='for keep="threshold"')
-    top_fraction: float = Field(0.3, gt=0, le=1, description='for keep="top_fraction"')
+    threshold: float = Field(
+        spec_default(FilterConfig, "threshold"), ge=-1, le=1, description='for keep="threshold"'
+    )
+    top_fraction: float = Field(
+        spec_default(FilterConfig, "top_fraction"),
+        gt=0,
+        le=1,
+        description='for keep="top_fraction"',
+    )
     filter_clip_epochs: float = Field(
-        8.0, gt=0, le=100_000, description="training epochs of the filter CLIP over the raw pairs"
+        FILTER_CLIP_EPOCHS,
+        gt=0,
+        le=100_000,
+        description="when no model is given: training epochs of the filter CLIP over the raw pairs",
     )
     filter_clip_steps: int | None = Field(
         None, ge=1, le=10_000_000, description="a fixed step count instead of the epochs"
     )
-    val_fraction: float = Field(0.05, ge=0, lt=1)
-    device: str = "auto"
+    val_fraction: float = Field(spec_default(FilterConfig, "val_fraction"), ge=0, lt=1)
+    device: str = Field(spec_default(FilterConfig, "device"), description="auto, cpu, cuda...")
+
+    def to_config(self, model: str) -> FilterConfig:
+        return FilterConfig(
+            model=model,
+            keep=self.keep,
+            threshold=self.threshold,
+            top_fraction=self.top_fraction,
+            val_fraction=self.val_fraction,
+            device=self.device,
+        )
+
+
+class TrainModelParams(BaseModel):
+    """One model trained directly, without Prefect (what `torchrun -m flows.cli train` runs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["autoencoder", "clip", "diffusion"]
+    autoencoder: AutoencoderPreset = Field(
+        spec_default(AutoencoderTrainSpec, "preset"), description="autoencoder preset"
+    )
+    text_encoder: ClipPreset = Field(
+        spec_default(ClipTrainSpec, "preset"), description="CLIP preset"
+    )
+    unet: UNetPreset = Field(_DIFFUSION.unet, description="U-Net preset")
+    steps: int | None = Field(
+        None, ge=1, le=10_000_000, description="optimizer steps (default: the trainer's)"
+    )
+    batch_size: int | None = Field(
+        None, ge=1, le=65536, description="images per step (default: the trainer's)"
+    )
+    device: str = Field("auto", description='"auto", "cpu", "cuda" or "cuda:N"')
+    seed: int = Field(0, ge=0, description="seed of the training")
 
 
 class RunParams(BaseModel):

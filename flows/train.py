@@ -16,68 +16,51 @@ from flows.params import TrainingParams
 from tasks.train_autoencoder import AutoencoderTrainSpec, train_autoencoder
 from tasks.train_clip import ClipTrainSpec, train_clip
 from tasks.train_diffusion import DiffusionTrainSpec, train_diffusion
-from tasks.trainer import TrainConfig
 from tasks.workspace import Workspace
 
 
-@task(name="train-autoencoder", cache_policy=NO_CACHE, task_run_name="autoencoder-{spec.preset}")
-def autoencoder_task(spec: AutoencoderTrainSpec, home: str | None) -> dict:
-    return train_autoencoder(spec, Workspace.from_env(home))
+@task(name="train-autoencoder", cache_policy=NO_CACHE, task_run_name="autoencoder-{spec.name}")
+def autoencoder_task(spec: AutoencoderTrainSpec, workspace: Workspace) -> dict:
+    return train_autoencoder(spec, workspace)
 
 
-@task(name="train-clip", cache_policy=NO_CACHE, task_run_name="clip-{spec.preset}")
-def clip_task(spec: ClipTrainSpec, home: str | None) -> dict:
-    return train_clip(spec, Workspace.from_env(home))
+@task(name="train-clip", cache_policy=NO_CACHE, task_run_name="clip-{spec.name}")
+def clip_task(spec: ClipTrainSpec, workspace: Workspace) -> dict:
+    return train_clip(spec, workspace)
 
 
 @task(name="train-diffusion", cache_policy=NO_CACHE, task_run_name="diffusion-{spec.name}")
-def diffusion_task(spec: DiffusionTrainSpec, home: str | None) -> dict:
-    return train_diffusion(spec, Workspace.from_env(home))
+def diffusion_task(spec: DiffusionTrainSpec, workspace: Workspace) -> dict:
+    return train_diffusion(spec, workspace)
 
 
 def training_specs(params: TrainingParams):
-    """The specs of every model in the grid, in the order they must be trained."""
+    """The specs of every model in the grid, in the order they must be trained: each kind's
+    own recipe (its spec's defaults) with the grid's step counts, seed and device."""
     common = {"seed": params.seed, "device": params.device}
+
+    def recipe(spec, **changes):
+        return dataclasses.replace(spec, train=dataclasses.replace(spec.train, **changes, **common))
+
     autoencoders = [
-        AutoencoderTrainSpec(
-            preset=p,
-            train=TrainConfig(
-                steps=params.autoencoder_steps, batch_size=64, lr=2e-3, ema_decay=0.995, **common
-            ),
-        )
+        recipe(AutoencoderTrainSpec(preset=p), steps=params.autoencoder_steps)
         for p in params.autoencoders
     ]
-    clips = [
-        ClipTrainSpec(
-            preset=p,
-            train=TrainConfig(
-                steps=params.clip_steps,
-                batch_size=128,
-                lr=1e-3,
-                weight_decay=0.1,
-                ema_decay=0.0,
-                **common,
-            ),
-        )
-        for p in params.text_encoders
-    ]
-    diffusion_defaults = DiffusionTrainSpec().train  # lr, betas, EMA: picked by time to quality
+    clips = [recipe(ClipTrainSpec(preset=p), steps=params.clip_steps) for p in params.text_encoders]
     diffusions = [
-        DiffusionTrainSpec(
-            text_encoder=text,
-            unet=unet,
-            autoencoder=ae,
-            schedule=params.schedule,
-            prediction_type=params.prediction_type,
-            min_snr_gamma=params.min_snr_gamma,
-            timestep_sampling=params.timestep_sampling,
-            cond_dropout=params.cond_dropout,
-            train=dataclasses.replace(
-                diffusion_defaults,
-                steps=params.diffusion_steps,
-                batch_size=params.diffusion_batch_size,
-                **common,
+        recipe(
+            DiffusionTrainSpec(
+                text_encoder=text,
+                unet=unet,
+                autoencoder=ae,
+                schedule=params.schedule,
+                prediction_type=params.prediction_type,
+                min_snr_gamma=params.min_snr_gamma,
+                timestep_sampling=params.timestep_sampling,
+                cond_dropout=params.cond_dropout,
             ),
+            steps=params.diffusion_steps,
+            batch_size=params.diffusion_batch_size,
         )
         for ae in params.autoencoders
         for text in params.text_encoders
@@ -86,7 +69,7 @@ def training_specs(params: TrainingParams):
     return autoencoders, clips, diffusions
 
 
-def run_training(params: TrainingParams, home: str | None) -> dict[str, dict]:
+def run_training(params: TrainingParams, workspace: Workspace) -> dict[str, dict]:
     """Train the whole grid (call inside a flow); returns summaries keyed by model."""
     autoencoders, clips, diffusions = training_specs(params)
     out: dict[str, dict] = {}
@@ -97,7 +80,7 @@ def run_training(params: TrainingParams, home: str | None) -> dict[str, dict]:
     ):
         for spec in specs:
             t0 = time.perf_counter()
-            summary = fn(spec, home)
+            summary = fn(spec, workspace)
             out[f"{kind}/{spec.name}"] = {**summary, "stage_s": round(time.perf_counter() - t0, 1)}
             print(f"trained {kind}/{spec.name} in {out[f'{kind}/{spec.name}']['stage_s']} s")
     return out
@@ -106,4 +89,4 @@ def run_training(params: TrainingParams, home: str | None) -> dict[str, dict]:
 @flow(name="train", log_prints=True)
 def train_flow(params: TrainingParams = TrainingParams(), home: str | None = None) -> dict:
     """Train autoencoders, CLIP encoders, then every (autoencoder, text encoder, U-Net) model."""
-    return run_training(params, home)
+    return run_training(params, Workspace.from_env(home))

@@ -11,15 +11,15 @@ variance per channel (latent-diffusion uses one hard-coded `scale_factor` instea
 statistics are non-persistent buffers built from the config, so weights saved before the
 statistics were measured load into a module built from the updated config.
 
-Presets (`AE_PRESETS`; `PARAM_COUNTS` holds the numbers):
+Presets (`AE_PRESETS`; parameter counts in `PARAM_COUNTS`):
 
-| preset      | f | encoder widths | decoder widths | res blocks | encoder | decoder | parameters |
-| ----------- | - | -------------- | -------------- | ---------- | ------- | ------- | ---------- |
-| identity    | 1 | -              | -              | -          | 0       | 0       | 0          |
-| kl-f4       | 4 | 16, 32, 64     | 16, 32, 64     | 1          | 167,832 | 197,475 | 365,307    |
-| kl-f4-dec-s | 4 | 16, 32, 64     | 8, 16, 32      | 1          | 167,832 | 50,355  | 218,187    |
-| kl-f4-dec-l | 4 | 16, 32, 64     | 32, 64, 128    | 1          | 167,832 | 782,019 | 949,851    |
-| kl-f8       | 8 | 16, 32, 64, 64 | 16, 32, 64, 64 | 1          | 278,872 | 308,515 | 587,387    |
+| preset      | f | encoder widths | decoder widths | res blocks |
+| ----------- | - | -------------- | -------------- | ---------- |
+| identity    | 1 | -              | -              | -          |
+| kl-f4       | 4 | 16, 32, 64     | 16, 32, 64     | 1          |
+| kl-f4-dec-s | 4 | 16, 32, 64     | 8, 16, 32      | 1          |
+| kl-f4-dec-l | 4 | 16, 32, 64     | 32, 64, 128    | 1          |
+| kl-f8       | 8 | 16, 32, 64, 64 | 16, 32, 64, 64 | 1          |
 
 `identity` has no weights: its latents are the pixels (f = 1, 3 channels), so pixel-space
 diffusion runs through the same code as a control.

@@ -9,19 +9,16 @@ kept.  EOT has the largest id in the vocabulary, so a row's EOT position is `arg
 same rule open_clip uses to pool the text features; the padding mask is every position up to
 and including it.
 
-Presets (`CLIP_PRESETS`; the text tower is the sweep axis, so the vision tower is the same in
-all three: ViT, 2 layers, width 128, 4 heads, patch 4; image_size 32 by default, change it
-with `dataclasses.replace`, which changes only the vision position table).  Most of each
-text tower's parameters are its 49,408-row token table.  `PARAM_COUNTS` holds the numbers:
+Presets (`CLIP_PRESETS`; parameter counts in `PARAM_COUNTS`).  The text tower is the sweep
+axis, so the vision tower is the same in all three: ViT, 2 layers, width 128, 4 heads, patch
+4; image_size 32 by default, change it with `dataclasses.replace`, which changes only the
+vision position table.  Most of each text tower's parameters are its 49,408-row token table.
 
-| preset     | E   | text D | layers | heads | vision tower | text (conditioner) | parameters |
-| ---------- | --- | ------ | ------ | ----- | ------------ | ------------------ | ---------- |
-| clip-tiny  | 128 | 128    | 2      | 2     | 428,032      | 6,725,120          | 7,169,537  |
-| clip-small | 192 | 192    | 4      | 3     | 436,224      | 11,272,320         | 11,745,409 |
-| clip-base  | 256 | 256    | 6      | 4     | 444,416      | 17,395,712         | 17,905,665 |
-
-"vision tower" differs only in its projection to E; "text (conditioner)" is what
-`TextConditioner` keeps (token table, positions, transformer, ln_final; no projection).
+| preset     | E   | text D | layers | heads |
+| ---------- | --- | ------ | ------ | ----- |
+| clip-tiny  | 128 | 128    | 2      | 2     |
+| clip-small | 192 | 192    | 4      | 3     |
+| clip-base  | 256 | 256    | 6      | 4     |
 """
 
 from __future__ import annotations
@@ -33,7 +30,7 @@ from dataclasses import dataclass
 
 import open_clip
 import torch
-import torch.nn.functional as F
+from open_clip.loss import ClipLoss
 from open_clip.tokenizer import SimpleTokenizer
 from torch import Tensor, nn
 
@@ -171,11 +168,22 @@ class TextConditioner(nn.Module):
 # Contrastive loss
 
 
-def clip_loss(image_features: Tensor, text_features: Tensor, logit_scale: Tensor) -> Tensor:
+def clip_loss(
+    image_features: Tensor,
+    text_features: Tensor,
+    logit_scale: Tensor,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Tensor:
     """Symmetric InfoNCE (Radford et al. 2021, Fig. 3): cross-entropy of image->text and
     text->image logits, averaged.  Features (B, E), L2-normalised by the caller
     (`encode_image(..., normalize=True)`); logit_scale is the multiplier, i.e. already
-    exponentiated, as open_clip's forward returns it."""
-    logits = logit_scale * image_features @ text_features.T  # (B, B)
-    labels = torch.arange(len(logits), device=logits.device)
-    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+    exponentiated, as open_clip's forward returns it.
+
+    Under DDP (world_size > 1) each rank passes its own slice of the batch; open_clip's
+    `ClipLoss` gathers every rank's features with their gradients, so every image is
+    contrasted with the captions of the whole global batch and each rank returns the
+    loss one process would compute on that batch (the logits are B x B on every rank).
+    """
+    loss = ClipLoss(local_loss=False, gather_with_grad=True, rank=rank, world_size=world_size)
+    return loss(image_features, text_features, logit_scale)

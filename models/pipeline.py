@@ -1,7 +1,7 @@
 """Text-to-image generation: tokenizer -> frozen text tower -> guided sampler over the U-Net ->
 autoencoder decoder. Pure compute; loading the parts from checkpoints is a task's job.
 
-    pipe = TextToImage(unet, autoencoder, text, tokenizer, alphas_cumprod, "epsilon")
+    pipe = TextToImage(unet, autoencoder, text, tokenizer, alphas_cumprod, "v_prediction", (4, 8, 8))
     images = pipe.generate(captions, seeds, guidance_scale=4.0)   # (B, 3, H, W) in [-1, 1]
 
 Image k depends only on (caption k, seed k) and the settings: the initial noise (and any
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from models.diffusion import PredictionType
-from models.guidance import guided_eps_fn
+from models.guidance import guided_model_fn
 from models.sampling import SAMPLERS, Spacing, make_generators, make_timesteps, randn_per_image
 
 
@@ -62,14 +62,14 @@ class TextToImage:
         context, mask = self.encode_text(captions)
         null_context, null_mask = self.encode_text([""])
         ac = self.alphas_cumprod.to(device)
-        eps_fn = guided_eps_fn(
-            self.unet, context, mask, null_context, null_mask, guidance_scale, ac,
-            self.prediction_type,
-        )  # fmt: skip
+        model_fn = guided_model_fn(
+            self.unet, context, mask, null_context, null_mask, guidance_scale
+        )
         generators = make_generators(list(seeds))  # x_T, then any ancestral noise, per image
         x_T = randn_per_image(self.latent_shape, generators, device=device)  # (B, C, h, w)
         timesteps = make_timesteps(len(ac), num_inference_steps, spacing).to(device)
         z0 = SAMPLERS[sampler](
-            eps_fn, x_T, timesteps, ac, eta=eta, generators=generators, callback=callback
-        )
+            model_fn, x_T, timesteps, ac, prediction_type=self.prediction_type, eta=eta,
+            generators=generators, callback=callback,
+        )  # fmt: skip
         return self.autoencoder.decode_latents(z0).clamp(-1, 1)

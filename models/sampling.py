@@ -1,17 +1,24 @@
-"""Samplers: functions over a denoiser `eps_fn(x_t, t) -> ε̂`, with the schedule passed in.
+"""Samplers: functions over a denoiser `model_fn(x_t, t) -> network output`, with the schedule
+and the network's prediction type passed in.
 
 Notation (code -> paper): alphas_cumprod -> ᾱ_t, eps -> ε̂, x0_hat -> x̂_0, eta -> η,
 alpha -> α_t = sqrt(ᾱ_t), sigma -> σ_t = sqrt(1 - ᾱ_t), lam -> λ_t = log(α_t / σ_t).
 
 Every sampler has the call signature
 
-    sampler(eps_fn, x_T, timesteps, alphas_cumprod, *, eta=0.0, generators=None, callback=None)
+    sampler(model_fn, x_T, timesteps, alphas_cumprod, *, prediction_type="epsilon",
+            eta=0.0, generators=None, callback=None)
 
-- eps_fn(x_t, t): x_t (B, C, h, w), t (B,) int64 on x_t's device -> ε̂ (B, C, h, w).
-  Guidance lives inside it (see `models.guidance.guided_eps_fn`); samplers never see it.
+- model_fn(x_t, t): x_t (B, C, h, w), t (B,) int64 on x_t's device -> the network's output
+  (B, C, h, w): ε, v or x_0 as `prediction_type` says ("epsilon", "v_prediction", "sample").
+  Guidance lives inside it (see `models.guidance.guided_model_fn`); samplers never see it.
+- Each step turns the output into (ε̂, x̂_0) once, in the direction that needs no division
+  where one can be avoided (`predict_eps_x0`): from v, x̂_0 = α x_t - σ v and
+  ε̂ = σ x_t + α v. Going through ε instead (x̂_0 = (x_t - σ ε̂) / α) divides by α, which is
+  5e-5 at the noisiest step of the cosine schedule and costs float32 three digits.
 - timesteps: descending int64 from `make_timesteps`. The last step goes to ᾱ = 1, i.e. the
   sampler returns the final x̂_0 (diffusers' `set_alpha_to_one=True` / `final_sigmas_type="zero"`).
-- Computation runs in x_T's dtype (eps_fn's output is cast to it); schedule values are read
+- Computation runs in x_T's dtype (the output is cast to it); schedule values are read
   in float64 and enter as Python floats.
 - generators: one CPU `torch.Generator` per batch row for ancestral noise, so row k's
   noise depends only on its own generator and the batch size never changes an image.
@@ -35,20 +42,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from models.guidance import guided_eps_fn
+from models.diffusion import PREDICTION_TYPES, PredictionType
 
-__all__ = [
-    "SAMPLERS",
-    "guided_eps_fn",
-    "make_generators",
-    "make_timesteps",
-    "randn_per_image",
-    "sample_ddim",
-    "sample_ddpm",
-    "sample_dpmpp_2m",
-]
-
-EpsFn = Callable[[Tensor, Tensor], Tensor]
+ModelFn = Callable[[Tensor, Tensor], Tensor]
 Callback = Callable[[int, Tensor, Tensor], None]
 Spacing = Literal["leading", "trailing", "linspace"]
 
@@ -120,16 +116,52 @@ def _t_batch(t: Tensor, x: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------
+# From the network's output to (ε̂, x̂_0), each in its stable direction
+
+
+def _from_epsilon(out: Tensor, x: Tensor, alpha: float, sigma: float) -> tuple[Tensor, Tensor]:
+    return out, (x - sigma * out) / alpha  # Ho et al. 2020, Eq. 15
+
+
+def _from_v(out: Tensor, x: Tensor, alpha: float, sigma: float) -> tuple[Tensor, Tensor]:
+    return sigma * x + alpha * out, alpha * x - sigma * out  # Salimans & Ho 2022, §4
+
+
+def _from_sample(out: Tensor, x: Tensor, alpha: float, sigma: float) -> tuple[Tensor, Tensor]:
+    return (x - alpha * out) / sigma, out
+
+
+_PREDICT: dict[str, Callable[[Tensor, Tensor, float, float], tuple[Tensor, Tensor]]] = {
+    "epsilon": _from_epsilon,
+    "v_prediction": _from_v,
+    "sample": _from_sample,
+}
+
+
+def predict_eps_x0(
+    model_fn: ModelFn, x: Tensor, t: Tensor, abar_t: float, prediction_type: PredictionType
+) -> tuple[Tensor, Tensor]:
+    """(ε̂, x̂_0) at x_t = x, timestep t with ᾱ_t = abar_t (a float64 Python float)."""
+    if prediction_type not in _PREDICT:
+        raise ValueError(
+            f"unknown prediction_type {prediction_type!r}; expected {PREDICTION_TYPES}"
+        )
+    out = model_fn(x, _t_batch(t, x)).to(x.dtype)
+    return _PREDICT[prediction_type](out, x, math.sqrt(abar_t), math.sqrt(1 - abar_t))
+
+
+# ----------------------------------------------------------------------------
 # Samplers
 
 
 @torch.no_grad()
 def sample_ddim(
-    eps_fn: EpsFn,
+    model_fn: ModelFn,
     x_T: Tensor,
     timesteps: Tensor,
     alphas_cumprod: Tensor,
     *,
+    prediction_type: PredictionType = "epsilon",
     eta: float = 0.0,
     generators: Sequence[torch.Generator] | None = None,
     callback: Callback | None = None,
@@ -140,8 +172,7 @@ def sample_ddim(
     x = x_T
     for i, t in enumerate(timesteps):
         a_t, a_prev = abar[i], abar[i + 1]
-        eps = eps_fn(x, _t_batch(t, x)).to(x.dtype)
-        x0_hat = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+        eps, x0_hat = predict_eps_x0(model_fn, x, t, a_t, prediction_type)
         sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
         x = math.sqrt(a_prev) * x0_hat + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
         if sigma > 0:
@@ -153,11 +184,12 @@ def sample_ddim(
 
 @torch.no_grad()
 def sample_ddpm(
-    eps_fn: EpsFn,
+    model_fn: ModelFn,
     x_T: Tensor,
     timesteps: Tensor,
     alphas_cumprod: Tensor,
     *,
+    prediction_type: PredictionType = "epsilon",
     eta: float = 0.0,
     generators: Sequence[torch.Generator] | None = None,
     callback: Callback | None = None,
@@ -171,8 +203,7 @@ def sample_ddpm(
     for i, t in enumerate(timesteps):
         a_t, a_prev = abar[i], abar[i + 1]
         beta = 1 - a_t / a_prev
-        eps = eps_fn(x, _t_batch(t, x)).to(x.dtype)
-        x0_hat = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+        eps, x0_hat = predict_eps_x0(model_fn, x, t, a_t, prediction_type)
         coef_x0 = math.sqrt(a_prev) * beta / (1 - a_t)
         coef_xt = math.sqrt(1 - beta) * (1 - a_prev) / (1 - a_t)
         variance = (1 - a_prev) / (1 - a_t) * beta
@@ -186,11 +217,12 @@ def sample_ddpm(
 
 @torch.no_grad()
 def sample_dpmpp_2m(
-    eps_fn: EpsFn,
+    model_fn: ModelFn,
     x_T: Tensor,
     timesteps: Tensor,
     alphas_cumprod: Tensor,
     *,
+    prediction_type: PredictionType = "epsilon",
     eta: float = 0.0,
     generators: Sequence[torch.Generator] | None = None,
     callback: Callback | None = None,
@@ -208,8 +240,7 @@ def sample_dpmpp_2m(
     h_prev = 0.0
     for i, t in enumerate(timesteps):
         a_s, a_t = abar[i], abar[i + 1]  # from s = timesteps[i] to the next (less noisy) time t
-        eps = eps_fn(x, _t_batch(t, x)).to(x.dtype)
-        x0_hat = (x - math.sqrt(1 - a_s) * eps) / math.sqrt(a_s)
+        _, x0_hat = predict_eps_x0(model_fn, x, t, a_s, prediction_type)
         if a_t >= 1.0:  # final step to the clean end point
             x = x0_hat
         else:

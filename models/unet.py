@@ -9,20 +9,20 @@ x_t: (B, C, h, w) with h, w divisible by 2**(len(channel_mult) - 1); t: (B,) int
 context: (B, L, D) text hidden states, D = `context_dim`; context_mask: (B, L) bool, True =
 real token.  The output convolution starts at zero, so an untrained U-Net predicts 0.
 
-Presets (`UNET_PRESETS`, the U-Net-size sweep axis), with the default context_dim = 128
-(clip-tiny's text width; `dataclasses.replace(cfg, context_dim=...)` for another tower,
-which changes only the cross-attention key/value projections):
+Presets (`UNET_PRESETS`, the U-Net-size sweep axis; parameter counts in `PARAM_COUNTS`, at
+the default context_dim = 128, clip-tiny's text width; `dataclasses.replace(cfg,
+context_dim=...)` for another tower changes only the cross-attention key/value projections):
 
-| preset  | base | mult    | res blocks | attention levels | parameters |
-| ------- | ---- | ------- | ---------- | ---------------- | ---------- |
-| unet-xs | 32   | 1, 2, 2 | 1          | 1, 2             | 1,628,516  |
-| unet-s  | 48   | 1, 2, 2 | 1          | 1, 2             | 3,566,356  |
-| unet-m  | 64   | 1, 2, 2 | 2          | 1, 2             | 9,343,492  |
-| unet-l  | 96   | 1, 2, 2 | 2          | 1, 2             | 20,718,340 |
+| preset  | base | mult    | res blocks | attention levels |
+| ------- | ---- | ------- | ---------- | ---------------- |
+| unet-xs | 32   | 1, 2, 2 | 1          | 1, 2             |
+| unet-s  | 48   | 1, 2, 2 | 1          | 1, 2             |
+| unet-m  | 64   | 1, 2, 2 | 2          | 1, 2             |
+| unet-l  | 96   | 1, 2, 2 | 2          | 1, 2             |
 
 Levels are indexed from the input resolution: on 8x8 latents level 0 is 8x8, level 1 is
 4x4 and level 2 is 2x2; on 16x16 latents 16, 8 and 4.  The middle block always has one
-attention block.  `PARAM_COUNTS` holds the table's numbers.
+attention block.
 """
 
 from __future__ import annotations

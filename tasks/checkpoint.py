@@ -1,18 +1,26 @@
-"""Checkpoints: `checkpoints/<kind>/<name>/` with
+"""Checkpoints on disk, and the loaders that rebuild trained models from them.
 
-    <module>.safetensors   weights of each module (e.g. model, ema)
+A checkpoint is a folder `checkpoints/<kind>/<name>/` (`Workspace.checkpoint`) holding
+
+    <module>.safetensors   weights of each module (model, ema)
     config.json            everything needed to rebuild the modules
     state.pt               optimizer, scheduler, step, RNG states, MLflow run id
                            (torch.save; loaded with weights_only=True)
 
 The folder is written to a temporary sibling and renamed into place (tasks.workspace),
 so a kill at any moment leaves either the previous checkpoint or the new one.
+
+Loaders take a workspace and a checkpoint name and return modules in eval mode, frozen,
+with their EMA weights: `load_autoencoder`, `load_clip`, and `load_pipeline` for a whole
+text-to-image pipeline. `text_to_image` is the one place a pipeline is composed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +28,19 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tasks.workspace import atomic_dir
+from models.autoencoder import AutoencoderConfig, build_autoencoder
+from models.clip import ClipConfig, TextConditioner, build_clip, make_tokenizer
+from models.diffusion import make_alphas_cumprod
+from models.pipeline import TextToImage
+from models.unet import UNet, UNetConfig
+from tasks.workspace import Workspace, atomic_dir
+
+
+class CheckpointNotFoundError(ValueError):
+    """A checkpoint that a stage needs is not in the workspace."""
+
+
+# ---------------------------------------------------------------------------- the folder format
 
 
 def save_checkpoint(
@@ -35,10 +55,22 @@ def save_checkpoint(
 
 
 def load_config(ckpt_dir: Path) -> dict[str, Any]:
+    return json.loads(_config_path(ckpt_dir).read_text())
+
+
+def _config_path(ckpt_dir: Path) -> Path:
+    """config.json of a checkpoint; one clear error naming what is there when it is missing."""
     path = Path(ckpt_dir) / "config.json"
     if not path.exists():
-        raise FileNotFoundError(f"no checkpoint in {ckpt_dir} (config.json missing)")
-    return json.loads(path.read_text())
+        kind_dir = path.parent.parent
+        found = []
+        if kind_dir.is_dir():
+            found = sorted(p.name for p in kind_dir.iterdir() if (p / "config.json").exists())
+        raise CheckpointNotFoundError(
+            f"no {kind_dir.name} checkpoint {path.parent.name!r} in {kind_dir} "
+            f"(found: {', '.join(found) or 'none'}); train it first"
+        )
+    return path
 
 
 def load_weights(ckpt_dir: Path, module: nn.Module, name: str = "model") -> nn.Module:
@@ -58,7 +90,7 @@ def digest(ckpt_dir: Path, name: str = "ema") -> str:
     """sha1 of a checkpoint's weights file (first 16 hex): the key of anything derived from it."""
     path = Path(ckpt_dir) / f"{name}.safetensors"
     if not path.exists():
-        path = Path(ckpt_dir) / "config.json"  # weightless (identity autoencoder)
+        path = _config_path(ckpt_dir)  # weightless (identity autoencoder)
     h = hashlib.sha1()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -69,3 +101,96 @@ def digest(ckpt_dir: Path, name: str = "ema") -> str:
 def dataclass_from_json(cls, values: dict[str, Any]):
     """Rebuild a frozen config dataclass from JSON (lists back to tuples; unknown keys raise)."""
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+@dataclass(frozen=True)
+class CheckpointDir:
+    """One checkpoint folder, as the training loop reads and writes it (tasks.trainer)."""
+
+    path: Path
+
+    def state(self) -> dict[str, Any] | None:
+        return load_state(self.path)
+
+    def load(self, module: nn.Module, name: str) -> None:
+        load_weights(self.path, module, name)
+
+    def save(
+        self, modules: dict[str, nn.Module], config: dict[str, Any], state: dict[str, Any]
+    ) -> None:
+        save_checkpoint(self.path, modules, config, state)
+
+
+# ---------------------------------------------------------------------------- loaders
+
+
+def _frozen(module: nn.Module, device) -> nn.Module:
+    return module.to(device).eval().requires_grad_(False)
+
+
+def load_autoencoder(workspace: Workspace, name: str, device="cpu") -> nn.Module:
+    """The trained (EMA) autoencoder, with its latent statistics (weightless for `identity`)."""
+    ckpt_dir = workspace.checkpoint("autoencoder", name)
+    cfg = dataclass_from_json(AutoencoderConfig, load_config(ckpt_dir)["autoencoder"])
+    model = build_autoencoder(cfg)
+    if not cfg.identity:
+        load_weights(ckpt_dir, model, "ema")
+    return _frozen(model, device)
+
+
+def load_clip(workspace: Workspace, name: str, device="cpu") -> tuple[nn.Module, ClipConfig]:
+    """(CLIP model, its ClipConfig) with the EMA weights."""
+    ckpt_dir = workspace.checkpoint("clip", name)
+    cfg = dataclass_from_json(ClipConfig, load_config(ckpt_dir)["clip"])
+    return _frozen(load_weights(ckpt_dir, build_clip(cfg), "ema"), device), cfg
+
+
+@dataclass
+class Conditioning:
+    """The frozen parts of a text-to-image pipeline around its U-Net."""
+
+    autoencoder: nn.Module
+    text: TextConditioner
+    tokenizer: Callable[[list[str]], torch.Tensor]
+
+
+def load_conditioning(
+    workspace: Workspace, text_encoder: str, autoencoder: str, device="cpu"
+) -> Conditioning:
+    clip_model, clip_cfg = load_clip(workspace, text_encoder, device)
+    return Conditioning(
+        autoencoder=load_autoencoder(workspace, autoencoder, device),
+        text=TextConditioner(clip_model).to(device),
+        tokenizer=make_tokenizer(clip_cfg),
+    )
+
+
+def text_to_image(config: dict[str, Any], unet: nn.Module, parts: Conditioning) -> TextToImage:
+    """Compose a pipeline from a diffusion checkpoint's config.json, its U-Net and the frozen
+    parts that config names."""
+    return TextToImage(
+        unet=unet.eval(),
+        autoencoder=parts.autoencoder,
+        text=parts.text,
+        tokenizer=parts.tokenizer,
+        alphas_cumprod=make_alphas_cumprod(config["schedule"], config["num_train_timesteps"]),
+        prediction_type=config["prediction_type"],
+        latent_shape=tuple(config["latent_shape"]),
+    )
+
+
+def load_pipeline(workspace: Workspace, name: str, device="cpu") -> TextToImage:
+    """The text-to-image pipeline of diffusion checkpoint `name` (EMA weights), ready to sample."""
+    ckpt_dir = workspace.checkpoint("diffusion", name)
+    config = load_config(ckpt_dir)
+    for kind, key in (("clip", "text_encoder"), ("autoencoder", "autoencoder")):
+        found = digest(workspace.checkpoint(kind, config[key]))
+        if found != config[f"{key}_digest"]:
+            raise ValueError(
+                f"diffusion checkpoint {name!r} was trained on {kind} {config[key]!r} with "
+                f"digest {config[f'{key}_digest']}, but the workspace now holds {found}; "
+                "retrain it on the current encoders"
+            )
+    unet = load_weights(ckpt_dir, UNet(dataclass_from_json(UNetConfig, config["unet"])), "ema")
+    parts = load_conditioning(workspace, config["text_encoder"], config["autoencoder"], device)
+    return text_to_image(config, _frozen(unet, device), parts)

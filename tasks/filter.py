@@ -1,29 +1,16 @@
 """CLIP-similarity filtering: score every raw pair, keep the ones whose caption fits.
 
-    filter_pairs(FilterConfig(...), workspace) -> summary dict
+    filter_pairs(FilterConfig(model=...), workspace) -> summary dict
 
 Filter model, by `FilterConfig.model`:
 - "openclip:<architecture>:<pretrained tag or weights file>": a pretrained open_clip model
   whose weights are already on disk (the user's cache, or a file path); offline with no
   weights it raises an error naming what was looked for and how to get it.
-- "marble:<checkpoint name>": a CLIP trained by marble (checkpoints/clip/<name>/).
-- None (default): a small "filter" CLIP (checkpoints/clip/filter-clip-tiny) trained on the
-  raw pairs themselves first (contrastive training tolerates a minority of wrong captions).
-  Cross-fitting (two CLIPs, each scoring the half it never saw) was measured and did not
-  help (87.5 % vs 88 % of wrong captions dropped, both under the Otsu cut), so one CLIP
-  is trained.
+- "marble:<checkpoint name>": a CLIP trained by marble (checkpoints/clip/<name>/), such as
+  the filter CLIP that the `filter` flow trains on the raw pairs first
+  (`tasks.train_clip.filter_clip_spec`) when the user names no model.
 
-Keep rule, by `FilterConfig.keep`:
-- "mixture" (default): fit a two-Gaussian mixture to the similarities and keep a pair when
-  the upper ("caption fits") component explains it at least as well as the lower one
-  (DivideMix's clean/noisy split). A from-scratch CLIP's cosines are not calibrated like
-  OpenAI's, so a fixed number would not transfer. On the built-in data the right captions
-  form a tight upper mode and the wrong ones a broad lower one with a long upper tail.
-- "otsu": the cut that best separates the two modes of the histogram (Otsu's method). It
-  falls midway between the modes, so the wrong captions' upper tail is kept: measured
-  89 % of the wrong captions dropped vs 97 % with "mixture" (README, filter section).
-- "threshold": keep similarity >= `threshold` (LAION used 0.28 with ViT-B/32).
-- "top_fraction": keep the best `top_fraction` (DataComp's best single filter kept 30 %).
+Keep rule, by `FilterConfig.keep`: a name in `tasks.keep_rules.KEEP_RULES`.
 
 Writes, each atomically (temporary folder, then rename):
 - data/scores/scores.parquet: pair_id, caption, similarity, filter_model, kept, for every
@@ -46,30 +33,32 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader
 
-from eval.threshold import mixture_threshold, otsu_threshold
+from models.clip import make_tokenizer
+from tasks.checkpoint import load_clip
 from tasks.ids import split_of
-from tasks.ingest import raw_shards
-from tasks.pairs import ParquetPairs
+from tasks.keep_rules import KEEP_RULES
+from tasks.pairs import ParquetPairs, shard_paths
 from tasks.tracking import Tracker
-from tasks.train_clip import load_clip
 from tasks.trainer import pick_device
 from tasks.workspace import Workspace, atomic_dir
+
+KeepRule = Literal[tuple(KEEP_RULES)]
 
 
 @dataclass(frozen=True)
 class FilterConfig:
-    model: str | None = None  # "openclip:ARCH:TAG_OR_FILE", "marble:NAME", or None (train one)
-    keep: Literal["mixture", "otsu", "threshold", "top_fraction"] = "mixture"
+    model: str  # "openclip:ARCH:TAG_OR_FILE" or "marble:NAME"
+    keep: KeepRule = "mixture"
     threshold: float = 0.28  # for keep="threshold"
     top_fraction: float = 0.3  # for keep="top_fraction"
-    # training budget of the filter CLIP when model is None: epochs over the raw pairs
-    # (8 epochs is 312 steps on 5,000 pairs, the measured default), or a fixed step count
-    filter_clip_epochs: float = 8.0
-    filter_clip_steps: int | None = None
     val_fraction: float = 0.05
     batch_size: int = 256
     workers: int = 2  # DataLoader processes decoding images
     device: str = "auto"
+
+    def __post_init__(self):
+        if self.keep not in KEEP_RULES:
+            raise ValueError(f"unknown keep rule {self.keep!r}; choose from {list(KEEP_RULES)}")
 
 
 class FilterModelError(ValueError):
@@ -124,45 +113,15 @@ class _Scorer:
         return (image_f * text_f).sum(-1).float().cpu()
 
 
-def _train_filter_clip(cfg: FilterConfig, workspace: Workspace, log) -> str:
-    """A small CLIP trained on the raw pairs themselves (wrong captions included)."""
-    from tasks.train_clip import ClipTrainSpec, train_clip
-    from tasks.trainer import TrainConfig
-
-    batch = 128
-    steps = cfg.filter_clip_steps
-    if steps is None:
-        # A budget in epochs, not steps: on a few hundred pairs a fixed 300 steps is hundreds
-        # of epochs, the CLIP memorises every pair, wrong captions included, and stops
-        # separating them (200 pairs: 45 % of wrong captions dropped at 100 steps, 62 % at 15).
-        pairs = len(ParquetPairs(workspace.raw))
-        steps = max(1, round(cfg.filter_clip_epochs * pairs / batch))
-    spec = ClipTrainSpec(
-        preset="clip-tiny",
-        raw_pairs=True,
-        prefix="filter-",
-        train=TrainConfig(steps=steps, batch_size=batch, lr=1e-3, weight_decay=0.1, ema_decay=0.0),
-    )
-    log(f"filter: no filter model given, training {spec.name} on the raw pairs ({steps} steps)")
-    train_clip(spec, workspace, log=log)
-    return spec.name
-
-
-def build_scorer(cfg: FilterConfig, workspace: Workspace, device, log=print) -> tuple[_Scorer, str]:
+def build_scorer(cfg: FilterConfig, workspace: Workspace, device) -> tuple[_Scorer, str]:
     """The scorer and the filter model's id."""
-    from models.clip import make_tokenizer
-
-    if cfg.model is None or cfg.model.startswith("marble:"):
-        name = (
-            cfg.model.removeprefix("marble:")
-            if cfg.model
-            else _train_filter_clip(cfg, workspace, log)
-        )
-        ckpt_dir = workspace.checkpoints / "clip" / name
-        if not (ckpt_dir / "config.json").exists():
-            raise FilterModelError(f"no marble CLIP checkpoint {name!r} in {ckpt_dir.parent}")
-        model, clip_cfg = load_clip(ckpt_dir, device)
-        return _Scorer(model, make_tokenizer(clip_cfg), None), f"marble:{name}"
+    if cfg.model.startswith("marble:"):
+        name = cfg.model.removeprefix("marble:")
+        try:
+            model, clip_cfg = load_clip(workspace, name, device)
+        except ValueError as e:
+            raise FilterModelError(f"filter model {cfg.model!r}: {e}") from None
+        return _Scorer(model, make_tokenizer(clip_cfg), None), cfg.model
     if cfg.model.startswith("openclip:"):
         parts = cfg.model.split(":", 2)
         if len(parts) != 3:
@@ -196,32 +155,19 @@ def score_raw_pairs(scorer: _Scorer, raw_dir: Path, cfg: FilterConfig) -> dict[s
     return scores
 
 
-def keep_threshold(similarities: np.ndarray, cfg: FilterConfig) -> float:
-    if cfg.keep == "threshold":
-        return cfg.threshold
-    if cfg.keep == "top_fraction":
-        return float(np.quantile(similarities, 1.0 - cfg.top_fraction))
-    if cfg.keep == "otsu":
-        return otsu_threshold(similarities)
-    if cfg.keep == "mixture":
-        return mixture_threshold(similarities)
-    raise ValueError(
-        f"unknown keep rule {cfg.keep!r}; choose mixture, otsu, threshold or top_fraction"
-    )
-
-
 def filter_pairs(cfg: FilterConfig, workspace: Workspace, log=print) -> dict:
     t0 = time.perf_counter()
-    shards = raw_shards(workspace.raw)
-    if not shards:
-        raise FileNotFoundError(f"no raw pairs in {workspace.raw}; run ingest first")
+    try:
+        shards = shard_paths(workspace.raw)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no raw pairs in {workspace.raw}; run ingest first") from None
     device = pick_device(cfg.device)
-    scorer, model_id = build_scorer(cfg, workspace, device, log)
+    scorer, model_id = build_scorer(cfg, workspace, device)
     t_score = time.perf_counter()
     scores = score_raw_pairs(scorer, workspace.raw, cfg)
     score_s = time.perf_counter() - t_score
     sims = np.array(list(scores.values()))
-    threshold = keep_threshold(sims, cfg)
+    threshold = KEEP_RULES[cfg.keep](sims, cfg)
 
     raw = pa.concat_tables(pq.read_table(s) for s in shards)
     similarity = pa.array([scores.get(pid) for pid in raw["pair_id"].to_pylist()], pa.float64())

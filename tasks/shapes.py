@@ -37,15 +37,23 @@ JITTER_POS = 0.03  # centre jitter, fraction of the side
 JITTER_SIZE = 0.08  # relative half-extent jitter
 
 
+DEFAULT_FAULT_RATE = 0.005  # of each kind: 25 of each in 5,000 pairs
+
+
 @dataclass(frozen=True)
 class FaultRates:
     """Fraction of served images that get each fault (exact: round(rate * n) images)."""
 
-    not_found: float = 0.01  # HTTP 404
-    corrupt: float = 0.01  # 200 with bytes that are not an image
-    truncated: float = 0.01  # 200 with the first part of a real PNG only
-    slow: float = 0.01  # served after `slow_delay_s`
-    redirect: float = 0.01  # 302 to the real image
+    not_found: float = DEFAULT_FAULT_RATE  # HTTP 404
+    corrupt: float = DEFAULT_FAULT_RATE  # 200 with bytes that are not an image
+    truncated: float = DEFAULT_FAULT_RATE  # 200 with the first part of a real PNG only
+    slow: float = DEFAULT_FAULT_RATE  # served after `slow_delay_s`
+    redirect: float = DEFAULT_FAULT_RATE  # 302 to the real image
+
+    @classmethod
+    def uniform(cls, rate: float) -> FaultRates:
+        """The same rate for every kind of fault."""
+        return cls(*(rate,) * len(FAULT_KINDS))
 
     def __post_init__(self):
         rates = [getattr(self, k) for k in FAULT_KINDS]

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
+from eval.reconstruction import psnr
 from models.autoencoder import AE_PRESETS, autoencoder_loss, build_autoencoder, with_latent_stats
-from tasks.checkpoint import dataclass_from_json, load_config, load_weights
+from tasks.checkpoint import CheckpointDir
 from tasks.pairs import load_split_pairs, to_float
 from tasks.plots import save_grid, to_uint8
 from tasks.tracking import training_tracker
@@ -34,27 +35,15 @@ class AutoencoderTrainSpec:
         default_factory=lambda: TrainConfig(steps=1500, batch_size=64, lr=2e-3, ema_decay=0.995)
     )
 
+    def __post_init__(self):
+        if self.preset not in AE_PRESETS:
+            raise ValueError(
+                f"unknown autoencoder preset {self.preset!r}; choose from {list(AE_PRESETS)}"
+            )
+
     @property
     def name(self) -> str:
         return self.preset
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Peak signal-to-noise ratio in dB of images in [-1, 1] (peak-to-peak 2)."""
-    mse = (x.float() - y.float()).pow(2).mean().item()
-    return 10 * torch.log10(torch.tensor(4.0 / max(mse, 1e-12))).item()
-
-
-def load_autoencoder(ckpt_dir: Path, device: torch.device | str = "cpu"):
-    """The trained (EMA) autoencoder of a checkpoint, in eval mode, with its latent statistics."""
-    config = load_config(ckpt_dir)
-    from models.autoencoder import AutoencoderConfig
-
-    cfg = dataclass_from_json(AutoencoderConfig, config["autoencoder"])
-    model = build_autoencoder(cfg)
-    if not cfg.identity:
-        load_weights(ckpt_dir, model, "ema")
-    return model.to(device).eval().requires_grad_(False)
 
 
 @torch.no_grad()
@@ -68,11 +57,7 @@ def _raw_latents(model, images: torch.Tensor, device, batch: int = 256) -> torch
 
 
 def train_autoencoder(spec: AutoencoderTrainSpec, workspace: Workspace, log=print) -> dict:
-    if spec.preset not in AE_PRESETS:
-        raise ValueError(
-            f"unknown autoencoder preset {spec.preset!r}; choose from {list(AE_PRESETS)}"
-        )
-    ckpt_dir = workspace.checkpoints / KIND / spec.name
+    ckpt_dir = workspace.checkpoint(KIND, spec.name)
     data = load_split_pairs(workspace.pairs, workspace.raw)
     train_images, val_images = data["train"][0], data["val"][0]
     cfg = AE_PRESETS[spec.preset]
@@ -111,8 +96,9 @@ def train_autoencoder(spec: AutoencoderTrainSpec, workspace: Workspace, log=prin
             return {"val_psnr": psnr(recon, x), "val_l1": (recon - x).abs().mean().item()}
 
         result = train(
-            model, loss_fn, spec.train, ckpt_dir, config, tracker, validate, log=log, desc=KIND
-        )
+            model, loss_fn, spec.train, CheckpointDir(ckpt_dir), config, tracker, validate,
+            log=log, desc=KIND,
+        )  # fmt: skip
         model, result_run, wall, metrics = result.ema, result.run_id, result.wall_s, result.metrics
         trained_now = result.trained_now
 

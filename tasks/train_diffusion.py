@@ -7,8 +7,8 @@ latents from the cached posteriors. Captions are dropped (replaced by the empty 
 states) with probability `cond_dropout`, which is what classifier-free guidance needs.
 
 Checkpoint: checkpoints/diffusion/<text>_<unet>_<autoencoder>/ with model/ema safetensors
-and a config.json that names (and digests) the encoders, so `load_pipeline` rebuilds the
-whole text-to-image pipeline from it.
+and a config.json that names (and digests) the encoders, so `tasks.checkpoint.load_pipeline`
+rebuilds the whole text-to-image pipeline from it.
 """
 
 from __future__ import annotations
@@ -20,14 +20,16 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.clip import TextConditioner, make_tokenizer
 from models.diffusion import (
+    BETA_SCHEDULES,
+    PREDICTION_TYPES,
     TIMESTEP_SAMPLINGS,
+    PredictionType,
+    Schedule,
     TimestepSampling,
     diffusion_loss,
     make_alphas_cumprod,
@@ -37,12 +39,10 @@ from models.diffusion import (
 )
 from models.pipeline import TextToImage
 from models.unet import UNET_PRESETS, UNet, UNetConfig
-from tasks import checkpoint as ckpt
+from tasks.checkpoint import CheckpointDir, digest, load_conditioning, text_to_image
 from tasks.pairs import load_split_pairs, to_float
 from tasks.plots import save_grid, to_uint8
 from tasks.tracking import training_tracker
-from tasks.train_autoencoder import load_autoencoder
-from tasks.train_clip import load_clip
 from tasks.trainer import TrainConfig, init_distributed, pick_device, rank_slice, train
 from tasks.workspace import Workspace
 
@@ -51,27 +51,20 @@ KIND = "diffusion"
 
 @dataclass(frozen=True)
 class DiffusionTrainSpec:
+    """One model of the grid. The defaults are the settings that reached the best
+    all-attributes-correct rate in 3 CPU minutes on the built-in data (docs/training.md)."""
+
     text_encoder: str = "clip-tiny"  # CLIP checkpoint under checkpoints/clip/
-    # unet-xs at batch 128: the best all-correct rate after 3 CPU minutes (bench/time_to_quality.py)
     unet: str = "unet-xs"  # key of UNET_PRESETS
     autoencoder: str = "kl-f4"  # checkpoint under checkpoints/autoencoder/ ("identity": pixels)
-    schedule: Literal["linear", "scaled_linear", "cosine"] = "cosine"
+    schedule: Schedule = "cosine"
     num_train_timesteps: int = 1000
-    # v-prediction with min-SNR-5 weighting learned far faster than plain ε on 8x8x4 latents
-    # (measured here: recognisable objects after 800 steps instead of noise).
-    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "v_prediction"
+    prediction_type: PredictionType = "v_prediction"
     min_snr_gamma: float | None = 5.0  # Hang et al. 2023 loss weighting; None = plain MSE
-    # Training timesteps. Logit-normal (Esser et al. 2024) draws the middle of the schedule
-    # more often; here (unet-xs, 880 steps, two seeds) it gave 82 % and 50.5 % all-correct
-    # against uniform's 75.5 % and 78.5 %: the seed that lost drew wrong backgrounds, which
-    # are settled at the rarely drawn high-noise end. The validation loss always uses uniform.
+    # training timesteps (the validation loss always draws them uniformly)
     timestep_sampling: TimestepSampling = "uniform"
     cond_dropout: float = 0.1  # caption replaced by "" with this probability
     guidance_scale: float = 4.0  # for the validation sample grid
-    # lr 3e-3: 81.5 % all-correct at both seeds tried against 2e-3's 75.5 / 78.5 % (unet-xs,
-    # 880 steps = 3 CPU minutes); 4e-3 was far worse on unet-s (27 %). AdamW beta2 0.99 and
-    # EMA 0.98 (short memories for a short run): 82.5 / 74.5 % at 800 steps and seeds 0 / 1,
-    # against 78 / 74.5 % with beta2 0.999 and EMA 0.99 (plain-loop probes; README).
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             steps=2000, batch_size=128, lr=3e-3, betas=(0.9, 0.99), ema_decay=0.98
@@ -79,11 +72,15 @@ class DiffusionTrainSpec:
     )
 
     def __post_init__(self):
-        if self.timestep_sampling not in TIMESTEP_SAMPLINGS:
-            raise ValueError(
-                f"unknown timestep_sampling {self.timestep_sampling!r}; "
-                f"choose from {TIMESTEP_SAMPLINGS}"
-            )
+        choices = {
+            "unet": (self.unet, tuple(UNET_PRESETS)),
+            "schedule": (self.schedule, tuple(BETA_SCHEDULES)),
+            "prediction_type": (self.prediction_type, PREDICTION_TYPES),
+            "timestep_sampling": (self.timestep_sampling, TIMESTEP_SAMPLINGS),
+        }
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ValueError(f"unknown {name} {value!r}; choose from {list(allowed)}")
 
     @property
     def name(self) -> str:
@@ -96,23 +93,21 @@ class DiffusionTrainSpec:
 def encode_training_set(workspace: Workspace, spec: DiffusionTrainSpec, device) -> dict:
     """Latent posteriors and caption states of every train/val pair, cached on disk and keyed
     by both encoders' checkpoint digests and the pair_ids of each split."""
-    ae_dir = workspace.checkpoints / "autoencoder" / spec.autoencoder
-    clip_dir = workspace.checkpoints / "clip" / spec.text_encoder
+    ae_dir = workspace.checkpoint("autoencoder", spec.autoencoder)
+    clip_dir = workspace.checkpoint("clip", spec.text_encoder)
     data = load_split_pairs(workspace.pairs, workspace.raw)
     pairs_key = hashlib.sha1(
         json.dumps({split: d[2] for split, d in data.items()}).encode()
     ).hexdigest()[:12]  # the pairs themselves: a new filter result means a new cache
-    key = f"{ckpt.digest(ae_dir)}-{ckpt.digest(clip_dir)}-{pairs_key}"
-    path = workspace.root / "cache" / f"encoded-{key}.safetensors"
+    key = f"{digest(ae_dir)}-{digest(clip_dir)}-{pairs_key}"
+    path = workspace.cache / f"encoded-{key}.safetensors"
     if path.exists():
         tensors = load_file(path)
         meta = json.loads(path.with_suffix(".json").read_text())
         return {**tensors, **meta}
 
-    autoencoder = load_autoencoder(ae_dir, device)
-    clip_model, clip_cfg = load_clip(clip_dir, device)
-    text = TextConditioner(clip_model).to(device)
-    tokenizer = make_tokenizer(clip_cfg)
+    parts = load_conditioning(workspace, spec.text_encoder, spec.autoencoder, device)
+    autoencoder, text, tokenizer = parts.autoencoder, parts.text, parts.tokenizer
     captions = list(dict.fromkeys(data["train"][1] + data["val"][1] + [""]))
     index = {c: k for k, c in enumerate(captions)}
     tensors: dict[str, torch.Tensor] = {}
@@ -144,42 +139,14 @@ def encode_training_set(workspace: Workspace, spec: DiffusionTrainSpec, device) 
     return {**tensors, **meta}
 
 
-# ---------------------------------------------------------------------------- loading
-
-
 def build_unet_config(
     spec: DiffusionTrainSpec, latent_channels: int, context_dim: int
 ) -> UNetConfig:
-    if spec.unet not in UNET_PRESETS:
-        raise ValueError(f"unknown U-Net preset {spec.unet!r}; choose from {list(UNET_PRESETS)}")
     return dataclasses.replace(
         UNET_PRESETS[spec.unet],
         in_channels=latent_channels,
         out_channels=latent_channels,
         context_dim=context_dim,
-    )
-
-
-def load_pipeline(workspace: Workspace, ckpt_dir: Path, device="cpu") -> TextToImage:
-    """The text-to-image pipeline of a diffusion checkpoint (EMA weights), ready to sample."""
-    config = ckpt.load_config(ckpt_dir)
-    unet = ckpt.load_weights(
-        ckpt_dir, UNet(ckpt.dataclass_from_json(UNetConfig, config["unet"])), "ema"
-    )
-    autoencoder = load_autoencoder(
-        workspace.checkpoints / "autoencoder" / config["autoencoder"], device
-    )
-    clip_model, clip_cfg = load_clip(
-        workspace.checkpoints / "clip" / config["text_encoder"], device
-    )
-    return TextToImage(
-        unet=unet.to(device).eval().requires_grad_(False),
-        autoencoder=autoencoder,
-        text=TextConditioner(clip_model).to(device),
-        tokenizer=make_tokenizer(clip_cfg),
-        alphas_cumprod=make_alphas_cumprod(config["schedule"], config["num_train_timesteps"]),
-        prediction_type=config["prediction_type"],
-        latent_shape=tuple(config["latent_shape"]),
     )
 
 
@@ -203,17 +170,15 @@ def train_diffusion(
     unet_cfg = build_unet_config(spec, latent_shape[0], context.shape[-1])
     ac = make_alphas_cumprod(spec.schedule, spec.num_train_timesteps)
     ac_device = ac.to(device)
-    ckpt_dir = workspace.checkpoints / KIND / spec.name
-    ae_dir = workspace.checkpoints / "autoencoder" / spec.autoencoder
-    clip_dir = workspace.checkpoints / "clip" / spec.text_encoder
+    checkpoint = CheckpointDir(workspace.checkpoint(KIND, spec.name))
     config = {
         "kind": KIND,
         "unet_preset": spec.unet,
         "unet": asdict(unet_cfg),
         "text_encoder": spec.text_encoder,
-        "text_encoder_digest": ckpt.digest(clip_dir),
+        "text_encoder_digest": digest(workspace.checkpoint("clip", spec.text_encoder)),
         "autoencoder": spec.autoencoder,
-        "autoencoder_digest": ckpt.digest(ae_dir),
+        "autoencoder_digest": digest(workspace.checkpoint("autoencoder", spec.autoencoder)),
         "schedule": spec.schedule,
         "num_train_timesteps": spec.num_train_timesteps,
         "prediction_type": spec.prediction_type,
@@ -274,26 +239,18 @@ def train_diffusion(
             metrics |= validate_fn(_pipeline_from(ema), step)
         return metrics
 
-    frozen: dict = {}  # the autoencoder and text tower, read from disk once, on first use
+    parts: list = []  # the frozen autoencoder and text tower, read from disk on first use
 
     def _pipeline_from(ema) -> TextToImage:
-        if not frozen:
-            clip_model, clip_cfg = load_clip(clip_dir, device)
-            frozen["autoencoder"] = load_autoencoder(ae_dir, device)
-            frozen["text"] = TextConditioner(clip_model).to(device)
-            frozen["tokenizer"] = make_tokenizer(clip_cfg)
-        return TextToImage(
-            unet=ema.eval(),
-            alphas_cumprod=ac,
-            prediction_type=spec.prediction_type,
-            latent_shape=latent_shape,
-            **frozen,
-        )
+        if not parts:
+            parts.append(load_conditioning(workspace, spec.text_encoder, spec.autoencoder, device))
+        return text_to_image(config, ema, parts[0])
 
     tracker = training_tracker(workspace, KIND, spec.name)
     result = train(
-        model, loss_fn, spec.train, ckpt_dir, config, tracker, validate, log=log, desc=spec.name
-    )
+        model, loss_fn, spec.train, checkpoint, config, tracker, validate, log=log,
+        desc=spec.name,
+    )  # fmt: skip
     if result.trained_now and info.is_main:
         pipe = _pipeline_from(result.ema)
         val_captions = [cache["captions"][k] for k in cache["val_caption"].tolist()]
@@ -304,5 +261,5 @@ def train_diffusion(
                 t.log_artifact(save_grid(to_uint8(images), Path(tmp) / "samples.png", ncol=8))
                 (Path(tmp) / "prompts.txt").write_text("\n".join(prompts))
                 t.log_artifact(Path(tmp) / "prompts.txt")
-            t.log_model(f"{KIND}-{spec.name}", ckpt_dir, config)
-    return result.summary(KIND, spec.name, ckpt_dir)
+            t.log_model(f"{KIND}-{spec.name}", checkpoint.path, config)
+    return result.summary(KIND, spec.name, checkpoint.path)

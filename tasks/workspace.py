@@ -8,8 +8,9 @@ Layout::
       data/scores/   filter scores, one row per raw pair
       data/pairs/    kept pairs with their split
       checkpoints/   <kind>/<name>/ weights (safetensors) + config.json + state
+      cache/         encoded training sets, keyed by what they were computed from
       results/       evaluation tables (Parquet)
-      mlflow.db      MLflow tracking store
+      mlflow.db      MLflow tracking store; mlartifacts/ its artifacts
 
 Stage outputs are written into a temporary sibling folder and renamed into place, so a
 crash never leaves a half-written folder under its final name.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -26,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_HOME = "marble-home"
+CHECKPOINT_KINDS = ("autoencoder", "clip", "diffusion")
+# A checkpoint name becomes a folder name: letters, digits, '.', '_', '-', no leading dot.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,23 @@ class Workspace:
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 
+    def checkpoint(self, kind: str, name: str) -> Path:
+        """checkpoints/<kind>/<name>/; the name is refused unless it is a plain folder name."""
+        if kind not in CHECKPOINT_KINDS:
+            raise ValueError(
+                f"unknown checkpoint kind {kind!r}; expected one of {CHECKPOINT_KINDS}"
+            )
+        if not _NAME.fullmatch(name):
+            raise ValueError(
+                f"checkpoint name {name!r} is not a plain folder name "
+                "(letters, digits, '.', '_', '-'; no leading dot)"
+            )
+        return self.checkpoints / kind / name
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
     @property
     def results(self) -> Path:
         return self.root / "results"
@@ -63,6 +85,10 @@ class Workspace:
     @property
     def mlflow_uri(self) -> str:
         return f"sqlite:///{self.root / 'mlflow.db'}"
+
+    @property
+    def mlartifacts(self) -> Path:
+        return self.root / "mlartifacts"
 
     def staging(self, name: str) -> Path:
         """A folder kept across crashes for resumable work (e.g. a download in progress)."""

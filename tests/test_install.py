@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import subprocess
 import sys
 
 import pytest
 
-import tasks  # noqa: F401
+from tasks.settings import OFFLINE_DEFAULTS
 
 
 def test_dataclasses_backport_is_not_installed():
@@ -23,29 +24,75 @@ def test_dataclasses_backport_is_not_installed():
 
 
 def test_telemetry_switches_are_set_on_import():
-    assert os.environ["DO_NOT_TRACK"] == "true"
-    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
-    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
-    assert os.environ["NO_ALBUMENTATIONS_UPDATE"] == "1"
-    assert os.environ["HF_HUB_OFFLINE"] == "1"
-
-
-def test_cli_lists_every_subcommand():
+    """In a process whose environment has none of the switches (the Makefile exports them,
+    so this one must not inherit them), importing the package turns each one on, and a
+    value the user set wins."""
+    script = (
+        "import os, json, tasks\n"
+        "from tasks.settings import OFFLINE_DEFAULTS\n"
+        "print(json.dumps({k: os.environ.get(k) for k in OFFLINE_DEFAULTS}))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in OFFLINE_DEFAULTS}
+    env["PREFECT_LOGGING_TO_API_BATCH_INTERVAL"] = "7"  # set by the user
     out = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
     ).stdout
+    seen = json.loads(out)
+    assert seen["DO_NOT_TRACK"] == "true"
+    assert seen["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    assert seen["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    assert seen["NO_ALBUMENTATIONS_UPDATE"] == "1"
+    assert seen["HF_HUB_OFFLINE"] == "1"
+    assert seen["PREFECT_LOGGING_TO_API_BATCH_INTERVAL"] == "7"
+
+
+def test_cli_lists_every_subcommand(capsys):
+    from flows.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
     for command in ("run", "ingest", "filter", "train", "shapes"):
         assert f"    {command} " in out
 
 
-def test_cli_bad_input_is_one_clear_line(tmp_path):
+def test_cli_bad_input_is_one_clear_line(tmp_path, capsys):
+    from flows.cli import main
+
     bad = tmp_path / "list.csv"
     bad.write_text("link,text\nhttp://a/b.png,c\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "--home", str(tmp_path / "h"), "ingest", str(bad)],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 2
-    assert "marble: error:" in proc.stderr and "columns found: link, text" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert main(["--home", str(tmp_path / "h"), "ingest", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("marble: error:") and "columns found: link, text" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["train", "diffusion", "--steps", "0"],
+            "steps: Input should be greater than or equal to 1",
+        ),
+        (["train", "diffusion", "--batch-size", "0"], "batch-size: Input should be greater than"),
+        (["run", "--diffusion-steps", "0"], "diffusion-steps: Input should be greater than"),
+        (["filter", "--top-fraction", "2"], "top-fraction: Input should be less than or equal"),
+    ],
+)
+def test_cli_values_out_of_bounds_are_refused_by_the_parameter_models(argv, message, capsys):
+    from flows.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("marble: error: ") and message in err and err.count("\n") == 1
+
+
+def test_cli_choices_come_from_the_preset_tables(capsys):
+    from flows.cli import main
+    from models.unet import UNET_PRESETS
+
+    with pytest.raises(SystemExit):
+        main(["train", "diffusion", "--unet", "unet-xxl"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'unet-xxl'" in err and all(name in err for name in UNET_PRESETS)

@@ -3,6 +3,7 @@ and what lands in MLflow."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -16,11 +17,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tasks.checkpoint import load_config, load_state
+from tasks.checkpoint import CheckpointDir, load_config, load_pipeline, load_state
 from tasks.tracking import Tracker, training_tracker
 from tasks.train_autoencoder import AutoencoderTrainSpec, train_autoencoder
 from tasks.train_clip import ClipTrainSpec, train_clip
-from tasks.train_diffusion import DiffusionTrainSpec, load_pipeline, train_diffusion
+from tasks.train_diffusion import DiffusionTrainSpec, train_diffusion
 from tasks.trainer import NonFiniteLossError, TrainConfig, train
 from tasks.workspace import Workspace
 from tests.training_helpers import make_workspace, tiny_train
@@ -57,7 +58,7 @@ def test_each_trainer_writes_a_checkpoint(trained):
     )
     assert {"val_i2t_r1", "val_t2i_r5"} <= set(s["clip"])
     assert "val_loss" in s["diffusion"]
-    pipe = load_pipeline(workspace, Path(s["diffusion"]["checkpoint"]))
+    pipe = load_pipeline(workspace, s["diffusion"]["name"])
     images = pipe.generate(
         ["a small red circle on the left, gray background"], [0], num_inference_steps=3
     )
@@ -124,30 +125,25 @@ def test_bad_train_config_is_refused_by_name():
         TrainConfig(ema_decay=1.0)
 
 
-def test_settings_digest_of_older_checkpoints_is_unchanged():
-    """A field added to TrainConfig later counts only when changed from its default, so
-    checkpoints written before it existed still resume."""
-    import dataclasses
-    import hashlib
-    import json
-
-    from tasks.trainer import settings_digest
-
-    cfg, config = TrainConfig(steps=7), {"kind": "x"}
-    before = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "betas"}
-    blob = json.dumps({"config": config, "train": before}, sort_keys=True, default=str)
-    assert settings_digest(config, cfg) == hashlib.sha1(blob.encode()).hexdigest()[:16]
-    assert settings_digest(config, TrainConfig(steps=7, betas=[0.9, 0.999])) == (
-        settings_digest(config, cfg)
-    )
-    assert settings_digest(config, TrainConfig(steps=7, betas=(0.9, 0.99))) != (
-        settings_digest(config, cfg)
-    )
-
-
-def test_unknown_timestep_sampling_is_refused_by_name():
+def test_unknown_choices_in_a_spec_are_refused_by_name():
     with pytest.raises(ValueError, match="unknown timestep_sampling 'beta'"):
         DiffusionTrainSpec(timestep_sampling="beta")
+    with pytest.raises(ValueError, match="unknown unet 'unet-xxl'"):
+        DiffusionTrainSpec(unet="unet-xxl")
+    with pytest.raises(ValueError, match="unknown CLIP preset 'clip-huge'"):
+        ClipTrainSpec(preset="clip-huge")
+    with pytest.raises(ValueError, match="unknown autoencoder preset 'kl-f16'"):
+        AutoencoderTrainSpec(preset="kl-f16")
+
+
+def test_missing_encoder_checkpoint_is_one_clear_error(tmp_path):
+    workspace = make_workspace(tmp_path)
+    spec = DiffusionTrainSpec(autoencoder="identity", train=tiny_train())
+    with pytest.raises(ValueError, match=r"no autoencoder checkpoint 'identity' .*found: none"):
+        train_diffusion(spec, workspace)
+    train_autoencoder(AutoencoderTrainSpec(preset="identity"), workspace)
+    with pytest.raises(ValueError, match=r"no clip checkpoint 'clip-tiny' .*found: none.*train"):
+        train_diffusion(spec, workspace)
 
 
 # ---------------------------------------------------------------------------- loop behaviour
@@ -201,7 +197,7 @@ def test_loss_falls_on_a_fixed_batch(tmp_path):
     cfg = TrainConfig(
         steps=60, batch_size=8, lr=2e-3, warmup_steps=5, ema_decay=0.0, ckpt_every=1000
     )
-    train(unet, loss_fn, cfg, tmp_path / "ckpt", {}, _null_tracker(None))
+    train(unet, loss_fn, cfg, CheckpointDir(tmp_path / "ckpt"), {}, _null_tracker(None))
     assert sum(losses[-5:]) / 5 < 0.3 * sum(losses[:5]) / 5
 
 
@@ -214,7 +210,7 @@ def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(tmp_path):
 
     cfg = TrainConfig(steps=10, batch_size=1, ckpt_every=2, ema_decay=0.0, warmup_steps=1)
     with pytest.raises(NonFiniteLossError, match="at step 3"):
-        train(model, loss_fn, cfg, tmp_path / "ckpt", {}, _null_tracker(None))
+        train(model, loss_fn, cfg, CheckpointDir(tmp_path / "ckpt"), {}, _null_tracker(None))
     assert load_state(tmp_path / "ckpt")["step"] == 2
 
 
@@ -282,6 +278,28 @@ def test_sigkill_then_resume_is_bit_identical(trained, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), f"{name} weights differ after resume"
 
 
+def _torchrun_two_gloo_processes(script_text: str, out: Path) -> None:
+    """Run a script under torchrun with 2 CPU processes on loopback; it writes into `out`."""
+    script = out / "ddp_script.py"
+    script.write_text(script_text)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+        "GLOO_SOCKET_IFNAME": "lo",
+        "MASTER_ADDR": "127.0.0.1",
+    }
+    proc = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node=2", str(script), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 DDP_SCRIPT = textwrap.dedent(
     """
     import hashlib, os, sys, torch
@@ -290,6 +308,7 @@ DDP_SCRIPT = textwrap.dedent(
     from models.autoencoder import AE_PRESETS, autoencoder_loss, build_autoencoder
     from tasks.trainer import TrainConfig, init_distributed, rank_slice, train, pick_device
     from tasks.tracking import Tracker
+    from tasks.checkpoint import CheckpointDir
     torch.manual_seed(0)
     model = build_autoencoder(AE_PRESETS["kl-f4"])
     data = torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(1)).clamp(-1, 1)
@@ -301,7 +320,7 @@ DDP_SCRIPT = textwrap.dedent(
     cfg = TrainConfig(steps=4, batch_size=8, warmup_steps=1, ckpt_every=2, ema_decay=0.9)
     out = Path(sys.argv[1])
     tracker = lambda run_id, enabled: Tracker(None, "x", "x", run_id, enabled=False)
-    result = train(model, loss_fn, cfg, out / "ckpt", {}, tracker)
+    result = train(model, loss_fn, cfg, CheckpointDir(out / "ckpt"), {}, tracker)
     digest = hashlib.sha1(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
     (out / f"rank{info.rank}.txt").write_text(digest)
     """
@@ -309,23 +328,61 @@ DDP_SCRIPT = textwrap.dedent(
 
 
 def test_ddp_two_processes_end_with_identical_weights(tmp_path):
-    script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT)
-    torchrun = Path(sys.executable).with_name("torchrun")
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "OMP_NUM_THREADS": "1",
-        "GLOO_SOCKET_IFNAME": "lo",
-        "MASTER_ADDR": "127.0.0.1",
-    }
-    proc = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node=2", str(script), str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _torchrun_two_gloo_processes(DDP_SCRIPT, tmp_path)
     assert (tmp_path / "rank0.txt").read_text() == (tmp_path / "rank1.txt").read_text()
     assert load_state(tmp_path / "ckpt")["step"] == 4
+
+
+CLIP_DDP_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, torch
+    import torch.distributed as dist
+    import tasks
+    from models.clip import CLIP_PRESETS, build_clip, clip_loss, make_tokenizer
+    from tasks.trainer import init_distributed, pick_device, rank_slice
+    info = init_distributed(pick_device("cpu"))
+    cfg = CLIP_PRESETS["clip-tiny"]
+    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    words = ["red", "green", "blue", "yellow", "purple", "orange", "gray", "black"]
+    tokens = make_tokenizer(cfg)([f"a {w} circle" for w in words])
+
+    def model_and_loss(rows, rank, world):
+        torch.manual_seed(0)
+        model = build_clip(cfg)
+        image_f, text_f, scale = model(images[rows], tokens[rows])[:3]
+        loss = clip_loss(image_f, text_f, scale, rank, world)
+        loss.backward()
+        return model, loss, (image_f.detach(), text_f.detach(), scale.detach())
+
+    rows = rank_slice(torch.arange(8), info)  # this rank's share of the batch
+    model, loss, (image_f, text_f, scale) = model_and_loss(rows, info.rank, info.world)
+    grads = []
+    for p in model.parameters():  # what DDP does: average the gradients over the ranks
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            grads.append(p.grad / info.world)
+    whole, whole_loss, _ = model_and_loss(torch.arange(8), 0, 1)  # one process, whole batch
+    whole_grads = [p.grad for p in whole.parameters() if p.grad is not None]
+    out = {
+        "loss": loss.item(),
+        "whole": whole_loss.item(),
+        "slice_only": clip_loss(image_f, text_f, scale).item(),  # no gathering
+        "grad_error": max((a - b).abs().max().item() for a, b in zip(grads, whole_grads)),
+        "grad_scale": max(b.abs().max().item() for b in whole_grads),
+    }
+    with open(f"{sys.argv[1]}/rank{info.rank}.json", "w") as f:
+        json.dump(out, f)
+    """
+)
+
+
+def test_clip_loss_under_ddp_is_the_whole_batch_loss(tmp_path):
+    """2 gloo processes, each with half the batch, compute the loss and (averaged) gradients
+    one process computes on the whole batch: every image sees every caption as a negative."""
+    _torchrun_two_gloo_processes(CLIP_DDP_SCRIPT, tmp_path)
+    for rank in (0, 1):
+        out = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert out["loss"] == pytest.approx(out["whole"], abs=1e-6)
+        assert out["grad_error"] <= 1e-5 * out["grad_scale"]
+        # the loss over a rank's own slice alone is a different objective (4 negatives, not 8)
+        assert abs(out["slice_only"] - out["whole"]) > 1e-3

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from eval.threshold import (
+from tasks.keep_rules import (
+    KEEP_RULES,
     equal_posterior_point,
     fit_two_gaussians,
     mixture_threshold,
@@ -64,3 +65,15 @@ def test_mixture_threshold_keeps_the_tight_upper_mode_and_drops_the_broad_tail()
     assert (right >= t).mean() > 0.99
     # Otsu cuts midway and keeps the wrong mode's upper tail; the mixture cut does not
     assert (wrong < t).mean() > 0.98 > (wrong < otsu).mean()
+
+
+def test_keep_rules_by_name():
+    from types import SimpleNamespace
+
+    values = np.linspace(0.0, 1.0, 101)
+    settings = SimpleNamespace(threshold=0.28, top_fraction=0.3)
+    assert KEEP_RULES["threshold"](values, settings) == 0.28
+    assert KEEP_RULES["top_fraction"](values, settings) == pytest.approx(0.7)
+    assert KEEP_RULES["otsu"](values, settings) == otsu_threshold(values)
+    two_modes = np.r_[np.linspace(0.1, 0.3, 50), np.linspace(0.6, 0.8, 50)]
+    assert KEEP_RULES["mixture"](two_modes, settings) == mixture_threshold(two_modes)

@@ -1,0 +1,107 @@
+"""Each default and choice list is defined once: the flow parameters, the CLI and the task
+specs must agree. Each test here fails if one of them is written out again and drifts."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import get_args
+
+import pytest
+
+from flows.cli import build_model, build_parser
+from flows.ingest import ingest_config
+from flows.params import (
+    FilterParams,
+    IngestParams,
+    RunParams,
+    ShapesParams,
+    TrainingParams,
+    TrainModelParams,
+)
+from flows.train import training_specs
+from models.autoencoder import AE_PRESETS
+from models.clip import CLIP_PRESETS
+from models.diffusion import BETA_SCHEDULES, PREDICTION_TYPES, TIMESTEP_SAMPLINGS
+from models.unet import UNET_PRESETS
+from tasks.filter import FilterConfig
+from tasks.ingest import IngestConfig
+from tasks.keep_rules import KEEP_RULES
+from tasks.shapes import ShapesSpec
+from tasks.train_autoencoder import AutoencoderTrainSpec
+from tasks.train_clip import ClipTrainSpec
+from tasks.train_diffusion import DiffusionTrainSpec
+
+
+def _choices(model, field: str) -> tuple:
+    annotation = model.model_fields[field].annotation
+    args = get_args(annotation)
+    if args and get_args(args[0]):  # list[Literal[...]]
+        return get_args(args[0])
+    return args
+
+
+def test_choice_lists_are_the_preset_and_rule_tables():
+    assert _choices(TrainingParams, "autoencoders") == tuple(AE_PRESETS)
+    assert _choices(TrainingParams, "text_encoders") == tuple(CLIP_PRESETS)
+    assert _choices(TrainingParams, "unets") == tuple(UNET_PRESETS)
+    assert _choices(TrainingParams, "schedule") == tuple(BETA_SCHEDULES)
+    assert _choices(TrainingParams, "prediction_type") == PREDICTION_TYPES
+    assert _choices(TrainingParams, "timestep_sampling") == TIMESTEP_SAMPLINGS
+    assert _choices(FilterParams, "keep") == tuple(KEEP_RULES)
+    assert _choices(TrainModelParams, "unet") == tuple(UNET_PRESETS)
+
+
+def test_flow_parameter_defaults_are_the_task_defaults():
+    assert ShapesParams().to_spec() == ShapesSpec()
+    assert FilterParams().to_config("marble:x") == FilterConfig(model="marble:x")
+    assert ingest_config(IngestParams(url_list="list.csv")) == IngestConfig(Path("list.csv"))
+    defaults = DiffusionTrainSpec()
+    params = TrainingParams()
+    for name in ("prediction_type", "min_snr_gamma", "schedule", "timestep_sampling"):
+        assert getattr(params, name) == getattr(defaults, name), name
+    assert params.diffusion_batch_size == defaults.train.batch_size
+    train = TrainModelParams(kind="diffusion")
+    assert (train.unet, train.text_encoder) == (defaults.unet, defaults.text_encoder)
+    assert train.autoencoder == AutoencoderTrainSpec().preset == defaults.autoencoder
+
+
+def test_grid_specs_use_each_kinds_own_recipe():
+    """The grid changes only step counts, seed and device of each trainer's defaults."""
+    params = TrainingParams(autoencoder_steps=7, clip_steps=8, diffusion_steps=9, seed=3)
+    autoencoders, clips, diffusions = training_specs(params)
+
+    def expected(spec, steps):
+        train = dataclasses.replace(spec.train, steps=steps, seed=3, device="auto")
+        return dataclasses.replace(spec, train=train)
+
+    assert autoencoders == [expected(AutoencoderTrainSpec(preset="kl-f4"), 7)]
+    assert clips == [expected(ClipTrainSpec(preset=p), 8) for p in params.text_encoders]
+    assert len(diffusions) == 4
+    for spec in diffusions:
+        base = DiffusionTrainSpec(text_encoder=spec.text_encoder, unet=spec.unet)
+        assert spec == expected(base, 9)
+
+
+@pytest.mark.parametrize(
+    "argv, model, fields",
+    [
+        (["filter"], FilterParams, "fields"),
+        (["train", "clip"], TrainModelParams, "fields"),
+        (["ingest", "list.csv"], IngestParams, "fields"),
+        (["shapes", "serve"], ShapesParams, "fields"),
+        (["run"], ShapesParams, "shapes_fields"),
+        (["run"], TrainingParams, "training_fields"),
+    ],
+)
+def test_cli_defaults_are_the_parameter_models_defaults(argv, model, fields):
+    args = build_parser().parse_args(argv)
+    built = build_model(model, args, getattr(args, fields))
+    required = {k: getattr(built, k) for k, f in model.model_fields.items() if f.is_required()}
+    assert built == model(**required)
+
+
+def test_run_params_defaults_nest_the_stage_defaults():
+    params = RunParams()
+    assert params.shapes == ShapesParams() and params.training == TrainingParams()
+    assert params.filter == FilterParams()
