@@ -1,8 +1,11 @@
 """The built-in captioned-shapes world: its vocabulary, geometry and caption grammar.
 
-This module is the single definition of what the built-in data can depict. The renderer
-(`tasks/shapes.py`) draws from it and the attribute detector reads images back against it,
-so both always agree on what "a large red circle on the left" looks like.
+This module is the single definition of what the built-in data can depict, and so the label
+space of the attribute-accuracy metric: the attribute detector (`eval/detector.py`) reads
+images back against it, and the renderer (`tasks/shapes.py`) draws from it, so both always
+agree on what "a large red circle on the left" looks like. It sits in eval/ beside the
+detector because eval/ may import nothing from tasks/; the renderer's import of it follows
+the arrow tasks -> eval.
 
 Geometry is in fractions of the image side, so any image size works.
 """

@@ -70,7 +70,7 @@ class Tracker:
         mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or workspace.mlflow_uri)
         exp = mlflow.get_experiment_by_name(experiment)
         if exp is None:
-            location = (workspace.root / "mlartifacts" / experiment).as_uri()
+            location = (workspace.mlartifacts / experiment).as_uri()
             self.experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
         else:
             self.experiment_id = exp.experiment_id
