@@ -21,8 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tasks  # noqa: E402,F401
+from eval.clip_embedder import ClipEmbedder  # noqa: E402
 from models.clip import CLIP_PRESETS, build_clip, make_tokenizer  # noqa: E402
-from tasks.filter import FilterConfig, _Scorer, score_raw_pairs  # noqa: E402
+from tasks.filter import FilterConfig, score_raw_pairs  # noqa: E402
 from tasks.shapes import FaultRates, ShapesSpec, write_as_raw_shard  # noqa: E402
 
 
@@ -36,7 +37,7 @@ def main() -> None:
     cfg = dataclasses.replace(CLIP_PRESETS["clip-tiny"], image_size=32)
     torch.manual_seed(0)
     model = build_clip(cfg).to(device).eval()
-    scorer = _Scorer(model, make_tokenizer(cfg), None)
+    scorer = ClipEmbedder(model, make_tokenizer(cfg))
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp)
         write_as_raw_shard(

@@ -38,3 +38,32 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray, sigma: float) -> float:
 def cmmd(x: np.ndarray, y: np.ndarray, sigma: float = CMMD_SIGMA, scale: float = CMMD_SCALE):
     """CMMD as Jayasumana et al. report it: scale × MMD²_u of the embeddings."""
     return scale * mmd2_unbiased(x, y, sigma)
+
+
+def mmd2_unbiased_resampled(
+    x: np.ndarray, y: np.ndarray, sigma: float, counts: np.ndarray, block: int = 2048
+) -> np.ndarray:
+    """MMD²_u between resamples of x and the fixed y, one per row of counts (R, M): row r
+    holds x_i counts[r, i] times. The resample's within-set sum leaves out only each
+    position's own pair (k = 1 on the diagonal), as the unbiased estimator does.
+
+    Computed in blocks of the kernel matrix, never all of it: cᵀ K_xx c for every row c
+    costs R · M² multiply-adds and M² kernel values."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    c = np.asarray(counts, dtype=np.float64)  # (R, M)
+    m, n = c.sum(1), len(y)  # resample sizes (R,), reference size
+    quad = np.zeros(len(c))  # cᵀ K_xx c per replicate
+    cross = np.zeros(len(c))  # cᵀ K_xy 1 per replicate
+    sq_x = (x * x).sum(1)
+    for i in range(0, len(x), block):
+        xi = x[i : i + block]
+        for j in range(0, len(x), block):
+            xj = x[j : j + block]
+            sq = sq_x[i : i + block, None] + sq_x[None, j : j + block] - 2 * xi @ xj.T
+            k = np.exp(-np.clip(sq, 0, None) / (2 * sigma**2))
+            quad += ((c[:, i : i + block] @ k) * c[:, j : j + block]).sum(1)
+        sq = sq_x[i : i + block, None] + (y * y).sum(1)[None, :] - 2 * xi @ y.T
+        cross += c[:, i : i + block] @ np.exp(-np.clip(sq, 0, None) / (2 * sigma**2)).sum(1)
+    xx = (quad - m) / (m * (m - 1))
+    yy = (_kernel_sum(y, y, sigma) - n) / (n * (n - 1))
+    return xx + yy - 2 * cross / (m * n)

@@ -107,20 +107,46 @@ def weighted_mean_cov(features: np.ndarray, counts: np.ndarray) -> tuple[np.ndar
 
 
 class FrechetToReference:
-    """FD of many feature sets against one fixed reference N(mu_ref, sigma_ref), each in one
-    symmetric eigendecomposition. Equal to `frechet_distance` where the product is
-    well-conditioned (negative eigenvalues from rounding count as 0)."""
+    """FD of many feature sets, or weighted resamples of one, against one fixed reference
+    N(mu_ref, sigma_ref): what bootstrap intervals need, fast.
+
+    tr((Σ_ref Σ)^½) is the sum of square roots of the eigenvalues of Σ_ref Σ. With Σ the
+    covariance of n rows Y (weighted, centred, scaled by 1/sqrt(n - 1)), Σ = YᵀY, and the
+    non-zero eigenvalues of Σ_ref YᵀY are those of the n x n matrix Y Σ_ref Yᵀ: one small
+    symmetric eigenproblem when n < D. Otherwise the D x D symmetric A Σ A with A = Σ_ref^½
+    (computed once) has them. Equal to `frechet_distance` where the product is well
+    conditioned; eigenvalues below 0 from rounding count as 0."""
 
     def __init__(self, mu_ref: np.ndarray, sigma_ref: np.ndarray):
         self.mu = np.asarray(mu_ref, dtype=np.float64)
-        sigma = np.asarray(sigma_ref, dtype=np.float64)
-        eigenvalues, vectors = np.linalg.eigh(sigma)
-        self.root = (vectors * np.sqrt(np.clip(eigenvalues, 0, None))) @ vectors.T  # Σ_ref^½
-        self.trace = float(np.trace(sigma))
+        self.sigma = np.asarray(sigma_ref, dtype=np.float64)
+        self.trace = float(np.trace(self.sigma))
+        self._root: np.ndarray | None = None
 
-    def __call__(self, mu: np.ndarray, sigma: np.ndarray) -> float:
-        inner = self.root @ sigma @ self.root  # symmetric, same spectrum as Σ_ref Σ
-        eigenvalues = np.linalg.eigvalsh((inner + inner.T) / 2)
+    def _sqrt_sigma(self) -> np.ndarray:
+        if self._root is None:
+            eigenvalues, vectors = np.linalg.eigh(self.sigma)
+            self._root = (vectors * np.sqrt(np.clip(eigenvalues, 0, None))) @ vectors.T
+        return self._root
+
+    def __call__(self, features: np.ndarray, counts: np.ndarray | None = None) -> float:
+        """FD of the rows of features (N, D), each weighted by counts (N,) (default 1)."""
+        x = np.asarray(features, dtype=np.float64)
+        w = np.ones(len(x)) if counts is None else np.asarray(counts, dtype=np.float64)
+        keep = w > 0
+        x, w = x[keep], w[keep]
+        n = w.sum()
+        if n < 2:
+            raise ValueError(f"a covariance needs at least 2 samples, got {n:g}")
+        mu = w @ x / n
+        y = (x - mu) * np.sqrt(w / (n - 1))[:, None]  # Σ = yᵀ y
+        trace = float((y * y).sum())
+        if len(y) < len(self.mu):
+            eigenvalues = np.linalg.eigvalsh(y @ self.sigma @ y.T)
+        else:
+            root = self._sqrt_sigma()
+            inner = root @ (y.T @ y) @ root
+            eigenvalues = np.linalg.eigvalsh((inner + inner.T) / 2)
         tr_covmean = float(np.sqrt(np.clip(eigenvalues, 0, None)).sum())
         diff = mu - self.mu
-        return float(diff @ diff + self.trace + np.trace(sigma) - 2 * tr_covmean)
+        return float(diff @ diff + self.trace + trace - 2 * tr_covmean)

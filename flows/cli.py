@@ -159,6 +159,28 @@ def _cmd_filter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from flows.evaluate import evaluate_flow
+    from flows.params import EvaluateParams
+
+    summary = evaluate_flow(build_model(EvaluateParams, args, args.fields), home=args.home)
+    print(
+        f"sweep {summary['sweep_id']}: rows in results/evaluations/, MLflow run {summary['mlflow_run_id']}"
+    )
+    return 0
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    from flows.params import QueryParams
+    from tasks.query import format_result, run_query
+    from tasks.workspace import Workspace
+
+    params = build_model(QueryParams, args, args.fields)
+    columns, rows = run_query(Workspace.from_env(args.home), params.sql)
+    print(format_result(columns, rows, params.format))
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     """One trainer, without Prefect: this is what `torchrun -m flows.cli train ...` runs."""
     import dataclasses
@@ -192,8 +214,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from flows.params import (
+        EvaluateParams,
         FilterParams,
         IngestParams,
+        QueryParams,
         ShapesParams,
         TrainingParams,
         TrainModelParams,
@@ -230,6 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     fil = sub.add_parser("filter", help="score raw pairs by CLIP similarity, keep those that fit")
     fil.set_defaults(func=_cmd_filter, fields=add_model_options(fil, FilterParams))
+
+    ev = sub.add_parser("evaluate", help="sweep trained models x guidance: FID, CLIP score, ...")
+    ev.set_defaults(func=_cmd_evaluate, fields=add_model_options(ev, EvaluateParams))
+
+    qu = sub.add_parser("query", help="SQL over the workspace's tables and MLflow runs (DuckDB)")
+    qu.set_defaults(func=_cmd_query, fields=add_model_options(qu, QueryParams, positional=("sql",)))
 
     tr = sub.add_parser("train", help="train one model directly (no Prefect; works under torchrun)")
     tr.set_defaults(

@@ -17,13 +17,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from models.autoencoder import AE_PRESETS
 from models.clip import CLIP_PRESETS
 from models.diffusion import BETA_SCHEDULES, PREDICTION_TYPES, TIMESTEP_SAMPLINGS
+from models.sampling import SAMPLERS
 from models.unet import UNET_PRESETS
+from tasks.evaluate import SweepSpec
 from tasks.filter import FilterConfig
 from tasks.ingest import IngestConfig
 from tasks.keep_rules import KEEP_RULES
+from tasks.query import FORMATS
 from tasks.shapes import DEFAULT_FAULT_RATE, FaultRates, ShapesSpec
 from tasks.train_autoencoder import AutoencoderTrainSpec
-from tasks.train_clip import FILTER_CLIP_EPOCHS, ClipTrainSpec
+from tasks.train_clip import FILTER_CLIP_EPOCHS, JUDGE_PREFIX, ClipTrainSpec, judge_clip_spec
 from tasks.train_diffusion import DiffusionTrainSpec
 
 AutoencoderPreset = Literal[tuple(AE_PRESETS)]
@@ -33,6 +36,8 @@ ScheduleName = Literal[tuple(BETA_SCHEDULES)]
 PredictionTypeName = Literal[PREDICTION_TYPES]
 TimestepSamplingName = Literal[TIMESTEP_SAMPLINGS]
 KeepRuleName = Literal[tuple(KEEP_RULES)]
+SamplerName = Literal[tuple(SAMPLERS)]
+QueryFormat = Literal[FORMATS]
 Distributor = Literal["multiprocessing", "pyspark", "ray"]
 
 
@@ -234,6 +239,74 @@ class TrainModelParams(BaseModel):
     )
     device: str = Field("auto", description='"auto", "cpu", "cuda" or "cuda:N"')
     seed: int = Field(0, ge=0, description="seed of the training")
+
+
+class EvaluateParams(BaseModel):
+    """An evaluation sweep: every trained diffusion model x guidance scale, on the same
+    prompts and noise; FID, fd_clip, CMMD, CLIP score (and attribute accuracy on the
+    built-in data), each with a bootstrap interval."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[str] = Field(
+        [], description="diffusion checkpoint names; empty: every trained model"
+    )
+    guidance_scales: list[float] = Field(
+        list(spec_default(SweepSpec, "guidance_scales")),
+        min_length=1,
+        description="classifier-free guidance scales (Imagen's sweep by default)",
+    )
+    sampler: SamplerName = spec_default(SweepSpec, "sampler")
+    num_inference_steps: int = Field(
+        spec_default(SweepSpec, "num_inference_steps"), ge=1, le=1000, description="sampler steps"
+    )
+    num_samples: int = Field(
+        spec_default(SweepSpec, "num_samples"),
+        ge=2,
+        le=1_000_000,
+        description="images per point (10,000: FID-10K)",
+    )
+    prompt_set: Literal["auto", "val", "heldout"] = Field(
+        spec_default(SweepSpec, "prompt_set"),
+        description="val: the kept pairs' val split; heldout: fresh built-in scenes; "
+        "auto: heldout on the built-in data, else val",
+    )
+    judge: str = Field(
+        spec_default(SweepSpec, "judge"),
+        description='the CLIP that scores: "marble:NAME" or "openclip:ARCH:TAG"; the default '
+        "marble judge is trained on the kept pairs first when missing",
+    )
+    judge_steps: int = Field(
+        judge_clip_spec().train.steps, ge=1, le=10_000_000, description="training of that judge"
+    )
+    bootstrap: int = Field(
+        spec_default(SweepSpec, "bootstrap"), ge=1, le=100_000, description="interval replicates"
+    )
+    batch_size: int = Field(spec_default(SweepSpec, "batch_size"), ge=1, le=65536)
+    fid_weights: str | None = Field(
+        None, description="an FID Inception weights file (default: the installed one)"
+    )
+    seed: int = Field(spec_default(SweepSpec, "seed"), ge=0, description="bootstrap seed")
+    device: str = Field(spec_default(SweepSpec, "device"), description="auto, cpu, cuda...")
+
+    @property
+    def trains_judge(self) -> bool:
+        return self.judge.startswith(f"marble:{JUDGE_PREFIX}")
+
+    def to_spec(self) -> SweepSpec:
+        values = self.model_dump(exclude={"judge_steps"})
+        for name in ("models", "guidance_scales"):
+            values[name] = tuple(values[name])
+        return SweepSpec(**values)
+
+
+class QueryParams(BaseModel):
+    """SQL over the workspace's tables and MLflow runs (DuckDB)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sql: str = Field(description="a query over raw, scores, pairs, evaluations, samples, runs")
+    format: QueryFormat = Field("table", description="how to print the result")
 
 
 class RunParams(BaseModel):

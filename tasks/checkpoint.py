@@ -13,6 +13,8 @@ so a kill at any moment leaves either the previous checkpoint or the new one.
 Loaders take a workspace and a checkpoint name and return modules in eval mode, frozen,
 with their EMA weights: `load_autoencoder`, `load_clip`, and `load_pipeline` for a whole
 text-to-image pipeline. `text_to_image` is the one place a pipeline is composed.
+`load_clip_embedder` loads a CLIP named "marble:NAME" or "openclip:ARCH:TAG" (pretrained
+weights already on disk) as a judge or filter.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from eval.clip_embedder import ClipEmbedder
 from models.autoencoder import AutoencoderConfig, build_autoencoder
 from models.clip import ClipConfig, TextConditioner, build_clip, make_tokenizer
 from models.diffusion import make_alphas_cumprod
@@ -35,9 +38,17 @@ from models.pipeline import TextToImage
 from models.unet import UNet, UNetConfig
 from tasks.workspace import Workspace, atomic_dir
 
+# pretrained open_clip models that name no normalisation use OpenAI's
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
 
 class CheckpointNotFoundError(ValueError):
     """A checkpoint that a stage needs is not in the workspace."""
+
+
+class ClipModelError(ValueError):
+    """A CLIP named by the user cannot be loaded (bad name, weights not on this machine)."""
 
 
 # ---------------------------------------------------------------------------- the folder format
@@ -194,3 +205,49 @@ def load_pipeline(workspace: Workspace, name: str, device="cpu") -> TextToImage:
     unet = load_weights(ckpt_dir, UNet(dataclass_from_json(UNetConfig, config["unet"])), "ema")
     parts = load_conditioning(workspace, config["text_encoder"], config["autoencoder"], device)
     return text_to_image(config, _frozen(unet, device), parts)
+
+
+def load_pretrained_openclip(arch: str, pretrained: str, device, cache_dir: str | None = None):
+    """(model, tokenizer) of a pretrained open_clip model whose weights are already on disk."""
+    import open_clip
+
+    if arch not in open_clip.list_models():
+        raise ClipModelError(
+            f"open_clip has no architecture {arch!r} (see open_clip.list_models())"
+        )
+    try:
+        model, _, _ = open_clip.create_model_and_transforms(
+            arch, pretrained=pretrained, cache_dir=cache_dir, device=device
+        )
+    except Exception as e:  # no file: hub offline error, RuntimeError, FileNotFoundError ...
+        raise ClipModelError(
+            f"pretrained open_clip weights {arch}/{pretrained} are not on this machine "
+            f"(looked in {cache_dir or 'the Hugging Face cache, HF_HOME'}; offline: {type(e).__name__}). "
+            f'On a connected machine run `python -c "import open_clip; '
+            f"open_clip.create_model_and_transforms('{arch}', pretrained='{pretrained}')\"` "
+            "and copy its cache here, or pass a weights file path as the tag"
+        ) from None
+    return _frozen(model, device), open_clip.get_tokenizer(arch)
+
+
+def load_clip_embedder(workspace: Workspace, spec: str, device="cpu") -> tuple[ClipEmbedder, str]:
+    """(embedder, its id with digest) of "marble:NAME" (a marble CLIP checkpoint) or
+    "openclip:ARCH:TAG_OR_FILE" (pretrained open_clip weights already on disk)."""
+    if spec.startswith("marble:"):
+        name = spec.removeprefix("marble:")
+        try:
+            model, cfg = load_clip(workspace, name, device)
+        except ValueError as e:
+            raise ClipModelError(f"CLIP {spec!r}: {e}") from None
+        return ClipEmbedder(model, make_tokenizer(cfg)), spec
+    if spec.startswith("openclip:"):
+        parts = spec.split(":", 2)
+        if len(parts) != 3:
+            raise ClipModelError(f"expected openclip:ARCH:TAG, got {spec!r}")
+        model, tokenizer = load_pretrained_openclip(parts[1], parts[2], device)
+        size = model.visual.image_size
+        size = size[0] if isinstance(size, tuple | list) else size
+        mean = tuple(model.visual.image_mean or OPENAI_MEAN)
+        std = tuple(model.visual.image_std or OPENAI_STD)
+        return ClipEmbedder(model, tokenizer, size, mean, std), spec
+    raise ClipModelError(f"a CLIP must be named openclip:ARCH:TAG or marble:NAME, got {spec!r}")

@@ -30,11 +30,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import torch
 from torch.utils.data import DataLoader
 
-from models.clip import make_tokenizer
-from tasks.checkpoint import load_clip
+from eval.clip_embedder import ClipEmbedder
+from tasks.checkpoint import load_clip_embedder
 from tasks.ids import split_of
 from tasks.keep_rules import KEEP_RULES
 from tasks.pairs import ParquetPairs, shard_paths
@@ -47,7 +46,7 @@ KeepRule = Literal[tuple(KEEP_RULES)]
 
 @dataclass(frozen=True)
 class FilterConfig:
-    model: str  # "openclip:ARCH:TAG_OR_FILE" or "marble:NAME"
+    model: str  # "openclip:ARCH:TAG_OR_FILE" or "marble:NAME" (tasks.checkpoint)
     keep: KeepRule = "mixture"
     threshold: float = 0.28  # for keep="threshold"
     top_fraction: float = 0.3  # for keep="top_fraction"
@@ -61,90 +60,10 @@ class FilterConfig:
             raise ValueError(f"unknown keep rule {self.keep!r}; choose from {list(KEEP_RULES)}")
 
 
-class FilterModelError(ValueError):
-    pass
-
-
-# ---------------------------------------------------------------------------- models
-
-
-def load_pretrained_openclip(arch: str, pretrained: str, device, cache_dir: str | None = None):
-    """(model, preprocess-free image size, tokenizer) of a pretrained open_clip model on disk."""
-    import open_clip
-
-    if arch not in open_clip.list_models():
-        raise FilterModelError(
-            f"open_clip has no architecture {arch!r} (see open_clip.list_models())"
-        )
-    try:
-        model, _, _ = open_clip.create_model_and_transforms(
-            arch, pretrained=pretrained, cache_dir=cache_dir, device=device
-        )
-    except Exception as e:  # no file: hub offline error, RuntimeError, FileNotFoundError ...
-        raise FilterModelError(
-            f"pretrained open_clip weights {arch}/{pretrained} are not on this machine "
-            f"(looked in {cache_dir or 'the Hugging Face cache, HF_HOME'}; offline: {type(e).__name__}). "
-            f'On a connected machine run `python -c "import open_clip; '
-            f"open_clip.create_model_and_transforms('{arch}', pretrained='{pretrained}')\"` "
-            "and copy its cache here, or pass a weights file path as the tag"
-        ) from None
-    return model.eval().requires_grad_(False), open_clip.get_tokenizer(arch)
-
-
-class _Scorer:
-    """image batch (B, 3, H, W) in [-1, 1] + captions -> cosine similarities (B,)."""
-
-    def __init__(self, model, tokenizer, image_size: int | None, mean=None, std=None):
-        self.model, self.tokenizer, self.image_size = model, tokenizer, image_size
-        self.mean, self.std = mean, std
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
-        device = next(self.model.parameters()).device
-        x = images.to(device)
-        if self.image_size and x.shape[-1] != self.image_size:  # pretrained models: their size
-            x = torch.nn.functional.interpolate(
-                x, size=self.image_size, mode="bicubic", antialias=True
-            )
-        if self.mean is not None:  # pretrained models expect their own normalisation
-            x = ((x + 1) / 2 - self.mean.to(device)) / self.std.to(device)
-        image_f = self.model.encode_image(x, normalize=True)
-        text_f = self.model.encode_text(self.tokenizer(captions).to(device), normalize=True)
-        return (image_f * text_f).sum(-1).float().cpu()
-
-
-def build_scorer(cfg: FilterConfig, workspace: Workspace, device) -> tuple[_Scorer, str]:
-    """The scorer and the filter model's id."""
-    if cfg.model.startswith("marble:"):
-        name = cfg.model.removeprefix("marble:")
-        try:
-            model, clip_cfg = load_clip(workspace, name, device)
-        except ValueError as e:
-            raise FilterModelError(f"filter model {cfg.model!r}: {e}") from None
-        return _Scorer(model, make_tokenizer(clip_cfg), None), cfg.model
-    if cfg.model.startswith("openclip:"):
-        parts = cfg.model.split(":", 2)
-        if len(parts) != 3:
-            raise FilterModelError(f"expected openclip:ARCH:TAG, got {cfg.model!r}")
-        model, tokenizer = load_pretrained_openclip(parts[1], parts[2], device)
-        size = model.visual.image_size
-        size = size[0] if isinstance(size, tuple | list) else size
-        mean = torch.tensor(model.visual.image_mean or (0.48145466, 0.4578275, 0.40821073)).view(
-            1, 3, 1, 1
-        )
-        std = torch.tensor(model.visual.image_std or (0.26862954, 0.26130258, 0.27577711)).view(
-            1, 3, 1, 1
-        )
-        return _Scorer(model, tokenizer, size, mean, std), cfg.model
-    raise FilterModelError(
-        f"filter model must be openclip:ARCH:TAG or marble:NAME, got {cfg.model!r}"
-    )
-
-
 # ---------------------------------------------------------------------------- scoring
 
 
-def score_raw_pairs(scorer: _Scorer, raw_dir: Path, cfg: FilterConfig) -> dict[str, float]:
+def score_raw_pairs(scorer: ClipEmbedder, raw_dir: Path, cfg: FilterConfig) -> dict[str, float]:
     """pair_id -> cosine similarity for every successfully downloaded raw pair."""
     dataset = ParquetPairs(raw_dir)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.workers, shuffle=False)
@@ -162,7 +81,7 @@ def filter_pairs(cfg: FilterConfig, workspace: Workspace, log=print) -> dict:
     except FileNotFoundError:
         raise FileNotFoundError(f"no raw pairs in {workspace.raw}; run ingest first") from None
     device = pick_device(cfg.device)
-    scorer, model_id = build_scorer(cfg, workspace, device)
+    scorer, model_id = load_clip_embedder(workspace, cfg.model, device)
     t_score = time.perf_counter()
     scores = score_raw_pairs(scorer, workspace.raw, cfg)
     score_s = time.perf_counter() - t_score

@@ -56,9 +56,11 @@ class Tracker:
         run_name: str,
         run_id: str | None = None,
         enabled: bool = True,
+        parent_run_id: str | None = None,
     ):
         self.enabled = enabled
         self.run_id = run_id
+        self.parent_run_id = parent_run_id  # a child run (one point of a sweep) of this run
         if not enabled:
             return
         import logging
@@ -82,7 +84,9 @@ class Tracker:
                 run_id=self.run_id,
                 experiment_id=None if self.run_id else self.experiment_id,
                 run_name=None if self.run_id else self._run_name,
-                log_system_metrics=_psutil_available(),
+                nested=self.parent_run_id is not None,
+                parent_run_id=self.parent_run_id,
+                log_system_metrics=_psutil_available() and self.parent_run_id is None,
             )
             self.run_id = run.info.run_id
             self._mlflow.set_tag("code_version", code_version())
@@ -106,6 +110,14 @@ class Tracker:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         if self.enabled:
             self._mlflow.log_artifact(str(path), artifact_path)
+
+    def log_text(self, text: str, name: str) -> None:
+        if self.enabled:
+            self._mlflow.log_text(text, name)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if self.enabled:
+            self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
     def log_figure(self, figure, name: str) -> None:
         if self.enabled:

@@ -4,6 +4,9 @@ Checkpoint: checkpoints/clip/<name>/ (model + ema safetensors, config.json holdi
 ClipConfig). Validation: image->text and text->image retrieval R@1 / R@5 on the val split
 (eval/retrieval.py).
 
+The judge CLIP (`judge_clip_spec`) scores generated images in evaluation: the largest preset,
+trained on the kept pairs with its own seed, so it is never a text encoder under test.
+
 The filter CLIP (`filter_clip_spec`) is the same recipe trained on every raw pair, both
 splits: it scores every raw pair, and a pair it never saw would score lower for being unseen
 and be dropped as if mis-captioned. Its budget is set in epochs over the raw pairs, so a
@@ -27,6 +30,8 @@ from tasks.workspace import Workspace
 
 KIND = "clip"
 FILTER_PREFIX = "filter-"
+JUDGE_PREFIX = "judge-"
+JUDGE_SEED = 1  # the conditioning CLIPs train with seed 0 by default
 FILTER_CLIP_EPOCHS = 8.0  # passes over the raw pairs (312 steps of 128 on 5,000 pairs)
 
 
@@ -69,6 +74,16 @@ def filter_clip_spec(
         raw_pairs=True,
         prefix=FILTER_PREFIX,
         train=dataclasses.replace(recipe, steps=steps),
+    )
+
+
+def judge_clip_spec(steps: int | None = None, preset: str | None = None) -> ClipTrainSpec:
+    """The judge CLIP: the largest preset (by default), the default recipe, its own seed."""
+    recipe = ClipTrainSpec().train
+    return ClipTrainSpec(
+        preset=preset or list(CLIP_PRESETS)[-1],
+        prefix=JUDGE_PREFIX,
+        train=dataclasses.replace(recipe, steps=steps or recipe.steps, seed=JUDGE_SEED),
     )
 
 

@@ -9,7 +9,7 @@ Layout::
       data/pairs/    kept pairs with their split
       checkpoints/   <kind>/<name>/ weights (safetensors) + config.json + state
       cache/         encoded training sets, keyed by what they were computed from
-      results/       evaluation tables (Parquet)
+      results/       evaluations/, samples/ (Parquet, one file per sweep point), plots/
       mlflow.db      MLflow tracking store; mlartifacts/ its artifacts
 
 Stage outputs are written into a temporary sibling folder and renamed into place, so a
@@ -81,6 +81,20 @@ class Workspace:
     @property
     def results(self) -> Path:
         return self.root / "results"
+
+    @property
+    def evaluations(self) -> Path:
+        """One Parquet file per evaluated sweep point: a row per metric."""
+        return self.results / "evaluations"
+
+    @property
+    def samples(self) -> Path:
+        """One Parquet file per evaluated sweep point: a row per generated image."""
+        return self.results / "samples"
+
+    @property
+    def plots(self) -> Path:
+        return self.results / "plots"
 
     @property
     def mlflow_uri(self) -> str:

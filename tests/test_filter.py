@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from models.clip import make_tokenizer
-from tasks.checkpoint import load_clip
-from tasks.filter import FilterConfig, FilterModelError, filter_pairs, load_pretrained_openclip
+from tasks.checkpoint import ClipModelError, load_clip, load_pretrained_openclip
+from tasks.filter import FilterConfig, filter_pairs
 from tasks.ids import split_of
 from tasks.pairs import ParquetPairs
 from tasks.shapes import FaultRates, ShapesSpec, build_table, write_as_raw_shard
@@ -106,15 +106,15 @@ def test_rerun_gives_identical_output(filtered):
 
 
 def test_pretrained_name_without_weights_is_a_clear_error(tmp_path):
-    with pytest.raises(FilterModelError, match="not on this machine"):
+    with pytest.raises(ClipModelError, match="not on this machine"):
         load_pretrained_openclip("RN50", "openai", "cpu", cache_dir=str(tmp_path))
-    with pytest.raises(FilterModelError, match="no architecture"):
+    with pytest.raises(ClipModelError, match="no architecture"):
         load_pretrained_openclip("NoSuchNet", "x", "cpu")
 
 
 def test_unknown_model_spec_is_refused(filtered):
     workspace, _, _ = filtered
-    with pytest.raises(FilterModelError, match="openclip:ARCH:TAG or marble:NAME"):
+    with pytest.raises(ClipModelError, match="openclip:ARCH:TAG or marble:NAME"):
         filter_pairs(FilterConfig(model="ViT-B-32"), workspace)
-    with pytest.raises(FilterModelError, match="no clip checkpoint 'nope'.*found: filter-clip"):
+    with pytest.raises(ClipModelError, match="no clip checkpoint 'nope'.*found: filter-clip"):
         filter_pairs(FilterConfig(model="marble:nope"), workspace)

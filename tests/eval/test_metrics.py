@@ -85,13 +85,18 @@ def test_weighted_statistics_equal_the_repeated_rows():
     np.testing.assert_allclose(cov, np.cov(repeated, rowvar=False), rtol=1e-10)
 
 
-def test_distance_to_a_fixed_reference_equals_the_direct_computation():
+@pytest.mark.parametrize("n", [300, 20])  # more rows than dimensions, and fewer
+def test_distance_to_a_fixed_reference_equals_the_direct_computation(n):
     rng = np.random.default_rng(3)
     mu_ref, s_ref = _random_stats(rng, 32, 400)
     to_ref = FrechetToReference(mu_ref, s_ref)
-    for _ in range(3):
-        mu, s = _random_stats(rng, 32, 300)
-        assert to_ref(mu, s) == pytest.approx(frechet_distance(mu_ref, s_ref, mu, s), rel=1e-8)
+    x = rng.normal(size=(n, 32)) + 0.2
+    direct = frechet_distance(x.mean(0), np.cov(x, rowvar=False), mu_ref, s_ref)
+    assert to_ref(x) == pytest.approx(direct, rel=1e-7)
+    counts = rng.integers(0, 3, size=n)
+    repeated = np.repeat(x, counts, axis=0)
+    direct = frechet_distance(repeated.mean(0), np.cov(repeated, rowvar=False), mu_ref, s_ref)
+    assert to_ref(x, counts) == pytest.approx(direct, rel=1e-7)
 
 
 # ---------------------------------------------------------------------------- CMMD
@@ -162,3 +167,16 @@ def test_bootstrap_interval_of_a_weighted_statistic():
     values = np.arange(10.0)
     low, high = bootstrap_interval(lambda c: float(c @ values / c.sum()), 10, 300, seed=0)
     assert low < 4.5 < high and 1.0 < high - low < 6.0
+
+
+def test_resampled_mmd_equals_mmd_of_the_repeated_rows():
+    from eval.cmmd import mmd2_unbiased_resampled
+
+    rng = np.random.default_rng(9)
+    x, y = rng.normal(size=(30, 3)), rng.normal(size=(25, 3)) + 0.3
+    counts = resample_counts(30, 3, seed=1)
+    got = mmd2_unbiased_resampled(x, y, 1.5, counts, block=7)
+    want = [mmd2_unbiased(np.repeat(x, c, axis=0), y, 1.5) for c in counts]
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+    ones = np.ones((1, 30), dtype=int)  # the identity resample is the plain estimate
+    assert mmd2_unbiased_resampled(x, y, 1.5, ones)[0] == pytest.approx(mmd2_unbiased(x, y, 1.5))

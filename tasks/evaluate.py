@@ -1,0 +1,389 @@
+"""Evaluation sweeps: sample every (model, guidance) point of a grid on the same prompts and
+the same initial noise, and measure each point against reference images.
+
+    run_sweep(SweepSpec(...), workspace) -> summary dict
+
+Metrics per point, each with a seeded bootstrap interval over the generated samples (the
+same resamples at every point, so two points can be compared pairwise):
+- `fid`: Fréchet distance of the standard Inception's pool3 features (eval/inception.py);
+- `fd_clip`, `cmmd`: Fréchet distance and CMMD in the judge CLIP's image-embedding space;
+- `clip_score`: the judge's 100 · max(cos, 0) of each image with its prompt;
+- `attr_<attribute>`, `attr_all_correct` on the built-in data (eval/detector.py).
+
+Prompts and reference images ("prompt_set"): "val", the val split of the kept pairs (captions
+repeat with fresh seeds when N exceeds it, and the rows say so), or "heldout", for the
+built-in data: N fresh scenes rendered with a seed training never used, true captions.
+Each image's seed is derived from its prompt's pair_id and repeat index. Reference statistics
+are cached under cache/reference/, keyed by data digest, extractor digest, resolution and N.
+
+Outputs (each file written whole, then renamed into place; one per point, so two sweeps at
+once lose nothing): results/evaluations/<sweep>-<point>.parquet (a row per metric),
+results/samples/<sweep>-<point>.parquet (a row per image), results/plots/pareto-<sweep>.png,
+and an MLflow parent run per sweep (experiment marble-evaluate) with a child run per point.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from eval.bootstrap import resample_counts
+from eval.clip_score import clip_scores
+from eval.frechet import FrechetToReference, GaussianStats
+from eval.inception import RESIZE_MODE, build_fid_inception, inception_features
+from eval.retrieval import recall_at_1
+from models.sampling import SAMPLERS
+from tasks import sweep_report
+from tasks.checkpoint import digest, load_clip_embedder, load_config, load_pipeline
+from tasks.fid_weights import load_fid_state_dict
+from tasks.ids import pair_id
+from tasks.pairs import ParquetPairs, decode_image, to_float
+from tasks.plots import save_grid
+from tasks.shapes import render_scene, sample_scene
+from tasks.sweep_point import (
+    PointSettings,
+    generate_and_measure,
+    metric_rows,
+    point_metrics,
+    sample_columns,
+)
+from tasks.tracking import Tracker, code_version
+from tasks.trainer import pick_device
+from tasks.workspace import Workspace
+
+IMAGEN_GUIDANCE = (1.0, 1.25, 1.5, 1.75, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)
+HELDOUT_SEED = 1_000_003  # the built-in held-out scenes; training data uses small seeds
+SEED_RULE = "int(sha1(f'{pair_id}:{repeat}')[:15], 16)"
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    models: tuple[str, ...] = ()  # diffusion checkpoint names; empty: every one there is
+    guidance_scales: tuple[float, ...] = IMAGEN_GUIDANCE
+    sampler: str = "ddim"
+    num_inference_steps: int = 25
+    num_samples: int = 10_000  # images per point (FID-10K)
+    prompt_set: Literal["auto", "val", "heldout"] = "auto"  # auto: heldout on built-in data
+    judge: str = "marble:judge-clip-base"  # "marble:NAME" or "openclip:ARCH:TAG"
+    fid_weights: str | None = None  # a weights file; default: tasks.fid_weights' places
+    bootstrap: int = 100  # replicates per interval
+    batch_size: int = 250
+    seed: int = 0  # of the bootstrap resamples
+    device: str = "auto"
+
+    def __post_init__(self):
+        if self.num_samples < 2:
+            raise ValueError(f"num_samples must be at least 2, got {self.num_samples}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose from {list(SAMPLERS)}")
+        if not self.guidance_scales or min(self.guidance_scales) < 0:
+            raise ValueError(f"guidance scales must be >= 0, got {self.guidance_scales}")
+        if self.bootstrap < 1 or self.batch_size < 1 or self.num_inference_steps < 1:
+            raise ValueError("bootstrap, batch_size and num_inference_steps must be >= 1")
+
+
+@dataclass
+class Prompts:
+    name: str  # "val" or "heldout"
+    captions: list[str]  # (N,) one per generated image
+    pair_ids: list[str]
+    repeats: list[int]  # how often this caption was used before, 0 first
+    reference: np.ndarray  # (M, H, W, 3) uint8 real images
+    reference_captions: list[str]  # (M,)
+    digest: str  # names the data: part of the reference statistics' cache key
+
+    @property
+    def seeds(self) -> list[int]:
+        return [image_seed(p, r) for p, r in zip(self.pair_ids, self.repeats, strict=True)]
+
+
+def image_seed(pid: str, repeat: int) -> int:
+    """The initial-noise seed of an image: a function of its prompt's pair_id and repeat."""
+    return int(hashlib.sha1(f"{pid}:{repeat}".encode()).hexdigest()[:15], 16)
+
+
+# ---------------------------------------------------------------------------- prompts, reference
+
+
+def build_prompts(workspace: Workspace, prompt_set: str, n: int) -> Prompts:
+    builtin = (workspace.source / "truth.parquet").exists()
+    if prompt_set == "auto":
+        prompt_set = "heldout" if builtin else "val"
+    if prompt_set == "heldout":
+        if not builtin:
+            raise ValueError(
+                "prompt_set 'heldout' renders built-in scenes; this workspace has no built-in data (data/source/truth.parquet)"
+            )
+        return _heldout_prompts(workspace, n)
+    try:
+        val = ParquetPairs(workspace.pairs, "val")
+    except FileNotFoundError:
+        raise ValueError(f"no kept pairs in {workspace.pairs}; run the filter first") from None
+    if len(val) == 0:
+        raise ValueError(f"the val split of {workspace.pairs} is empty: no reference images")
+    images = np.stack([decode_image(val.image_bytes(i)) for i in range(len(val))])
+    m = len(val)
+    return Prompts(
+        name="val",
+        captions=[val.captions[i % m] for i in range(n)],
+        pair_ids=[val.pair_ids[i % m] for i in range(n)],
+        repeats=[i // m for i in range(n)],
+        reference=images,
+        reference_captions=list(val.captions),
+        digest=hashlib.sha1("\n".join(sorted(val.pair_ids)).encode()).hexdigest()[:16],
+    )
+
+
+def _heldout_prompts(workspace: Workspace, n: int) -> Prompts:
+    first = ParquetPairs(workspace.pairs if workspace.pairs.exists() else workspace.raw)
+    side = decode_image(first.image_bytes(0)).shape[0]
+    scenes = [sample_scene(HELDOUT_SEED, i, 0.25) for i in range(n)]
+    captions = [scene.caption(template) for scene, template in scenes]
+    images = np.stack([render_scene(s, side, HELDOUT_SEED, i) for i, (s, _) in enumerate(scenes)])
+    return Prompts(
+        name="heldout",
+        captions=captions,
+        pair_ids=[
+            pair_id(f"heldout://shapes/{HELDOUT_SEED}/{i}", c) for i, c in enumerate(captions)
+        ],
+        repeats=[0] * n,
+        reference=images,
+        reference_captions=captions,
+        digest=f"shapes-heldout-{HELDOUT_SEED}-{n}-{side}",
+    )
+
+
+def _cached(workspace: Workspace, key_parts: dict, compute) -> dict[str, np.ndarray]:
+    key = hashlib.sha1(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
+    path = workspace.cache / "reference" / f"{key_parts['extractor']}-{key}.npz"
+    if path.exists():
+        with np.load(path) as f:
+            return dict(f)
+    arrays = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+    return arrays
+
+
+# ---------------------------------------------------------------------------- one point
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------- the sweep
+
+
+def resolve_models(workspace: Workspace, names: tuple[str, ...]) -> list[str]:
+    folder = workspace.checkpoints / "diffusion"
+    found = (
+        sorted(p.name for p in folder.iterdir() if (p / "config.json").exists())
+        if folder.is_dir()
+        else []
+    )
+    if not found:
+        raise ValueError(f"no diffusion checkpoints in {folder}; train the grid first")
+    unknown = [name for name in names if name not in found]
+    if unknown:
+        raise ValueError(
+            f"unknown diffusion model(s) {', '.join(unknown)}; found: {', '.join(found)}"
+        )
+    return list(names) or found
+
+
+def _batched(fn, items, batch: int) -> np.ndarray:
+    return np.concatenate(
+        [fn(items[i : i + batch]).cpu().numpy() for i in range(0, len(items), batch)]
+    ).astype(np.float64)
+
+
+def _references(workspace, prompts, judge, judge_digest, inception, fid_digest, device) -> dict:
+    """Reference statistics of the real images, per extractor, cached."""
+    base = {
+        "data": prompts.digest,
+        "resolution": int(prompts.reference.shape[1]),
+        "n": len(prompts.reference),
+    }
+
+    def inception_stats():
+        stats = GaussianStats.of(inception_features(inception, prompts.reference, device))
+        return {"mean": stats.mean, "cov": stats.covariance}
+
+    def clip_stats():
+        embeddings = _batched(lambda b: judge.images(to_float(b)), prompts.reference, 250)
+        stats = GaussianStats.of(embeddings)
+        return {"mean": stats.mean, "cov": stats.covariance, "embeddings": embeddings}
+
+    reference = {
+        "inception": _cached(
+            workspace, base | {"extractor": "inception", "weights": fid_digest}, inception_stats
+        ),
+        "clip": _cached(
+            workspace, base | {"extractor": "clip", "weights": judge_digest}, clip_stats
+        ),
+    }
+    for stats in reference.values():  # the reference side of every bootstrap replicate
+        stats["to_ref"] = FrechetToReference(stats["mean"], stats["cov"])
+    return reference
+
+
+def _referencemetric_rows(
+    judge, prompts: Prompts, reference: dict, common: dict, seed: int, replicates: int
+) -> list[dict]:
+    """Where real images stand with the judge: its retrieval R@1 on them, their CLIP score
+    with their own captions (the ceiling) and with shuffled captions (the floor)."""
+    images = reference["clip"]["embeddings"]
+    texts = _batched(judge.texts, prompts.reference_captions, 250)
+    recall = recall_at_1(images, texts, prompts.reference_captions)
+    order = np.random.default_rng(seed).permutation(len(texts))
+    counts = resample_counts(len(texts), replicates, seed)
+    metrics = {}
+    for name, scores in (
+        ("clip_score_real", clip_scores(images, texts)),
+        ("clip_score_shuffled", clip_scores(images, texts[order])),
+    ):
+        metrics[name] = {
+            "value": float(scores.mean()),
+            "replicates": counts @ scores / len(scores),
+            "extractor": "clip",
+        }
+    metrics |= {
+        f"judge_{k}": {"value": v, "replicates": np.array([v]), "extractor": "clip"}
+        for k, v in recall.items()
+    }
+    meta = common | {
+        "point_id": "reference",
+        "model": "reference",
+        "n": len(texts),
+        "guidance_scale": None,
+    }
+    return metric_rows(metrics, meta, None, None)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._@-]", "_", name)
+
+
+def _evaluate_point(workspace, pipe, name, config, guidance, ctx, parent_run_id, log) -> list[dict]:
+    spec, prompts, common = ctx["spec"], ctx["prompts"], ctx["common"]
+    point = {
+        "point_id": f"{name}@{guidance:g}", "model": name, "guidance_scale": float(guidance),
+        "text_encoder": config["text_encoder"], "unet": config["unet_preset"],
+        "autoencoder": config["autoencoder"],
+        "unet_digest": digest(workspace.checkpoint("diffusion", name)),
+        "text_encoder_digest": config["text_encoder_digest"],
+        "autoencoder_digest": config["autoencoder_digest"],
+    }  # fmt: skip
+    t0 = time.perf_counter()
+    settings = PointSettings(spec.sampler, spec.num_inference_steps, spec.batch_size)
+    out = generate_and_measure(
+        pipe, ctx["judge"], ctx["inception"], prompts.captions, prompts.seeds, guidance, settings,
+        ctx["device"],
+    )  # fmt: skip
+    metrics = point_metrics(out, ctx["reference"], ctx["text_emb"], ctx["counts"])
+    with Tracker(
+        workspace, "marble-evaluate", point["point_id"], parent_run_id=parent_run_id
+    ) as run:
+        run.log_params(
+            point
+            | {k: common[k] for k in ("sampler", "num_inference_steps", "n", "prompt_set", "judge")}
+        )
+        rows = metric_rows(metrics, point | common, run.run_id, out["img_per_s"])
+        run.log_metrics(
+            {r["metric"]: r["value"] for r in rows} | {"img_per_s": out["img_per_s"]}, step=0
+        )
+        run.log_metrics(
+            {f"{r['metric']}_ci_{e}": r[f"ci_{e}"] for r in rows for e in ("low", "high")}, step=0
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            run.log_artifact(save_grid(out["grid"], Path(tmp) / "samples.png", ncol=8))
+    stem = f"{common['sweep_id']}-{_safe(point['point_id'])}.parquet"
+    _write_parquet(pa.Table.from_pylist(rows), workspace.evaluations / stem)
+    samples = pa.table(sample_columns(point | common, prompts, metrics))
+    _write_parquet(samples, workspace.samples / stem)
+    values = {r["metric"]: r["value"] for r in rows}
+    log(
+        f"evaluate {point['point_id']}: fid {values['fid']:.2f}, fd_clip {values['fd_clip']:.3f}, "
+        f"clip_score {values['clip_score']:.2f}, sampling {out['img_per_s']:.1f} img/s, "
+        f"{time.perf_counter() - t0:.0f} s"
+    )
+    return rows
+
+
+def run_sweep(spec: SweepSpec, workspace: Workspace, log=print) -> dict:
+    models = resolve_models(workspace, spec.models)
+    configs = {m: load_config(workspace.checkpoint("diffusion", m)) for m in models}
+    device = pick_device(spec.device)
+    judge, judge_id = load_clip_embedder(workspace, spec.judge, device)
+    judge_digest = judge_id
+    if judge_id.startswith("marble:"):
+        judge_digest = digest(workspace.checkpoint("clip", judge_id.removeprefix("marble:")))
+    for name, config in configs.items():
+        if (
+            judge_id == f"marble:{config['text_encoder']}"
+            or judge_digest == config["text_encoder_digest"]
+        ):
+            raise ValueError(
+                f"the judge {judge_id} is the text encoder of {name}; choose a judge that "
+                "no model under test was conditioned on"
+            )
+    state, fid_digest = load_fid_state_dict(Path(spec.fid_weights) if spec.fid_weights else None)
+    inception = build_fid_inception(state).to(device)
+    prompts = build_prompts(workspace, spec.prompt_set, spec.num_samples)
+    sweep_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    common = {
+        "sweep_id": sweep_id, "sampler": spec.sampler,
+        "num_inference_steps": spec.num_inference_steps, "prompt_set": prompts.name,
+        "prompts_repeat": max(prompts.repeats) > 0, "n": spec.num_samples,
+        "n_bootstrap": spec.bootstrap, "seeds": SEED_RULE, "judge": judge_id,
+        "judge_digest": judge_digest, "fid_weights_digest": fid_digest, "resize": RESIZE_MODE,
+        "code_version": code_version(),
+    }  # fmt: skip
+    ctx = {
+        "spec": spec, "prompts": prompts, "common": common, "judge": judge,
+        "inception": inception, "device": device,
+        "reference": _references(workspace, prompts, judge, judge_digest, inception, fid_digest, device),
+        "text_emb": _batched(judge.texts, prompts.captions, spec.batch_size),
+        "counts": resample_counts(spec.num_samples, spec.bootstrap, spec.seed),
+    }  # fmt: skip
+    rows = _referencemetric_rows(
+        judge, prompts, ctx["reference"], common, spec.seed, spec.bootstrap
+    )
+    _write_parquet(
+        pa.Table.from_pylist(rows), workspace.evaluations / f"{sweep_id}-reference.parquet"
+    )
+    with Tracker(workspace, "marble-evaluate", f"sweep-{sweep_id}") as parent:
+        parent.log_params({"sweep": asdict(spec) | {"models": models}, "prompt_set": prompts.name})
+        parent.log_metrics({r["metric"]: r["value"] for r in rows}, step=0)
+        for name in models:
+            pipe = load_pipeline(workspace, name, device)
+            for guidance in spec.guidance_scales:
+                rows += _evaluate_point(
+                    workspace, pipe, name, configs[name], guidance, ctx, parent.run_id, log
+                )
+        report = sweep_report.report(rows, workspace.plots / f"pareto-{sweep_id}.png")
+        parent.log_artifact(report["plot"])
+        parent.log_text("\n".join(report["lines"]), "summary.txt")
+        parent_id = parent.run_id
+    for line in report["lines"]:
+        log(line)
+    return {"sweep_id": sweep_id, "mlflow_run_id": parent_id, "models": models, **report}

@@ -1,0 +1,112 @@
+"""SQL over a workspace with DuckDB: one view per table the pipeline writes, and the MLflow runs.
+
+    views: raw (data/raw), scores (data/scores), pairs (data/pairs), evaluations
+           (results/evaluations), samples (results/samples), runs (MLflow runs: run_id,
+           experiment, run name, status, start time, then params.* and metrics.* columns)
+
+The Parquet views read the files in place (a glob per folder); `runs` is read through
+MLflow's own API from the workspace's tracking store (no DuckDB extension is needed, none is
+downloaded). A view whose folder is empty does not exist yet, and saying so is the error.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+
+from tasks.workspace import Workspace
+
+FORMATS = ("table", "csv", "json")
+
+
+class QueryError(ValueError):
+    pass
+
+
+def _parquet_views(workspace: Workspace) -> dict[str, Path]:
+    return {
+        "raw": workspace.raw,
+        "scores": workspace.scores,
+        "pairs": workspace.pairs,
+        "evaluations": workspace.evaluations,
+        "samples": workspace.samples,
+    }
+
+
+def _runs_frame(workspace: Workspace):
+    import mlflow
+
+    if not (workspace.root / "mlflow.db").exists() and not os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or workspace.mlflow_uri)
+    runs = mlflow.search_runs(search_all_experiments=True)
+    if runs.empty:
+        return None
+    experiments = {e.experiment_id: e.name for e in mlflow.search_experiments()}
+    runs.insert(1, "experiment", runs["experiment_id"].map(experiments))
+    runs = runs.rename(columns={"tags.mlflow.runName": "run_name"})
+    keep = [c for c in runs.columns if not c.startswith("tags.")]
+    return runs[keep]
+
+
+def connect(workspace: Workspace) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
+    """An in-memory DuckDB connection with every view the workspace can fill; their names."""
+    con = duckdb.connect()
+    names = []
+    for name, folder in _parquet_views(workspace).items():
+        if any(Path(folder).glob("*.parquet")):
+            pattern = str(Path(folder) / "*.parquet").replace("'", "''")
+            con.execute(
+                f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{pattern}', union_by_name = true)"
+            )
+            names.append(name)
+    runs = _runs_frame(workspace)
+    if runs is not None:
+        con.register("runs", runs)
+        names.append("runs")
+    return con, names
+
+
+def run_query(workspace: Workspace, sql: str) -> tuple[list[str], list[tuple]]:
+    """(column names, rows) of `sql`; a bad query is one QueryError naming the problem."""
+    con, names = connect(workspace)
+    try:
+        result = con.execute(sql)
+        return [d[0] for d in result.description or []], result.fetchall()
+    except duckdb.Error as e:
+        message = str(e).splitlines()[0]
+        raise QueryError(
+            f"{message} (views in {workspace.root}: {', '.join(names) or 'none yet'})"
+        ) from None
+    finally:
+        con.close()
+
+
+def format_result(columns: list[str], rows: list[tuple], fmt: str = "table") -> str:
+    import csv
+    import io
+    import json
+
+    if fmt == "json":
+        return json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str, indent=1)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(columns)
+        writer.writerows(rows)
+        return buf.getvalue()
+    cells = [[_cell(v) for v in r] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True))  # noqa: E731
+    out = [line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells]
+    return "\n".join(out) + f"\n({len(rows)} row{'s' if len(rows) != 1 else ''})"
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list) and len(value) > 4:
+        return f"[{len(value)} values]"
+    return str(value)

@@ -1,0 +1,183 @@
+"""What a sweep found: the Pareto plot (CLIP score against FID and fd_clip, one curve per
+model, guidance along it, Imagen Fig. 4) and the size-step summary.
+
+Size steps: two models that differ only in one axis (text encoder, U-Net, or autoencoder
+decoder), one preset apart. At matched guidance, the change in each metric from the smaller
+to the larger is read off the paired bootstrap replicates (every point of a sweep uses the
+same resamples of the same prompts and seeds), so its interval is the interval of the
+difference itself. At matched CLIP score, each curve's FID is interpolated along guidance at
+the CLIP scores both curves reach (no interval). The axis whose step lowers FID most wins;
+the summary says whether that step's interval excludes zero.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from eval.bootstrap import percentile_interval
+
+AXES = {
+    "text_encoder": ("clip-tiny", "clip-small", "clip-base"),
+    "unet": ("unet-xs", "unet-s", "unet-m", "unet-l"),
+    "autoencoder": ("kl-f4-dec-s", "kl-f4", "kl-f4-dec-l"),
+}
+DISTANCES = ("fid", "fd_clip")
+
+
+def _points(rows: list[dict]) -> dict[str, dict[float, dict[str, dict]]]:
+    """model -> guidance -> metric -> row, for the generated points."""
+    out: dict = defaultdict(lambda: defaultdict(dict))
+    for row in rows:
+        if row["model"] != "reference":
+            out[row["model"]][row["guidance_scale"]][row["metric"]] = row
+    return out
+
+
+def size_steps(rows: list[dict]) -> list[dict]:
+    """Every pair of models one preset apart on one axis, equal on the others."""
+    meta = {r["model"]: {a: r[a] for a in AXES} for r in rows if r["model"] != "reference"}
+    steps = []
+    for small, a in meta.items():
+        for large, b in meta.items():
+            for axis, order in AXES.items():
+                others = all(a[o] == b[o] for o in AXES if o != axis)
+                if others and a[axis] in order and b[axis] in order:
+                    if order.index(b[axis]) == order.index(a[axis]) + 1:
+                        steps.append({"axis": axis, "small": small, "large": large,
+                                      "from": a[axis], "to": b[axis]})  # fmt: skip
+    return steps
+
+
+def step_effects(rows: list[dict]) -> list[dict]:
+    """Per size step and matched guidance: the change in each metric with its interval."""
+    points = _points(rows)
+    effects = []
+    for step in size_steps(rows):
+        small, large = points[step["small"]], points[step["large"]]
+        for guidance in sorted(set(small) & set(large)):
+            for metric in (*DISTANCES, "clip_score"):
+                a, b = small[guidance].get(metric), large[guidance].get(metric)
+                if a is None or b is None:
+                    continue
+                diff = np.asarray(b["replicates"]) - np.asarray(a["replicates"])
+                low, high = percentile_interval(diff)
+                effects.append(step | {"guidance_scale": guidance, "metric": metric,
+                                       "change": b["value"] - a["value"], "ci_low": low,
+                                       "ci_high": high})  # fmt: skip
+    return effects
+
+
+def matched_clip_score(
+    rows: list[dict], small: str, large: str, metric: str = "fid"
+) -> float | None:
+    """Mean change in `metric` from `small` to `large` where both curves reach the same CLIP
+    scores (interpolated along guidance); None when the curves do not overlap."""
+    points = _points(rows)
+
+    def curve(model):
+        pts = sorted(
+            (g[("clip_score")]["value"], g[metric]["value"]) for g in points[model].values()
+        )
+        return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+
+    (xa, ya), (xb, yb) = curve(small), curve(large)
+    low, high = max(xa.min(), xb.min()), min(xa.max(), xb.max())
+    if low >= high:
+        return None
+    grid = np.linspace(low, high, 9)
+    return float(np.mean(np.interp(grid, xb, yb) - np.interp(grid, xa, ya)))
+
+
+def summary_lines(rows: list[dict]) -> tuple[list[str], dict]:
+    effects = step_effects(rows)
+    lines, by_axis = [], {}
+    for axis in AXES:
+        fid = [e for e in effects if e["axis"] == axis and e["metric"] == "fid"]
+        if not fid:
+            continue
+        mean = float(np.mean([e["change"] for e in fid]))
+        significant = sum(e["ci_high"] < 0 or e["ci_low"] > 0 for e in fid)
+        by_axis[axis] = mean
+        lines.append(
+            f"{axis} one size up: FID {mean:+.2f} on average over {len(fid)} matched-guidance "
+            f"comparisons ({significant} with an interval that excludes 0)"
+        )
+        for e in fid:
+            clip = next(
+                c
+                for c in effects
+                if c["metric"] == "clip_score"
+                and c["small"] == e["small"]
+                and c["large"] == e["large"]
+                and c["guidance_scale"] == e["guidance_scale"]
+            )
+            lines.append(
+                f"  {e['from']} -> {e['to']} ({e['small']} -> {e['large']}), guidance "
+                f"{e['guidance_scale']:g}: FID {e['change']:+.2f} [{e['ci_low']:+.2f}, "
+                f"{e['ci_high']:+.2f}], CLIP score {clip['change']:+.2f} "
+                f"[{clip['ci_low']:+.2f}, {clip['ci_high']:+.2f}]"
+            )
+        matched = [matched_clip_score(rows, e["small"], e["large"]) for e in fid[:1]]
+        if matched and matched[0] is not None:
+            lines.append(
+                f"  at matched CLIP score: FID {matched[0]:+.2f} (interpolated, no interval)"
+            )
+    if by_axis:
+        winner = min(by_axis, key=by_axis.get)
+        lines.append(f"largest FID reduction per size step: {winner} ({by_axis[winner]:+.2f})")
+    else:
+        lines.append("no two models differ by one size step on one axis: no size effects")
+    best = min(
+        (r for r in rows if r["metric"] == "fid" and r["model"] != "reference"),
+        key=lambda r: r["value"],
+        default=None,
+    )
+    if best is not None:
+        lines.append(
+            f"best FID: {best['model']} at guidance {best['guidance_scale']:g}: {best['value']:.2f} [{best['ci_low']:.2f}, {best['ci_high']:.2f}]"
+        )
+    return lines, {
+        "effects": effects,
+        "best": best
+        and {k: best[k] for k in ("model", "guidance_scale", "value", "ci_low", "ci_high")},
+    }
+
+
+def pareto_plot(rows: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = _points(rows)
+    fig, axes = plt.subplots(1, len(DISTANCES), figsize=(6 * len(DISTANCES), 4.5))
+    for ax, metric in zip(axes, DISTANCES, strict=True):
+        for model, by_guidance in sorted(points.items()):
+            gs = sorted(by_guidance)
+            x = [by_guidance[g]["clip_score"] for g in gs]
+            y = [by_guidance[g][metric] for g in gs]
+            ax.errorbar(
+                [r["value"] for r in x], [r["value"] for r in y],
+                xerr=[[r["value"] - r["ci_low"] for r in x], [r["ci_high"] - r["value"] for r in x]],
+                yerr=[[r["value"] - r["ci_low"] for r in y], [r["ci_high"] - r["value"] for r in y]],
+                marker="o", ms=3, capsize=2, label=model,
+            )  # fmt: skip
+            for g, xr, yr in zip(gs, x, y, strict=True):
+                ax.annotate(f"{g:g}", (xr["value"], yr["value"]), fontsize=6, alpha=0.7)
+        ax.set_xlabel("CLIP score (judge), higher is better")
+        ax.set_ylabel(f"{metric}, lower is better")
+        ax.set_title(f"{metric} against CLIP score over guidance")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def report(rows: list[dict], plot_path: Path) -> dict:
+    lines, found = summary_lines(rows)
+    return {"plot": pareto_plot(rows, plot_path), "lines": lines, **found}
