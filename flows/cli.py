@@ -70,13 +70,17 @@ def add_model_options(
     model: type[BaseModel],
     only: Iterable[str] | None = None,
     positional: Iterable[str] = (),
+    defaults: BaseModel | None = None,
 ) -> list[str]:
     """Add `--field-name` options for `model`'s fields (all, or `only`); returns their names.
-    Defaults are the model's; values are checked by the model when it is built."""
+    Defaults are the model's, or those of the instance `defaults` (a parameter nested with
+    other defaults, such as the main job's evaluation); the model checks values when built."""
     names = list(only) if only is not None else list(model.model_fields)
     for name in names:
         field = model.model_fields[name]
         default = None if field.is_required() else field.get_default(call_default_factory=True)
+        if defaults is not None:
+            default = getattr(defaults, name)
         kwargs = _option_kwargs(field.annotation, default)
         shown = ",".join(map(str, default)) if isinstance(default, list) else default
         notes = [f"default: {shown}"] if default is not None else []
@@ -100,13 +104,16 @@ def build_model(model: type[BaseModel], args: argparse.Namespace, names: Iterabl
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from flows.params import RunParams, ShapesParams, TrainingParams
+    from flows.params import EvaluateParams, RunParams, ShapesParams, TrainingParams
     from flows.run import run_flow
 
+    evaluation = RunParams().evaluation
+    changes = {name: getattr(args, name) for name in args.evaluation_fields}
     params = RunParams(
         home=args.home,
         shapes=build_model(ShapesParams, args, args.shapes_fields),
         training=build_model(TrainingParams, args, args.training_fields),
+        evaluation=EvaluateParams(**(evaluation.model_dump() | changes)),
     )
     t0 = time.perf_counter()
     summary = run_flow(params)
@@ -218,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         FilterParams,
         IngestParams,
         QueryParams,
+        RunParams,
         ShapesParams,
         TrainingParams,
         TrainModelParams,
@@ -244,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "clip_steps",
                 "diffusion_steps",
             ),
+        ),
+        evaluation_fields=add_model_options(
+            run,
+            EvaluateParams,
+            only=("num_samples", "guidance_scales", "bootstrap"),
+            defaults=RunParams().evaluation,
         ),
     )
 

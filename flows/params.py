@@ -26,7 +26,14 @@ from tasks.keep_rules import KEEP_RULES
 from tasks.query import FORMATS
 from tasks.shapes import DEFAULT_FAULT_RATE, FaultRates, ShapesSpec
 from tasks.train_autoencoder import AutoencoderTrainSpec
-from tasks.train_clip import FILTER_CLIP_EPOCHS, JUDGE_PREFIX, ClipTrainSpec, judge_clip_spec
+from tasks.train_clip import (
+    FILTER_CLIP_EPOCHS,
+    FILTER_CLIP_PRESET,
+    FILTER_PREFIX,
+    JUDGE_PREFIX,
+    ClipTrainSpec,
+    judge_clip_spec,
+)
 from tasks.train_diffusion import DiffusionTrainSpec
 
 AutoencoderPreset = Literal[tuple(AE_PRESETS)]
@@ -320,3 +327,11 @@ class RunParams(BaseModel):
     shapes: ShapesParams = ShapesParams()
     filter: FilterParams = FilterParams()
     training: TrainingParams = TrainingParams()
+    # A small sweep sized for a CPU laptop (docs/evaluation.md has what each part costs). It
+    # shares the filter CLIP as the judge, which never conditions a model under test.
+    evaluation: EvaluateParams = EvaluateParams(
+        num_samples=100,
+        guidance_scales=[1.0, 4.0],
+        bootstrap=50,
+        judge=f"marble:{FILTER_PREFIX}{FILTER_CLIP_PRESET}",
+    )

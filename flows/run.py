@@ -1,7 +1,7 @@
 """Flow `run`: the main job on the built-in captioned shapes, start to end.
 
-Serves the shapes on 127.0.0.1, then runs each stage that exists so far:
-ingest -> filter -> train (autoencoder, CLIP encoders, diffusion grid) -> (evaluate: later).
+Serves the shapes on 127.0.0.1, then runs every stage: ingest -> filter (training its CLIP)
+-> train (autoencoder, CLIP encoders, diffusion grid) -> evaluate (a small sweep).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from dataclasses import asdict
 
 from prefect import flow
 
+from flows.evaluate import run_evaluation
 from flows.filter import run_filter
 from flows.ingest import download_pairs
 from flows.params import RunParams
@@ -50,4 +51,9 @@ def run_flow(params: RunParams = RunParams()) -> dict:
     trained = run_training(params.training, workspace)
     stages.update(trained)
     print(f"training: {len(trained)} models in {time.perf_counter() - t0:.0f} s")
+    t0 = time.perf_counter()
+    evaluated = run_evaluation(params.evaluation, workspace)
+    stages["evaluate"] = {
+        k: evaluated[k] for k in ("sweep_id", "mlflow_run_id", "lines", "best")
+    } | {"plot": str(evaluated["plot"]), "stage_s": round(time.perf_counter() - t0, 1)}
     return {"workspace": str(workspace.root), "stages": stages, "spec": asdict(spec)}

@@ -32,6 +32,7 @@ KIND = "clip"
 FILTER_PREFIX = "filter-"
 JUDGE_PREFIX = "judge-"
 JUDGE_SEED = 1  # the conditioning CLIPs train with seed 0 by default
+FILTER_CLIP_PRESET = "clip-tiny"
 FILTER_CLIP_EPOCHS = 8.0  # passes over the raw pairs (312 steps of 128 on 5,000 pairs)
 
 
@@ -61,7 +62,7 @@ def filter_clip_spec(
     workspace: Workspace,
     epochs: float = FILTER_CLIP_EPOCHS,
     steps: int | None = None,
-    preset: str = "clip-tiny",
+    preset: str = FILTER_CLIP_PRESET,
 ) -> ClipTrainSpec:
     """The filter CLIP: the default recipe on every raw pair, for `epochs` passes over them
     (or a fixed number of `steps`)."""

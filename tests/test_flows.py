@@ -34,8 +34,8 @@ def _netns_available() -> bool:
 
 
 def test_main_job_end_to_end(tmp_path):
-    """`marble run` with tiny budgets: serve, ingest, filter (training its CLIP) and the
-    training grid. Where this machine allows a network namespace, the job runs in one whose
+    """`marble run` with tiny budgets: serve, ingest, filter (training its CLIP), the
+    training grid and the evaluation sweep. Where this machine allows a network namespace, the job runs in one whose
     only interface is loopback, which proves nothing needs the internet; elsewhere it runs
     as it is (every server it starts binds 127.0.0.1 all the same)."""
     home = tmp_path / "home"
@@ -43,7 +43,8 @@ def test_main_job_end_to_end(tmp_path):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
     job = (
         f"{marble} --home {home} run --n 200 --port 0 --text-encoders clip-tiny --unets unet-s "
-        "--autoencoder-steps 3 --clip-steps 3 --diffusion-steps 3"
+        "--autoencoder-steps 3 --clip-steps 3 --diffusion-steps 3 "
+        "--num-samples 6 --guidance-scales 3 --bootstrap 5"
     )
     if _netns_available():
         argv = ["unshare", "-n", "sh", "-c", f"ip link set lo up && exec {job}"]
@@ -63,3 +64,7 @@ def test_main_job_end_to_end(tmp_path):
         "diffusion/clip-tiny_unet-s_kl-f4",
     ):
         assert (home / "checkpoints" / part / "config.json").exists(), part
+    evaluations = list((home / "results" / "evaluations").glob("*.parquet"))
+    assert len(evaluations) == 2  # the reference rows and the one grid point
+    assert list((home / "results" / "plots").glob("pareto-*.png"))
+    assert "best FID: clip-tiny_unet-s_kl-f4 at guidance 3" in proc.stdout

@@ -12,6 +12,7 @@ import pytest
 from flows.cli import build_model, build_parser
 from flows.ingest import ingest_config
 from flows.params import (
+    EvaluateParams,
     FilterParams,
     IngestParams,
     RunParams,
@@ -23,7 +24,9 @@ from flows.train import training_specs
 from models.autoencoder import AE_PRESETS
 from models.clip import CLIP_PRESETS
 from models.diffusion import BETA_SCHEDULES, PREDICTION_TYPES, TIMESTEP_SAMPLINGS
+from models.sampling import SAMPLERS
 from models.unet import UNET_PRESETS
+from tasks.evaluate import SweepSpec
 from tasks.filter import FilterConfig
 from tasks.ingest import IngestConfig
 from tasks.keep_rules import KEEP_RULES
@@ -50,10 +53,12 @@ def test_choice_lists_are_the_preset_and_rule_tables():
     assert _choices(TrainingParams, "timestep_sampling") == TIMESTEP_SAMPLINGS
     assert _choices(FilterParams, "keep") == tuple(KEEP_RULES)
     assert _choices(TrainModelParams, "unet") == tuple(UNET_PRESETS)
+    assert _choices(EvaluateParams, "sampler") == tuple(SAMPLERS)
 
 
 def test_flow_parameter_defaults_are_the_task_defaults():
     assert ShapesParams().to_spec() == ShapesSpec()
+    assert EvaluateParams().to_spec() == SweepSpec()
     assert FilterParams().to_config("marble:x") == FilterConfig(model="marble:x")
     assert ingest_config(IngestParams(url_list="list.csv")) == IngestConfig(Path("list.csv"))
     defaults = DiffusionTrainSpec()
@@ -99,6 +104,15 @@ def test_cli_defaults_are_the_parameter_models_defaults(argv, model, fields):
     built = build_model(model, args, getattr(args, fields))
     required = {k: getattr(built, k) for k, f in model.model_fields.items() if f.is_required()}
     assert built == model(**required)
+
+
+def test_the_main_jobs_evaluation_options_default_to_its_own_sweep():
+    args = build_parser().parse_args(["run"])
+    run = RunParams().evaluation
+    assert {name: getattr(args, name) for name in args.evaluation_fields} == {
+        name: getattr(run, name) for name in args.evaluation_fields
+    }
+    assert run.num_samples < EvaluateParams().num_samples  # a laptop-sized sweep
 
 
 def test_run_params_defaults_nest_the_stage_defaults():

@@ -1,0 +1,212 @@
+"""Evaluation sweeps end to end on a tiny grid: rows, runs, plot, queries, lineage, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from flows.cli import main
+from tasks.evaluate import SweepSpec, build_prompts, image_seed, run_sweep
+from tasks.filter import FilterConfig, filter_pairs
+from tasks.query import QueryError, run_query
+from tasks.shapes import FaultRates, ShapesSpec, build_table, write_as_raw_shard
+from tasks.shapes_server import write_source_tables
+from tasks.train_autoencoder import AutoencoderTrainSpec, train_autoencoder
+from tasks.train_clip import ClipTrainSpec, judge_clip_spec, train_clip
+from tasks.train_diffusion import DiffusionTrainSpec, train_diffusion
+from tasks.workspace import Workspace
+from tests.training_helpers import tiny_train
+
+pytestmark = pytest.mark.slow
+MODELS = ("clip-small_unet-xs_kl-f4", "clip-tiny_unet-xs_kl-f4")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Workspace:
+    """Built-in data (200 pairs), kept pairs, an autoencoder, two text towers, the judge and
+    two diffusion models, a few steps each."""
+    workspace = Workspace(tmp_path_factory.mktemp("evaluate") / "home")
+    spec = ShapesSpec(n=200, seed=0, faults=FaultRates.uniform(0))
+    workspace.raw.mkdir(parents=True)
+    write_as_raw_shard(spec, workspace.raw / "00000.parquet")
+    workspace.source.mkdir(parents=True)
+    write_source_tables(spec, build_table(spec), "http://127.0.0.1:1", workspace.source)
+    tiny_clip = tiny_train(ema_decay=0.0)
+    train_clip(ClipTrainSpec(train=tiny_clip), workspace)
+    config = FilterConfig(
+        model="marble:clip-tiny", workers=0, keep="top_fraction", top_fraction=0.9
+    )
+    filter_pairs(config, workspace)
+    train_autoencoder(AutoencoderTrainSpec(train=tiny_train()), workspace)
+    train_clip(ClipTrainSpec(preset="clip-small", train=tiny_clip), workspace)
+    judge = judge_clip_spec()
+    train_clip(dataclasses.replace(judge, train=dataclasses.replace(tiny_clip, seed=1)), workspace)
+    for text in ("clip-tiny", "clip-small"):
+        train_diffusion(DiffusionTrainSpec(text_encoder=text, train=tiny_train()), workspace)
+    return workspace
+
+
+@pytest.fixture(scope="module")
+def swept(trained):
+    spec = SweepSpec(
+        guidance_scales=(1.0, 3.0), num_samples=12, prompt_set="val", bootstrap=20, batch_size=12
+    )
+    return trained, run_sweep(spec, trained, log=lambda *_: None)
+
+
+def test_rows_for_every_point_and_metric(swept):
+    workspace, summary = swept
+    rows = pq.read_table(workspace.evaluations).to_pylist()
+    points = {(r["model"], r["guidance_scale"]) for r in rows if r["model"] != "reference"}
+    assert points == {(m, g) for m in MODELS for g in (1.0, 3.0)}
+    metrics = {r["metric"] for r in rows if r["model"] == MODELS[0] and r["guidance_scale"] == 1}
+    assert {"fid", "fd_clip", "cmmd", "clip_score", "attr_colour", "attr_all_correct"} <= metrics
+    for r in rows:
+        assert r["sweep_id"] == summary["sweep_id"] and r["code_version"] and r["timestamp"]
+        assert r["ci_low"] <= r["ci_high"]
+        if r["model"] != "reference":
+            assert r["n"] == 12 and r["n_bootstrap"] == 20 and len(r["replicates"]) == 20
+            assert r["prompts_repeat"] and r["prompt_set"] == "val"  # 12 images, fewer val pairs
+            assert (
+                r["mlflow_run_id"] and r["unet_digest"] and r["judge"] == "marble:judge-clip-base"
+            )
+    fid = next(r for r in rows if r["metric"] == "fid" and r["model"] != "reference")
+    assert fid["extractor"] == "inception" and fid["value"] > 0
+    reference = {r["metric"]: r for r in rows if r["model"] == "reference"}
+    assert {"clip_score_real", "clip_score_shuffled", "judge_i2t_r1", "judge_t2i_r1"} <= set(
+        reference
+    )
+
+
+def test_every_point_sees_the_same_prompts_and_seeds(swept):
+    workspace, _ = swept
+    samples = pq.read_table(workspace.samples).to_pylist()
+    by_point: dict = {}
+    for s in samples:
+        by_point.setdefault(s["point_id"], []).append((s["pair_id"], s["seed"], s["repeat"]))
+    first, *others = by_point.values()
+    assert len(by_point) == 4 and all(o == first for o in others)
+    assert all(seed == image_seed(pid, repeat) for pid, seed, repeat in first)
+    assert len({seed for _, seed, _ in first}) == 12  # repeated captions get fresh seeds
+
+
+def test_mlflow_parent_and_child_runs(swept):
+    import mlflow
+
+    workspace, summary = swept
+    mlflow.set_tracking_uri(workspace.mlflow_uri)
+    parent = mlflow.get_run(summary["mlflow_run_id"])
+    children = mlflow.search_runs(
+        experiment_ids=[parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+    )
+    assert len(children) == 4
+    assert {"metrics.fid", "metrics.fid_ci_low", "metrics.clip_score", "metrics.img_per_s"} <= set(
+        children.columns
+    )
+    artifacts = [a.path for a in mlflow.MlflowClient().list_artifacts(children.run_id[0])]
+    assert "samples.png" in artifacts
+    parent_artifacts = [a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)]
+    assert "summary.txt" in parent_artifacts and any(
+        a.startswith("pareto-") for a in parent_artifacts
+    )
+
+
+def test_pareto_plot_and_summary(swept):
+    workspace, summary = swept
+    assert summary["plot"].exists() and summary["plot"].parent == workspace.plots
+    assert any(line.startswith("text_encoder one size up") for line in summary["lines"])
+    steps = {(e["from"], e["to"]) for e in summary["effects"]}
+    assert steps == {("clip-tiny", "clip-small")}
+
+
+def test_query_views_and_lineage(swept, capsys):
+    workspace, _ = swept
+    columns, rows = run_query(workspace, "SELECT count(*) AS n FROM samples")
+    assert columns == ["n"] and rows == [(4 * 12,)]
+    pid = pq.read_table(workspace.samples).column("pair_id")[0].as_py()
+    lineage = f"""
+        SELECT r.url, sc.similarity, p.split, s.point_id, s.seed, s.clip_score
+        FROM samples s JOIN pairs p USING (pair_id) JOIN raw r USING (pair_id)
+        JOIN scores sc USING (pair_id) WHERE s.pair_id = '{pid}'"""
+    columns, rows = run_query(workspace, lineage)
+    assert len(rows) >= 4 and all(r[2] == "val" and r[0].startswith("http://") for r in rows)
+    _, runs = run_query(workspace, "SELECT experiment, count(*) FROM runs GROUP BY 1 ORDER BY 1")
+    assert ("marble-evaluate", 5) in runs and dict(runs)["marble-train"] >= 5
+    assert (
+        main(
+            [
+                "--home",
+                str(workspace.root),
+                "query",
+                "SELECT metric FROM evaluations LIMIT 2",
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
+    assert len(json.loads(capsys.readouterr().out)) == 2
+
+
+def test_a_bad_query_is_one_clear_error(swept, capsys):
+    workspace, _ = swept
+    with pytest.raises(QueryError, match="views in .*evaluations"):
+        run_query(workspace, "SELECT * FROM nowhere")
+    assert main(["--home", str(workspace.root), "query", "SELEC 1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("marble: error:") and err.count("\n") == 1
+
+
+def test_heldout_prompts_are_fresh_scenes_with_true_captions(trained):
+    prompts = build_prompts(trained, "auto", 30)  # built-in data: heldout
+    assert prompts.name == "heldout" and len(prompts.reference) == 30
+    assert prompts.reference.shape[1:] == (32, 32, 3) and len(set(prompts.pair_ids)) == 30
+    trained_captions = set(pq.read_table(trained.raw).column("caption").to_pylist())
+    assert len(set(prompts.captions) - trained_captions) > 0  # scenes training never saw
+
+
+def test_bad_inputs_are_one_clear_error_and_write_nothing(trained, tmp_path):
+    before = (
+        sorted(p.name for p in trained.evaluations.glob("*"))
+        if trained.evaluations.exists()
+        else []
+    )
+    with pytest.raises(ValueError, match="num_samples must be at least 2"):
+        SweepSpec(num_samples=1)
+    with pytest.raises(ValueError, match="unknown diffusion model.*nope.*found: clip-small"):
+        run_sweep(SweepSpec(models=("nope",), num_samples=4), trained)
+    with pytest.raises(ValueError, match="judge marble:clip-tiny is the text encoder"):
+        run_sweep(SweepSpec(judge="marble:clip-tiny", num_samples=4), trained)
+    with pytest.raises(ValueError, match="no diffusion checkpoints in"):
+        run_sweep(SweepSpec(num_samples=4), Workspace(tmp_path / "empty"))
+    empty_val = Workspace(tmp_path / "novals")
+    (empty_val.checkpoints / "diffusion" / MODELS[0]).mkdir(parents=True)
+    for kind, name in (("diffusion", MODELS[0]), ("clip", "judge-clip-base")):
+        src = trained.checkpoint(kind, name)
+        for f in src.iterdir():
+            dst = empty_val.checkpoint(kind, name)
+            dst.mkdir(parents=True, exist_ok=True)
+            (dst / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(ValueError, match="no kept pairs in .*run the filter first"):
+        run_sweep(SweepSpec(num_samples=4, prompt_set="val"), empty_val)
+    after = (
+        sorted(p.name for p in trained.evaluations.glob("*"))
+        if trained.evaluations.exists()
+        else []
+    )
+    assert after == before
+    assert not empty_val.results.exists()
+
+
+def test_intervals_are_wider_for_fewer_samples():
+    from eval.bootstrap import mean_interval
+
+    values = np.random.default_rng(0).normal(size=400)
+    wide = mean_interval(values[:25], 200, 0)
+    narrow = mean_interval(values, 200, 0)
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]
