@@ -1,6 +1,13 @@
-"""Seeded bootstrap confidence intervals over the generated samples (Efron & Tibshirani 1993,
-percentile interval): resample the N samples with replacement R times, recompute the
-statistic on each resample, and take the α/2 and 1 - α/2 quantiles of the R values.
+"""Seeded bootstrap confidence intervals over the generated samples (Efron & Tibshirani 1993):
+resample the N samples with replacement R times, recompute the statistic on each resample,
+and take the α/2 and 1 - α/2 quantiles of the R values (the percentile interval).
+
+Resampling with replacement repeats samples, and a repeated sample lowers a set's diversity:
+Fréchet distances and MMD of resamples come out systematically above the estimate itself,
+so its percentile interval can miss the estimate entirely. `centred_interval` removes that
+shift, the bootstrap estimate of bias (mean of the replicates minus the estimate), from the
+quantiles: the interval then says how far the value moves between draws of N samples, around
+the value reported. For a mean the shift is zero up to resampling noise.
 
 Resamples are drawn as counts (how often each sample appears), so a statistic can weight
 rows instead of copying them.
@@ -25,6 +32,15 @@ def percentile_interval(estimates: np.ndarray, confidence: float = 0.95) -> tupl
     alpha = 1.0 - confidence
     low, high = np.quantile(np.asarray(estimates, dtype=np.float64), [alpha / 2, 1 - alpha / 2])
     return float(low), float(high)
+
+
+def centred_interval(
+    estimate: float, replicates: np.ndarray, confidence: float = 0.95
+) -> tuple[float, float]:
+    """The percentile interval of the replicates shifted by the bootstrap bias estimate,
+    mean(replicates) - estimate (see the module docstring)."""
+    replicates = np.asarray(replicates, dtype=np.float64)
+    return percentile_interval(replicates - (replicates.mean() - estimate), confidence)
 
 
 def bootstrap_interval(

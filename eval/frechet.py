@@ -96,16 +96,6 @@ class GaussianStats:
         return cls(features.shape[1]).update(features)
 
 
-def weighted_mean_cov(features: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance of the multiset that holds row i counts[i] times (a bootstrap
-    resample, without copying rows): features (N, D) float64, counts (N,) non-negative ints."""
-    n = counts.sum()
-    mean = counts @ features / n
-    centred = features - mean
-    cov = (centred * counts[:, None]).T @ centred / (n - 1)
-    return mean, cov
-
-
 class FrechetToReference:
     """FD of many feature sets, or weighted resamples of one, against one fixed reference
     N(mu_ref, sigma_ref): what bootstrap intervals need, fast.

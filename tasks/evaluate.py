@@ -25,7 +25,6 @@ and an MLflow parent run per sweep (experiment marble-evaluate) with a child run
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import tempfile
@@ -39,25 +38,34 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from eval.bootstrap import resample_counts
-from eval.clip_score import clip_scores
-from eval.frechet import FrechetToReference, GaussianStats
-from eval.inception import RESIZE_MODE, build_fid_inception, inception_features
-from eval.retrieval import recall_at_1
+from eval.inception import RESIZE_MODE, build_fid_inception
+from eval.reconstruction import psnr_per_image
 from models.sampling import SAMPLERS
 from tasks import sweep_report
-from tasks.checkpoint import digest, load_clip_embedder, load_config, load_pipeline
+from tasks.checkpoint import (
+    digest,
+    load_autoencoder,
+    load_clip_embedder,
+    load_config,
+    load_pipeline,
+)
 from tasks.fid_weights import load_fid_state_dict
 from tasks.ids import pair_id
-from tasks.pairs import ParquetPairs, decode_image, to_float
-from tasks.plots import save_grid
+from tasks.pairs import ParquetPairs, decode_image
+from tasks.plots import save_grid, to_float
 from tasks.shapes import render_scene, sample_scene
 from tasks.sweep_point import (
     PointSettings,
+    batched,
     generate_and_measure,
     metric_rows,
     point_metrics,
+    reconstruction_metrics,
+    reference_rows,
+    reference_statistics,
     sample_columns,
 )
 from tasks.tracking import Tracker, code_version
@@ -166,20 +174,6 @@ def _heldout_prompts(workspace: Workspace, n: int) -> Prompts:
     )
 
 
-def _cached(workspace: Workspace, key_parts: dict, compute) -> dict[str, np.ndarray]:
-    key = hashlib.sha1(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
-    path = workspace.cache / "reference" / f"{key_parts['extractor']}-{key}.npz"
-    if path.exists():
-        with np.load(path) as f:
-            return dict(f)
-    arrays = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-    return arrays
-
-
 # ---------------------------------------------------------------------------- one point
 
 
@@ -210,75 +204,6 @@ def resolve_models(workspace: Workspace, names: tuple[str, ...]) -> list[str]:
     return list(names) or found
 
 
-def _batched(fn, items, batch: int) -> np.ndarray:
-    return np.concatenate(
-        [fn(items[i : i + batch]).cpu().numpy() for i in range(0, len(items), batch)]
-    ).astype(np.float64)
-
-
-def _references(workspace, prompts, judge, judge_digest, inception, fid_digest, device) -> dict:
-    """Reference statistics of the real images, per extractor, cached."""
-    base = {
-        "data": prompts.digest,
-        "resolution": int(prompts.reference.shape[1]),
-        "n": len(prompts.reference),
-    }
-
-    def inception_stats():
-        stats = GaussianStats.of(inception_features(inception, prompts.reference, device))
-        return {"mean": stats.mean, "cov": stats.covariance}
-
-    def clip_stats():
-        embeddings = _batched(lambda b: judge.images(to_float(b)), prompts.reference, 250)
-        stats = GaussianStats.of(embeddings)
-        return {"mean": stats.mean, "cov": stats.covariance, "embeddings": embeddings}
-
-    reference = {
-        "inception": _cached(
-            workspace, base | {"extractor": "inception", "weights": fid_digest}, inception_stats
-        ),
-        "clip": _cached(
-            workspace, base | {"extractor": "clip", "weights": judge_digest}, clip_stats
-        ),
-    }
-    for stats in reference.values():  # the reference side of every bootstrap replicate
-        stats["to_ref"] = FrechetToReference(stats["mean"], stats["cov"])
-    return reference
-
-
-def _referencemetric_rows(
-    judge, prompts: Prompts, reference: dict, common: dict, seed: int, replicates: int
-) -> list[dict]:
-    """Where real images stand with the judge: its retrieval R@1 on them, their CLIP score
-    with their own captions (the ceiling) and with shuffled captions (the floor)."""
-    images = reference["clip"]["embeddings"]
-    texts = _batched(judge.texts, prompts.reference_captions, 250)
-    recall = recall_at_1(images, texts, prompts.reference_captions)
-    order = np.random.default_rng(seed).permutation(len(texts))
-    counts = resample_counts(len(texts), replicates, seed)
-    metrics = {}
-    for name, scores in (
-        ("clip_score_real", clip_scores(images, texts)),
-        ("clip_score_shuffled", clip_scores(images, texts[order])),
-    ):
-        metrics[name] = {
-            "value": float(scores.mean()),
-            "replicates": counts @ scores / len(scores),
-            "extractor": "clip",
-        }
-    metrics |= {
-        f"judge_{k}": {"value": v, "replicates": np.array([v]), "extractor": "clip"}
-        for k, v in recall.items()
-    }
-    meta = common | {
-        "point_id": "reference",
-        "model": "reference",
-        "n": len(texts),
-        "guidance_scale": None,
-    }
-    return metric_rows(metrics, meta, None, None)
-
-
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._@-]", "_", name)
 
@@ -303,10 +228,7 @@ def _evaluate_point(workspace, pipe, name, config, guidance, ctx, parent_run_id,
     with Tracker(
         workspace, "marble-evaluate", point["point_id"], parent_run_id=parent_run_id
     ) as run:
-        run.log_params(
-            point
-            | {k: common[k] for k in ("sampler", "num_inference_steps", "n", "prompt_set", "judge")}
-        )
+        run.log_params(point | common)
         rows = metric_rows(metrics, point | common, run.run_id, out["img_per_s"])
         run.log_metrics(
             {r["metric"]: r["value"] for r in rows} | {"img_per_s": out["img_per_s"]}, step=0
@@ -327,6 +249,32 @@ def _evaluate_point(workspace, pipe, name, config, guidance, ctx, parent_run_id,
         f"{time.perf_counter() - t0:.0f} s"
     )
     return rows
+
+
+@torch.no_grad()
+def _autoencoder_rows(workspace: Workspace, name: str, ctx: dict) -> list[dict]:
+    """The decoder axis on its own: the reference images through the autoencoder and back,
+    against the references themselves (rFID, fd_clip of reconstructions, PSNR), as
+    latent-diffusion reports for its autoencoders."""
+    prompts, device, spec = ctx["prompts"], ctx["device"], ctx["spec"]
+    autoencoder = load_autoencoder(workspace, name, device)
+    recon, psnr = [], []
+    for start in range(0, len(prompts.reference), spec.batch_size):
+        x = to_float(prompts.reference[start : start + spec.batch_size]).to(device)
+        y = autoencoder.decode(autoencoder.encode(x).mode()).clamp(-1, 1)
+        recon.append(y)
+        psnr.append(psnr_per_image(y, x).cpu().numpy())
+    counts = resample_counts(len(prompts.reference), spec.bootstrap, spec.seed)
+    metrics = reconstruction_metrics(
+        torch.cat(recon), np.concatenate(psnr), ctx["inception"], ctx["judge"],
+        ctx["reference"], counts, device,
+    )  # fmt: skip
+    meta = ctx["common"] | {
+        "point_id": f"autoencoder/{name}", "model": f"autoencoder/{name}", "autoencoder": name,
+        "autoencoder_digest": digest(workspace.checkpoint("autoencoder", name)),
+        "n": len(prompts.reference), "guidance_scale": None,
+    }  # fmt: skip
+    return metric_rows(metrics, meta, None, None)
 
 
 def run_sweep(spec: SweepSpec, workspace: Workspace, log=print) -> dict:
@@ -361,13 +309,14 @@ def run_sweep(spec: SweepSpec, workspace: Workspace, log=print) -> dict:
     ctx = {
         "spec": spec, "prompts": prompts, "common": common, "judge": judge,
         "inception": inception, "device": device,
-        "reference": _references(workspace, prompts, judge, judge_digest, inception, fid_digest, device),
-        "text_emb": _batched(judge.texts, prompts.captions, spec.batch_size),
+        "reference": reference_statistics(
+            workspace.cache / "reference", prompts, judge, judge_digest, inception, fid_digest,
+            device,
+        ),
+        "text_emb": batched(judge.texts, prompts.captions, spec.batch_size),
         "counts": resample_counts(spec.num_samples, spec.bootstrap, spec.seed),
     }  # fmt: skip
-    rows = _referencemetric_rows(
-        judge, prompts, ctx["reference"], common, spec.seed, spec.bootstrap
-    )
+    rows = reference_rows(judge, prompts, ctx["reference"], common, spec.seed, spec.bootstrap)
     _write_parquet(
         pa.Table.from_pylist(rows), workspace.evaluations / f"{sweep_id}-reference.parquet"
     )

@@ -25,6 +25,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from tasks.plots import to_float
+
 IMAGE_COLUMNS = ("png", "jpg", "webp", "image")
 
 
@@ -39,12 +41,6 @@ def decode_image(data: bytes) -> np.ndarray:
     """Image bytes -> (H, W, 3) uint8 RGB."""
     with Image.open(io.BytesIO(data)) as im:
         return np.array(im.convert("RGB"))  # a writable copy
-
-
-def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """(..., H, W, 3) uint8 -> (..., 3, H, W) float32 in [-1, 1]."""
-    t = torch.as_tensor(images).movedim(-1, -3)
-    return t.float().div(127.5).sub(1.0)
 
 
 def shard_paths(folder: Path) -> list[Path]:

@@ -1,4 +1,5 @@
-"""Image grids and plots written as files (and logged to MLflow by the caller)."""
+"""Images between their two forms (uint8 (N, H, W, 3) at the disk boundary, float (N, 3, H, W)
+in [-1, 1] inside), and image grids written as files (logged to MLflow by the caller)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+
+def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(..., H, W, 3) uint8 -> (..., 3, H, W) float32 in [-1, 1]."""
+    t = torch.as_tensor(images).movedim(-1, -3)
+    return t.float().div(127.5).sub(1.0)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

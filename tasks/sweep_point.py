@@ -1,24 +1,30 @@
-"""Measuring one point of an evaluation sweep (tasks/evaluate.py runs the sweep): sample,
-extract features as images come off the sampler, and turn features into metrics with
-bootstrap replicates, metric rows and per-image rows."""
+"""Measuring for an evaluation sweep (tasks/evaluate.py runs it): one point (sample, extract
+features as images come off the sampler, turn them into metrics with bootstrap replicates,
+metric rows and per-image rows), and the reference side (cached statistics of the real
+images, where real images stand with the judge, reconstructions of them)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from eval.attributes import parse_caption
-from eval.bootstrap import percentile_interval
+from eval.bootstrap import centred_interval, resample_counts
 from eval.clip_score import clip_scores
 from eval.cmmd import CMMD_SCALE, CMMD_SIGMA, cmmd, mmd2_unbiased_resampled
 from eval.detector import scene_matches
-from eval.frechet import GaussianStats, frechet_distance
+from eval.frechet import FrechetToReference, GaussianStats, frechet_distance
 from eval.inception import inception_features
-from tasks.plots import to_uint8
+from eval.retrieval import recall_at_1
+from tasks.plots import to_float, to_uint8
 
 
 @dataclass(frozen=True)
@@ -53,11 +59,14 @@ def generate_and_measure(
     for start in range(0, len(seeds), settings.batch_size):
         rows = slice(start, start + settings.batch_size)
         t0 = time.perf_counter()
-        with torch.inference_mode():
+        bf16 = torch.autocast(
+            "cuda", dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda"
+        )
+        with torch.inference_mode(), bf16:  # the U-Net in bf16 on a GPU; the sampler in fp32
             images = pipe.generate(
                 captions[rows], seeds[rows], guidance, settings.num_inference_steps,
                 settings.sampler,
-            )  # fmt: skip
+            ).float()  # fmt: skip
         sample_s += time.perf_counter() - t0
         uint8 = to_uint8(images)
         parts["inception"].append(inception_features(inception, uint8, device))
@@ -125,7 +134,7 @@ def metric_rows(
     now = datetime.now(UTC).isoformat(timespec="seconds")
     rows = []
     for metric, m in metrics.items():
-        low, high = percentile_interval(m["replicates"])
+        low, high = centred_interval(m["value"], m["replicates"])
         rows.append(meta | {
             "metric": metric, "value": float(m["value"]), "ci_low": low, "ci_high": high,
             "replicates": [float(r) for r in m["replicates"]], "extractor": m["extractor"],
@@ -145,3 +154,118 @@ def sample_columns(meta: dict, prompts, metrics: dict[str, dict]) -> dict[str, l
     }  # fmt: skip
     columns |= {k: m["per_image"].tolist() for k, m in metrics.items() if "per_image" in m}
     return columns
+
+
+# ---------------------------------------------------------------------------- reference side
+
+
+def cached(folder: Path, key_parts: dict, compute) -> dict[str, np.ndarray]:
+    """Arrays computed once and kept in folder/<extractor>-<key>.npz, key = sha1 of key_parts."""
+    key = hashlib.sha1(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
+    path = folder / f"{key_parts['extractor']}-{key}.npz"
+    if path.exists():
+        with np.load(path) as f:
+            return dict(f)
+    arrays = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+    return arrays
+
+
+def batched(fn, items, batch: int) -> np.ndarray:
+    return np.concatenate(
+        [fn(items[i : i + batch]).cpu().numpy() for i in range(0, len(items), batch)]
+    ).astype(np.float64)
+
+
+def reference_statistics(
+    folder: Path, prompts, judge, judge_digest: str, inception, fid_digest: str, device
+) -> dict:
+    """Statistics of the real images per extractor, cached in `folder` and keyed by the
+    data's digest, the extractor's weights, the resolution and N."""
+    base = {
+        "data": prompts.digest,
+        "resolution": int(prompts.reference.shape[1]),
+        "n": len(prompts.reference),
+    }
+
+    def inception_stats():
+        stats = GaussianStats.of(inception_features(inception, prompts.reference, device))
+        return {"mean": stats.mean, "cov": stats.covariance}
+
+    def clip_stats():
+        embeddings = batched(lambda b: judge.images(to_float(b)), prompts.reference, 250)
+        stats = GaussianStats.of(embeddings)
+        return {"mean": stats.mean, "cov": stats.covariance, "embeddings": embeddings}
+
+    reference = {
+        "inception": cached(
+            folder, base | {"extractor": "inception", "weights": fid_digest}, inception_stats
+        ),
+        "clip": cached(folder, base | {"extractor": "clip", "weights": judge_digest}, clip_stats),
+    }
+    for stats in reference.values():  # the reference side of every bootstrap replicate
+        stats["to_ref"] = FrechetToReference(stats["mean"], stats["cov"])
+    return reference
+
+
+def reference_rows(
+    judge, prompts, reference: dict, common: dict, seed: int, replicates: int
+) -> list[dict]:
+    """Where real images stand with the judge: its retrieval R@1 on them, their CLIP score
+    with their own captions (the ceiling) and with shuffled captions (the floor)."""
+    images = reference["clip"]["embeddings"]
+    texts = batched(judge.texts, prompts.reference_captions, 250)
+    recall = recall_at_1(images, texts, prompts.reference_captions)
+    order = np.random.default_rng(seed).permutation(len(texts))
+    counts = resample_counts(len(texts), replicates, seed)
+    metrics = {}
+    for name, scores in (
+        ("clip_score_real", clip_scores(images, texts)),
+        ("clip_score_shuffled", clip_scores(images, texts[order])),
+    ):
+        metrics[name] = {
+            "value": float(scores.mean()),
+            "replicates": counts @ scores / len(scores),
+            "extractor": "clip",
+        }
+    metrics |= {
+        f"judge_{k}": {"value": v, "replicates": np.array([v]), "extractor": "clip"}
+        for k, v in recall.items()
+    }
+    meta = common | {
+        "point_id": "reference",
+        "model": "reference",
+        "n": len(texts),
+        "guidance_scale": None,
+    }
+    return metric_rows(metrics, meta, None, None)
+
+
+def reconstruction_metrics(
+    images: torch.Tensor, psnr: np.ndarray, inception, judge, reference: dict, counts, device
+) -> dict[str, dict]:
+    """rFID, fd_clip and PSNR of reconstructions (N, 3, H, W) in [-1, 1] of the reference
+    images, against the reference statistics; per-image PSNR (N,) given."""
+    features = {
+        "inception": inception_features(inception, to_uint8(images), device),
+        "clip": judge.images(images).cpu().numpy().astype(np.float64),
+    }
+    metrics = {}
+    for metric, extractor in (("rfid", "inception"), ("rfd_clip", "clip")):
+        stats = GaussianStats.of(features[extractor])
+        ref = reference[extractor]
+        metrics[metric] = {
+            "value": frechet_distance(stats.mean, stats.covariance, ref["mean"], ref["cov"]),
+            "replicates": np.array([ref["to_ref"](features[extractor], c) for c in counts]),
+            "extractor": extractor,
+        }
+    values = np.minimum(psnr, 100.0)  # identical images (the identity autoencoder): capped
+    metrics["psnr"] = {
+        "value": float(values.mean()),
+        "replicates": counts @ values / len(values),
+        "extractor": "pixels",
+    }
+    return metrics

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.bootstrap import percentile_interval
+from eval.bootstrap import centred_interval
 
 AXES = {
     "text_encoder": ("clip-tiny", "clip-small", "clip-base"),
@@ -27,18 +27,23 @@ AXES = {
 DISTANCES = ("fid", "fd_clip")
 
 
+def _is_point(row: dict) -> bool:
+    """A generated (model, guidance) point, not a reference or reconstruction row."""
+    return row.get("guidance_scale") is not None
+
+
 def _points(rows: list[dict]) -> dict[str, dict[float, dict[str, dict]]]:
     """model -> guidance -> metric -> row, for the generated points."""
     out: dict = defaultdict(lambda: defaultdict(dict))
     for row in rows:
-        if row["model"] != "reference":
+        if _is_point(row):
             out[row["model"]][row["guidance_scale"]][row["metric"]] = row
     return out
 
 
 def size_steps(rows: list[dict]) -> list[dict]:
     """Every pair of models one preset apart on one axis, equal on the others."""
-    meta = {r["model"]: {a: r[a] for a in AXES} for r in rows if r["model"] != "reference"}
+    meta = {r["model"]: {a: r[a] for a in AXES} for r in rows if _is_point(r)}
     steps = []
     for small, a in meta.items():
         for large, b in meta.items():
@@ -63,7 +68,7 @@ def step_effects(rows: list[dict]) -> list[dict]:
                 if a is None or b is None:
                     continue
                 diff = np.asarray(b["replicates"]) - np.asarray(a["replicates"])
-                low, high = percentile_interval(diff)
+                low, high = centred_interval(b["value"] - a["value"], diff)
                 effects.append(step | {"guidance_scale": guidance, "metric": metric,
                                        "change": b["value"] - a["value"], "ci_low": low,
                                        "ci_high": high})  # fmt: skip
@@ -125,13 +130,20 @@ def summary_lines(rows: list[dict]) -> tuple[list[str], dict]:
             lines.append(
                 f"  at matched CLIP score: FID {matched[0]:+.2f} (interpolated, no interval)"
             )
+    for r in rows:
+        if r["metric"] == "rfid":
+            psnr = next(p for p in rows if p["model"] == r["model"] and p["metric"] == "psnr")
+            lines.append(
+                f"{r['model']} reconstructions: rFID {r['value']:.2f} [{r['ci_low']:.2f}, "
+                f"{r['ci_high']:.2f}], PSNR {psnr['value']:.1f} dB"
+            )
     if by_axis:
         winner = min(by_axis, key=by_axis.get)
         lines.append(f"largest FID reduction per size step: {winner} ({by_axis[winner]:+.2f})")
     else:
         lines.append("no two models differ by one size step on one axis: no size effects")
     best = min(
-        (r for r in rows if r["metric"] == "fid" and r["model"] != "reference"),
+        (r for r in rows if r["metric"] == "fid" and _is_point(r)),
         key=lambda r: r["value"],
         default=None,
     )
@@ -144,6 +156,14 @@ def summary_lines(rows: list[dict]) -> tuple[list[str], dict]:
         "best": best
         and {k: best[k] for k in ("model", "guidance_scale", "value", "ci_low", "ci_high")},
     }
+
+
+def _error_bars(rows: list[dict]) -> list[list[float]]:
+    """matplotlib's asymmetric bars: distances from the value down and up (never negative)."""
+    return [
+        [max(r["value"] - r["ci_low"], 0.0) for r in rows],
+        [max(r["ci_high"] - r["value"], 0.0) for r in rows],
+    ]
 
 
 def pareto_plot(rows: list[dict], path: Path) -> Path:
@@ -161,8 +181,8 @@ def pareto_plot(rows: list[dict], path: Path) -> Path:
             y = [by_guidance[g][metric] for g in gs]
             ax.errorbar(
                 [r["value"] for r in x], [r["value"] for r in y],
-                xerr=[[r["value"] - r["ci_low"] for r in x], [r["ci_high"] - r["value"] for r in x]],
-                yerr=[[r["value"] - r["ci_low"] for r in y], [r["ci_high"] - r["value"] for r in y]],
+                xerr=_error_bars(x),
+                yerr=_error_bars(y),
                 marker="o", ms=3, capsize=2, label=model,
             )  # fmt: skip
             for g, xr, yr in zip(gs, x, y, strict=True):

@@ -18,8 +18,8 @@ import torch
 from eval.reconstruction import psnr
 from models.autoencoder import AE_PRESETS, autoencoder_loss, build_autoencoder, with_latent_stats
 from tasks.checkpoint import CheckpointDir
-from tasks.pairs import load_split_pairs, to_float
-from tasks.plots import save_grid, to_uint8
+from tasks.pairs import load_split_pairs
+from tasks.plots import save_grid, to_float, to_uint8
 from tasks.tracking import training_tracker
 from tasks.trainer import TrainConfig, init_distributed, pick_device, rank_slice, train
 from tasks.workspace import Workspace, atomic_dir, atomic_write_bytes

@@ -23,7 +23,8 @@ import torch
 from eval.retrieval import retrieval_metrics
 from models.clip import CLIP_PRESETS, build_clip, clip_loss, make_tokenizer
 from tasks.checkpoint import CheckpointDir
-from tasks.pairs import ParquetPairs, load_split_pairs, to_float
+from tasks.pairs import ParquetPairs, load_split_pairs
+from tasks.plots import to_float
 from tasks.tracking import training_tracker
 from tasks.trainer import TrainConfig, init_distributed, pick_device, rank_slice, train
 from tasks.workspace import Workspace

@@ -40,8 +40,8 @@ from models.diffusion import (
 from models.pipeline import TextToImage
 from models.unet import UNET_PRESETS, UNet, UNetConfig
 from tasks.checkpoint import CheckpointDir, digest, load_conditioning, text_to_image
-from tasks.pairs import load_split_pairs, to_float
-from tasks.plots import save_grid, to_uint8
+from tasks.pairs import load_split_pairs
+from tasks.plots import save_grid, to_float, to_uint8
 from tasks.tracking import training_tracker
 from tasks.trainer import TrainConfig, init_distributed, pick_device, rank_slice, train
 from tasks.workspace import Workspace

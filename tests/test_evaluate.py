@@ -61,20 +61,20 @@ def swept(trained):
 def test_rows_for_every_point_and_metric(swept):
     workspace, summary = swept
     rows = pq.read_table(workspace.evaluations).to_pylist()
-    points = {(r["model"], r["guidance_scale"]) for r in rows if r["model"] != "reference"}
+    points = {(r["model"], r["guidance_scale"]) for r in rows if r["model"] in MODELS}
     assert points == {(m, g) for m in MODELS for g in (1.0, 3.0)}
     metrics = {r["metric"] for r in rows if r["model"] == MODELS[0] and r["guidance_scale"] == 1}
     assert {"fid", "fd_clip", "cmmd", "clip_score", "attr_colour", "attr_all_correct"} <= metrics
     for r in rows:
         assert r["sweep_id"] == summary["sweep_id"] and r["code_version"] and r["timestamp"]
         assert r["ci_low"] <= r["ci_high"]
-        if r["model"] != "reference":
+        if r["model"] in MODELS:
             assert r["n"] == 12 and r["n_bootstrap"] == 20 and len(r["replicates"]) == 20
             assert r["prompts_repeat"] and r["prompt_set"] == "val"  # 12 images, fewer val pairs
             assert (
                 r["mlflow_run_id"] and r["unet_digest"] and r["judge"] == "marble:judge-clip-base"
             )
-    fid = next(r for r in rows if r["metric"] == "fid" and r["model"] != "reference")
+    fid = next(r for r in rows if r["metric"] == "fid")
     assert fid["extractor"] == "inception" and fid["value"] > 0
     reference = {r["metric"]: r for r in rows if r["model"] == "reference"}
     assert {"clip_score_real", "clip_score_shuffled", "judge_i2t_r1", "judge_t2i_r1"} <= set(

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from tasks.pairs import ParquetPairs, load_all_pairs, to_float
+from tasks.pairs import ParquetPairs, load_all_pairs
+from tasks.plots import to_float
 
 
 def _png(colour) -> bytes:

@@ -9,10 +9,16 @@ import numpy as np
 import pytest
 from pytorch_fid.fid_score import calculate_frechet_distance
 
-from eval.bootstrap import bootstrap_interval, mean_interval, resample_counts
+from eval.bootstrap import (
+    bootstrap_interval,
+    centred_interval,
+    mean_interval,
+    percentile_interval,
+    resample_counts,
+)
 from eval.clip_score import clip_scores
 from eval.cmmd import cmmd, mmd2_unbiased
-from eval.frechet import FrechetToReference, GaussianStats, frechet_distance, weighted_mean_cov
+from eval.frechet import FrechetToReference, GaussianStats, frechet_distance
 
 
 def _random_stats(rng, dim, n):
@@ -73,16 +79,6 @@ def test_streaming_statistics_in_any_batch_order_equal_numpy():
         np.testing.assert_allclose(stats.covariance, np.cov(x, rowvar=False), rtol=1e-10)
     with pytest.raises(ValueError, match="at least 2 samples"):
         _ = GaussianStats(3).covariance
-
-
-def test_weighted_statistics_equal_the_repeated_rows():
-    rng = np.random.default_rng(2)
-    x = rng.normal(size=(20, 5))
-    counts = rng.integers(0, 4, size=20)
-    mean, cov = weighted_mean_cov(x, counts)
-    repeated = np.repeat(x, counts, axis=0)
-    np.testing.assert_allclose(mean, repeated.mean(0), rtol=1e-12)
-    np.testing.assert_allclose(cov, np.cov(repeated, rowvar=False), rtol=1e-10)
 
 
 @pytest.mark.parametrize("n", [300, 20])  # more rows than dimensions, and fewer
@@ -152,15 +148,38 @@ def test_resample_counts_are_seeded_multinomials():
     assert not (counts == resample_counts(10, 4, seed=8)).all()
 
 
-def test_mean_intervals_cover_the_truth_at_about_their_nominal_rate():
+@pytest.mark.parametrize("interval", ["percentile", "centred"])
+def test_mean_intervals_cover_the_truth_at_about_their_nominal_rate(interval):
     """200 synthetic data sets of 100 draws from N(0, 1): the 95 % interval of the mean
     should contain 0 about 95 % of the time (the percentile bootstrap runs slightly under)."""
     rng = np.random.default_rng(6)
     hits = 0
     for trial in range(200):
-        low, high = mean_interval(rng.normal(size=100), replicates=400, seed=trial)
+        values = rng.normal(size=100)
+        if interval == "percentile":
+            low, high = mean_interval(values, replicates=400, seed=trial)
+        else:
+            counts = resample_counts(100, 400, seed=trial)
+            low, high = centred_interval(values.mean(), counts @ values / 100)
         hits += low <= 0.0 <= high
     assert 0.89 <= hits / 200 <= 0.99
+
+
+def test_centred_interval_holds_a_distance_that_resampling_inflates():
+    # Resampled sets repeat rows, which inflates their Fréchet distance to a reference: the
+    # plain percentile interval lies above the estimate, the centred one around it.
+    rng = np.random.default_rng(8)
+    reference = rng.normal(size=(3000, 32))
+    x = rng.normal(size=(40, 32)) + 0.1  # fewer samples than dimensions, as FID at small N
+    to_ref = FrechetToReference(reference.mean(0), np.cov(reference, rowvar=False))
+    estimate = to_ref(x)
+    replicates = np.array([to_ref(x, c) for c in resample_counts(40, 300, seed=0)])
+    low, high = percentile_interval(replicates)
+    assert estimate < low  # the bias the centring removes
+    low, high = centred_interval(estimate, replicates)
+    assert low < estimate < high and high - low == pytest.approx(
+        np.ptp(np.quantile(replicates, [0.025, 0.975]))
+    )
 
 
 def test_bootstrap_interval_of_a_weighted_statistic():
