@@ -26,8 +26,7 @@ def run_evaluation(params: EvaluateParams, workspace: Workspace) -> dict:
     if params.trains_judge:
         preset = params.judge.removeprefix("marble:judge-")
         clip_task(judge_clip_spec(params.judge_steps, preset), workspace)
-    summary = sweep_task(params.to_spec(), workspace)
-    print("\n".join(summary["lines"]))
+    summary = sweep_task(params.to_spec(), workspace)  # it prints the summary lines
     print(f"Pareto plot: {summary['plot']}")
     return summary
 

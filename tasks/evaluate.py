@@ -177,6 +177,12 @@ def _heldout_prompts(workspace: Workspace, n: int) -> Prompts:
 # ---------------------------------------------------------------------------- one point
 
 
+def _table(rows: list[dict]) -> pa.Table:
+    """Rows with different keys as one table: every key a column, None where a row lacks it."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return pa.Table.from_pylist([{key: row.get(key) for key in columns} for row in rows])
+
+
 def _write_parquet(table: pa.Table, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -239,7 +245,7 @@ def _evaluate_point(workspace, pipe, name, config, guidance, ctx, parent_run_id,
         with tempfile.TemporaryDirectory() as tmp:
             run.log_artifact(save_grid(out["grid"], Path(tmp) / "samples.png", ncol=8))
     stem = f"{common['sweep_id']}-{_safe(point['point_id'])}.parquet"
-    _write_parquet(pa.Table.from_pylist(rows), workspace.evaluations / stem)
+    _write_parquet(_table(rows), workspace.evaluations / stem)
     samples = pa.table(sample_columns(point | common, prompts, metrics))
     _write_parquet(samples, workspace.samples / stem)
     values = {r["metric"]: r["value"] for r in rows}
@@ -317,12 +323,12 @@ def run_sweep(spec: SweepSpec, workspace: Workspace, log=print) -> dict:
         "counts": resample_counts(spec.num_samples, spec.bootstrap, spec.seed),
     }  # fmt: skip
     rows = reference_rows(judge, prompts, ctx["reference"], common, spec.seed, spec.bootstrap)
-    _write_parquet(
-        pa.Table.from_pylist(rows), workspace.evaluations / f"{sweep_id}-reference.parquet"
-    )
+    for name in sorted({config["autoencoder"] for config in configs.values()}):
+        rows += _autoencoder_rows(workspace, name, ctx)
+    _write_parquet(_table(rows), workspace.evaluations / f"{sweep_id}-reference.parquet")
     with Tracker(workspace, "marble-evaluate", f"sweep-{sweep_id}") as parent:
         parent.log_params({"sweep": asdict(spec) | {"models": models}, "prompt_set": prompts.name})
-        parent.log_metrics({r["metric"]: r["value"] for r in rows}, step=0)
+        parent.log_metrics({f"{r['model']}/{r['metric']}": r["value"] for r in rows}, step=0)
         for name in models:
             pipe = load_pipeline(workspace, name, device)
             for guidance in spec.guidance_scales:
