@@ -77,7 +77,6 @@ def main() -> None:
     sqrtm_s = time.perf_counter() - t0
 
     metric = FrechetInceptionDistance(feature=_FromPixels(network), normalize=False).to(device)
-    metric.set_dtype(torch.float64)
     t0 = time.perf_counter()
     for x, is_real in ((real, True), (fake, False)):
         for start in range(0, len(x), args.batch):

@@ -8,7 +8,7 @@ Both loops run marble's U-Net (random weights: the cost of a step does not depen
 with classifier-free guidance as one batched forward of conditional and unconditional
 inputs; the diffusers loop is the one its pipelines run (`scheduler.step` on the guided
 v-prediction). The script first checks that both produce the same latents, then times each
-`--repeats` times and keeps the fastest. Needs torch and diffusers only (`pip install
+`--repeats` times, interleaved, and keeps the fastest. Needs torch and diffusers only (`pip install
 diffusers`), so it runs on a GPU machine without the rest of the stack. Prints a table and
 one JSON line; run it on an otherwise idle machine.
 """
@@ -61,17 +61,26 @@ def diffusers_sample(unet, x_T, context, null, guidance, steps, betas):
     return latents
 
 
-def best_time(fn, fn_args: tuple, repeats: int, device) -> float:
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn(*fn_args)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+def _seconds(fn, fn_args: tuple, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn(*fn_args)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def best_times(first, second, repeats: int, device) -> tuple[float, float]:
+    """Fastest of `repeats` runs of each of two (fn, args), interleaved and taking turns at
+    going first, so drift in the machine's speed does not favour either."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for k in range(repeats):
+        order = (0, 1) if k % 2 == 0 else (1, 0)
+        for i in order:
+            fn, fn_args = (first, second)[i]
+            times[i].append(_seconds(fn, fn_args, device))
+    return min(times[0]), min(times[1])
 
 
 def main() -> None:
@@ -109,8 +118,10 @@ def main() -> None:
         diffusers_args = (unet, x_T, context, null, args.guidance, steps, betas)
         with torch.inference_mode():
             agree = (marble_sample(*marble_args) - diffusers_sample(*diffusers_args)).abs().max()
-            ours = best_time(marble_sample, marble_args, args.repeats, device)
-            theirs = best_time(diffusers_sample, diffusers_args, args.repeats, device)
+            ours, theirs = best_times(
+                (marble_sample, marble_args), (diffusers_sample, diffusers_args), args.repeats,
+                device,
+            )  # fmt: skip
         rows.append({
             "steps": steps, "marble_img_s": args.batch / ours, "diffusers_img_s": args.batch / theirs,
             "ratio": theirs / ours, "max_latent_difference": agree.item(),
