@@ -35,6 +35,7 @@ from tasks.train_clip import (
     judge_clip_spec,
 )
 from tasks.train_diffusion import DiffusionTrainSpec
+from tasks.trainer import TrainConfig
 
 AutoencoderPreset = Literal[tuple(AE_PRESETS)]
 ClipPreset = Literal[tuple(CLIP_PRESETS)]
@@ -174,8 +175,10 @@ class TrainingParams(BaseModel):
         description="training timesteps: logit-normal favours mid-schedule",
     )
     cond_dropout: float = Field(_DIFFUSION.cond_dropout, ge=0, le=1)
-    seed: int = Field(0, ge=0, description="seed of every training")
-    device: str = Field("auto", description='"auto", "cpu", "cuda" or "cuda:N"')
+    seed: int = Field(spec_default(TrainConfig, "seed"), ge=0, description="seed of every training")
+    device: str = Field(
+        spec_default(TrainConfig, "device"), description='"auto", "cpu", "cuda" or "cuda:N"'
+    )
 
 
 class FilterParams(BaseModel):
@@ -244,8 +247,10 @@ class TrainModelParams(BaseModel):
     batch_size: int | None = Field(
         None, ge=1, le=65536, description="images per step (default: the trainer's)"
     )
-    device: str = Field("auto", description='"auto", "cpu", "cuda" or "cuda:N"')
-    seed: int = Field(0, ge=0, description="seed of the training")
+    device: str = Field(
+        spec_default(TrainConfig, "device"), description='"auto", "cpu", "cuda" or "cuda:N"'
+    )
+    seed: int = Field(spec_default(TrainConfig, "seed"), ge=0, description="seed of the training")
 
 
 class EvaluateParams(BaseModel):

@@ -125,10 +125,11 @@ def summary_lines(rows: list[dict]) -> tuple[list[str], dict]:
                 f"{e['ci_high']:+.2f}], CLIP score {clip['change']:+.2f} "
                 f"[{clip['ci_low']:+.2f}, {clip['ci_high']:+.2f}]"
             )
-        matched = [matched_clip_score(rows, e["small"], e["large"]) for e in fid[:1]]
-        if matched and matched[0] is not None:
+        for small, large in dict.fromkeys((e["small"], e["large"]) for e in fid):
+            matched = matched_clip_score(rows, small, large)
+            reach = "curves do not overlap" if matched is None else f"FID {matched:+.2f}"
             lines.append(
-                f"  at matched CLIP score: FID {matched[0]:+.2f} (interpolated, no interval)"
+                f"  {small} -> {large} at matched CLIP score: {reach} (interpolated, no interval)"
             )
     for r in rows:
         if r["metric"] == "rfid":
