@@ -21,6 +21,17 @@ from pydantic import BaseModel, ValidationError
 # ---------------------------------------------------------------------------- options from models
 
 
+class _ListOption(argparse.Action):
+    """A list option: comma-separated values, and repeatable; the first use replaces the
+    default, later uses add to it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if not getattr(namespace, f"_{self.dest}_given", False):
+            setattr(namespace, self.dest, [])
+            setattr(namespace, f"_{self.dest}_given", True)
+        getattr(namespace, self.dest).extend(values)
+
+
 def _comma_list(item_type, choices: tuple | None):
     def parse(text: str) -> list:
         items = [item_type(part.strip()) for part in text.split(",") if part.strip()]
@@ -46,7 +57,11 @@ def _option_kwargs(annotation, default) -> dict:
         (item,) = get_args(annotation)
         choices = get_args(item) if get_origin(item) is Literal else None
         item_type = type(choices[0]) if choices else item
-        return {"type": _comma_list(item_type, choices), "metavar": "A,B,..."}
+        return {
+            "type": _comma_list(item_type, choices),
+            "metavar": "A,B,...",
+            "action": _ListOption,
+        }
     if origin is Literal:
         choices = get_args(annotation)
         return {"type": type(choices[0]), "choices": choices}

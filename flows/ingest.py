@@ -36,11 +36,10 @@ def download_pairs(cfg: IngestConfig, workspace: Workspace) -> dict:
     return asdict(ingest(cfg, workspace))
 
 
-def ingest_config(params: IngestParams, allowed_hosts: tuple[str, ...] = ()) -> IngestConfig:
+def ingest_config(params: IngestParams) -> IngestConfig:
     values = params.model_dump()
-    return IngestConfig(
-        url_list=Path(values.pop("url_list")), allowed_hosts=allowed_hosts, **values
-    )
+    allowed = tuple(values.pop("allow_host"))
+    return IngestConfig(url_list=Path(values.pop("url_list")), allowed_hosts=allowed, **values)
 
 
 @flow(name="ingest", log_prints=True)

@@ -139,8 +139,28 @@ class IngestParams(BaseModel):
     retries: int = Field(spec_default(IngestConfig, "retries"), ge=0, le=10)
     allow_private: bool = Field(
         spec_default(IngestConfig, "allow_private"),
-        description="fetch private and loopback addresses",
+        description="fetch every address, private, loopback and link-local included",
     )
+    allow_host: list[str] = Field(
+        [],
+        description="HOST:PORT fetched even if its address is private (exact match); repeatable",
+    )
+    max_caption_chars: int = Field(
+        spec_default(IngestConfig, "max_caption_chars"),
+        ge=1,
+        le=1_000_000,
+        description="longer captions are refused",
+    )
+    max_body_bytes: int = Field(
+        spec_default(IngestConfig, "max_body_bytes"),
+        ge=1,
+        le=1 << 34,
+        description="a larger download is refused (declared) or cut off",
+    )
+    max_pixels: int = Field(
+        spec_default(IngestConfig, "max_pixels"), ge=1, le=1 << 34,
+        description="an image declaring more pixels is refused before it is decoded",
+    )  # fmt: skip
     distributor: Distributor = spec_default(IngestConfig, "distributor")
 
 

@@ -28,8 +28,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.url_list import UrlListError, read_url_list, vet_url_list
+from tasks.addresses import normalise_host_port
+from tasks.fetch_proxy import REFUSED, FetchPolicy, vetting_proxy
+from tasks.url_list import MAX_CAPTION_CHARS, UrlListError, read_url_list, vet_url_list
 from tasks.workspace import Workspace, atomic_dir, atomic_write_bytes
+
+
+def _allowed_host(text: str) -> str:
+    """An allow-list entry "HOST:PORT" (IPv6 in brackets), normalised; ValueError if not."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"allowed host {text!r} is not HOST:PORT (e.g. 127.0.0.1:8737)")
+    return normalise_host_port(host.strip("[]"), int(port))
+
 
 MANIFEST = "_manifest.json"
 
@@ -49,6 +60,9 @@ class IngestConfig:
     retries: int = 1
     allow_private: bool = False  # fetch private/loopback addresses (off: refused)
     allowed_hosts: tuple[str, ...] = ()  # host:port allowed even if private (built-in source)
+    max_caption_chars: int = MAX_CAPTION_CHARS  # longer captions are refused
+    max_body_bytes: int = 10 << 20  # a larger response is refused or cut off
+    max_pixels: int = 40_000_000  # an image declaring more is refused before decoding
     distributor: Literal["multiprocessing", "pyspark", "ray"] = "multiprocessing"
 
     def __post_init__(self):
@@ -60,6 +74,14 @@ class IngestConfig:
             raise UrlListError(f"shard_size must be between 1 and 1,000,000, got {self.shard_size}")
         if self.processes < 1 or self.threads < 1 or self.timeout_s < 1 or self.retries < 0:
             raise UrlListError("processes, threads and timeout_s must be >= 1 and retries >= 0")
+        for name in ("max_caption_chars", "max_body_bytes", "max_pixels"):
+            if getattr(self, name) < 1:
+                raise UrlListError(f"{name} must be >= 1, got {getattr(self, name)}")
+        try:
+            hosts = tuple(_allowed_host(h) for h in self.allowed_hosts)
+        except ValueError as e:
+            raise UrlListError(str(e)) from None
+        object.__setattr__(self, "allowed_hosts", hosts)
 
 
 @dataclass
@@ -96,7 +118,12 @@ def read_raw_index(raw_dir: Path) -> pa.Table:
 
 
 def _error_class(message: str | None) -> str:
-    """Group error messages: drop addresses and numbers that differ between rows."""
+    """Group error messages: drop addresses and numbers that differ between rows. A refusal
+    of the vetting proxy is its reason; a decoder's pixel limit is `too_many_pixels`."""
+    if message and REFUSED in message:
+        return "refused:" + message.split(f"{REFUSED}:", 1)[-1].split()[0]
+    if message and "CV_IO_MAX_IMAGE_PIXELS" in message:
+        return "refused:too_many_pixels"
     text = re.sub(r"https?://\S+", "<url>", message or "unknown")
     text = re.sub(r"\d{3,}", "<n>", text)
     return text[:120]
@@ -164,7 +191,9 @@ def _assemble(raw_dir: Path, new_dir: Path, retried: set[str], batch: str, out: 
 def ingest(cfg: IngestConfig, workspace: Workspace, log=print) -> IngestManifest:
     t0 = time.perf_counter()
     urls, captions = read_url_list(cfg.url_list, cfg.url_col, cfg.caption_col)
-    vetted = vet_url_list(urls, captions, cfg.allow_private, frozenset(cfg.allowed_hosts))
+    vetted = vet_url_list(
+        urls, captions, cfg.allow_private, frozenset(cfg.allowed_hosts), cfg.max_caption_chars
+    )
     raw_dir = workspace.raw
 
     index = read_raw_index(raw_dir)
@@ -183,9 +212,18 @@ def ingest(cfg: IngestConfig, workspace: Workspace, log=print) -> IngestManifest
         staging = workspace.staging("raw")
         ids = [vetted.pair_ids[k] for k in todo]
         t1 = time.perf_counter()
-        new_dir = _download(
-            cfg, [vetted.urls[k] for k in todo], [vetted.captions[k] for k in todo], ids, staging
+        policy = FetchPolicy(
+            allowed_hosts=frozenset(cfg.allowed_hosts),
+            allow_private=cfg.allow_private,
+            max_body_bytes=cfg.max_body_bytes,
+            max_pixels=cfg.max_pixels,
+            timeout_s=cfg.timeout_s,
         )
+        with vetting_proxy(policy):
+            new_dir = _download(
+                cfg, [vetted.urls[k] for k in todo], [vetted.captions[k] for k in todo], ids,
+                staging,
+            )  # fmt: skip
         download_s = time.perf_counter() - t1
         new_rows = pa.concat_tables(
             pq.read_table(s, columns=["status", "error_message"]) for s in new_dir.glob("*.parquet")

@@ -1,15 +1,16 @@
 """Reading and vetting a URL list (Parquet or CSV) before anything is fetched.
 
 Bad input gets one `UrlListError` that names the problem. Rows that are readable but must
-not be fetched (a non-http(s) scheme, a private or loopback address, no caption, a
-duplicate) are *refused*: counted with their reason, never downloaded.
+not be fetched are *refused*: counted with their reason, never downloaded, never stored: a
+non-http(s) scheme, credentials in the URL, an address that is not globally routable in any
+spelling (tasks/addresses.py; names are checked when the download resolves them), no URL or
+caption, a caption longer than the limit, a duplicate.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import ipaddress
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +19,10 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.addresses import literal_refusal, normalise_host_port
 from tasks.ids import pair_id
 
-LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+MAX_CAPTION_CHARS = 1000
 
 
 class UrlListError(ValueError):
@@ -106,9 +108,10 @@ def read_url_list(path: Path, url_col: str = "url", caption_col: str = "caption"
 
 
 def refusal_reason(url: str, allow_private: bool, allowed_hosts: frozenset[str]) -> str | None:
-    """Why `url` must not be fetched, or None. Checks only what needs no DNS look-up."""
+    """Why `url` must not be fetched, or None. Checks what needs no DNS look-up; the
+    download checks names when it resolves them."""
     try:
-        parts = urlsplit(url.strip())
+        parts = urlsplit(url)
         host, port = parts.hostname, parts.port
     except ValueError:
         return "malformed_url"
@@ -116,22 +119,19 @@ def refusal_reason(url: str, allow_private: bool, allowed_hosts: frozenset[str])
         return "bad_scheme"
     if not host:
         return "malformed_url"
-    netloc = f"{host}:{port}" if port else host
-    if allow_private or netloc in allowed_hosts:
+    if parts.username is not None or parts.password is not None:
+        return "credentials_in_url"
+    if allow_private or normalise_host_port(host, port, parts.scheme.lower()) in allowed_hosts:
         return None
-    if host.lower() in LOOPBACK_NAMES:
-        return "private_address"
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None  # a name: resolving it here would need DNS
-    if not ip.is_global:
-        return "private_address"
-    return None
+    return literal_refusal(host)
 
 
 def vet_url_list(
-    urls: list, captions: list, allow_private: bool = False, allowed_hosts=frozenset()
+    urls: list,
+    captions: list,
+    allow_private: bool = False,
+    allowed_hosts=frozenset(),
+    max_caption_chars: int = MAX_CAPTION_CHARS,
 ) -> VettedList:
     out = VettedList(n_rows=len(urls))
     seen: set[str] = set()
@@ -144,6 +144,9 @@ def vet_url_list(
             out.refused["missing_caption"] += 1
             continue
         url, caption = str(url).strip(), str(caption)
+        if len(caption) > max_caption_chars:
+            out.refused["caption_too_long"] += 1
+            continue
         reason = refusal_reason(url, allow_private, allowed_hosts)
         if reason:
             out.refused[reason] += 1

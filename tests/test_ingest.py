@@ -126,7 +126,8 @@ def test_refused_rows_are_counted_and_never_fetched(faulty_source, tmp_path, wor
     manifest = ingest(IngestConfig(url_list=path, allowed_hosts=(host,)), workspace)
     assert manifest.refused == {
         "bad_scheme": 4,
-        "private_address": 4,
+        "private_address": 1,
+        "loopback_address": 3,
         "duplicate": 1,
     }
     assert manifest.attempted == 3 and manifest.list_rows == len(rows)
@@ -136,11 +137,12 @@ def test_refusal_rules():
     none = frozenset()
     assert refusal_reason("https://example.org/a.jpg", False, none) is None
     assert refusal_reason("http://192.168.1.1/a.jpg", False, none) == "private_address"
+    assert refusal_reason("http://user:pw@example.org/a.jpg", False, none) == "credentials_in_url"
     assert refusal_reason("http://192.168.1.1/a.jpg", True, none) is None
     assert refusal_reason("http://127.0.0.1:5/a", False, frozenset({"127.0.0.1:5"})) is None
     assert refusal_reason("HTTPS://8.8.8.8/a", False, none) is None
-    assert refusal_reason("http://[fe80::1]/a", False, none) == "private_address"
-    assert refusal_reason("http://169.254.169.254/latest", False, none) == "private_address"
+    assert refusal_reason("http://[fe80::1]/a", False, none) == "link_local_address"
+    assert refusal_reason("http://169.254.169.254/latest", False, none) == "link_local_address"
     assert refusal_reason("javascript:alert(1)", False, none) == "bad_scheme"
 
 

@@ -119,3 +119,15 @@ def test_run_params_defaults_nest_the_stage_defaults():
     params = RunParams()
     assert params.shapes == ShapesParams() and params.training == TrainingParams()
     assert params.filter == FilterParams()
+
+
+def test_list_options_are_repeatable_and_comma_separated():
+    args = build_parser().parse_args(
+        ["ingest", "l.csv", "--allow-host", "127.0.0.1:1,127.0.0.1:2", "--allow-host", "[::1]:3"]
+    )
+    assert args.allow_host == ["127.0.0.1:1", "127.0.0.1:2", "[::1]:3"]
+    args = build_parser().parse_args(["run", "--unets", "unet-m"])
+    assert args.unets == ["unet-m"]  # the first use replaces the default
+    config = ingest_config(build_model(IngestParams, build_parser().parse_args(
+        ["ingest", "l.csv", "--allow-host", "LOCALHOST:8737"]), IngestParams.model_fields))  # fmt: skip
+    assert config.allowed_hosts == ("localhost:8737",)

@@ -1,0 +1,203 @@
+"""The vetting proxy: redirects to forbidden addresses are never followed, image bombs are
+refused from their header, oversized bodies are refused or cut; and ingest goes through it.
+Every connection stays on 127.0.0.1: the proxy's own outgoing connections are checked."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import io
+import socket
+import struct
+import threading
+import urllib.error
+import urllib.request
+import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from tasks.fetch_proxy import FetchPolicy, declared_pixels, vetting_proxy
+from tasks.ingest import IngestConfig, ingest
+
+
+def _png(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A small PNG whose header declares width x height (its data does not hold them)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 1000))
+        + chunk(b"IEND", b"")
+    )
+
+
+@contextlib.contextmanager
+def _server(routes: dict):
+    """A server on 127.0.0.1 answering `routes[path] -> (status, headers, body)`; yields
+    (port, hits), hits counting every request it received."""
+    hits: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802
+            hits.append(self.path)
+            status, headers, body = routes.get(self.path, (404, {}, b""))
+            self.send_response(status)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            if "Content-Length" not in headers:
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], hits
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _loopback_only(monkeypatch):
+    """Fail the test, not the network, if the proxy ever connects beyond 127.0.0.1."""
+    real_connect = http.client.HTTPConnection.connect
+    real_create = socket.create_connection
+
+    def connect(self):
+        assert self.host == "127.0.0.1", f"proxy connected to {self.host}"
+        return real_connect(self)
+
+    def create_connection(address, *args, **kwargs):
+        assert address[0] == "127.0.0.1", f"proxy connected to {address[0]}"
+        return real_create(address, *args, **kwargs)
+
+    monkeypatch.setattr(http.client.HTTPConnection, "connect", connect)
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+
+
+def _get(proxy_url: str, url: str) -> tuple[int, str, bytes]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy_url}))
+    try:
+        with opener.open(url, timeout=10) as response:
+            return response.status, response.reason, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.reason, b""
+
+
+# Loopback spellings of the sentinel server: a redirect there must never reach it.
+LOOPBACK_SPELLINGS = ["127.0.0.1", "127.1", "2130706433", "0x7f000001", "0177.0.0.1", "localhost",
+                      "[::ffff:127.0.0.1]", "sentinel.test"]  # fmt: skip
+
+
+@pytest.mark.parametrize("spelling", LOOPBACK_SPELLINGS)
+def test_a_redirect_to_a_forbidden_address_is_refused_and_never_followed(spelling):
+    with _server({"/secret": (200, {}, b"metadata")}) as (sentinel, sentinel_hits):
+        target = f"http://{spelling}:{sentinel}/secret"
+        routes = {"/img": (302, {"Location": target}, b"")}
+        with _server(routes) as (port, hits):
+            policy = FetchPolicy(
+                allowed_hosts=frozenset({f"127.0.0.1:{port}"}),
+                resolver=lambda name, p: ["127.0.0.1"],  # every name resolves to loopback
+            )
+            with vetting_proxy(policy) as proxy:
+                status, reason, _ = _get(proxy, f"http://127.0.0.1:{port}/img")
+        assert hits == ["/img"] and sentinel_hits == []
+    assert status == 403 and reason == "marble-refused:loopback_address"
+    assert policy.refusals["loopback_address"] == 1
+
+
+def test_an_allowed_host_is_fetched_and_other_ports_are_not():
+    with _server({"/a.png": (200, {"Content-Type": "image/png"}, _png(8, 8))}) as (port, hits):
+        policy = FetchPolicy(allowed_hosts=frozenset({f"127.0.0.1:{port}"}))
+        with vetting_proxy(policy) as proxy:
+            assert _get(proxy, f"http://127.0.0.1:{port}/a.png")[0] == 200
+            assert _get(proxy, f"http://127.0.0.1:{port + 1}/a.png")[:2] == (
+                403, "marble-refused:loopback_address"
+            )  # fmt: skip
+    assert hits == ["/a.png"]
+
+
+def test_an_image_declaring_too_many_pixels_is_refused_before_decoding():
+    bomb = _bomb_png(30_000, 30_000)
+    assert len(bomb) < 2000 and declared_pixels(bomb) >= 900_000_000  # PIL: a bomb
+    routes = {"/bomb.png": (200, {}, bomb), "/fine.png": (200, {}, _png(100, 100))}
+    with _server(routes) as (port, _):
+        policy = FetchPolicy(allowed_hosts=frozenset({f"127.0.0.1:{port}"}), max_pixels=1_000_000)
+        with vetting_proxy(policy) as proxy:
+            assert _get(proxy, f"http://127.0.0.1:{port}/bomb.png")[:2] == (
+                403, "marble-refused:too_many_pixels"
+            )  # fmt: skip
+            assert _get(proxy, f"http://127.0.0.1:{port}/fine.png")[0] == 200
+
+
+def test_oversized_bodies_are_refused_or_cut_off():
+    big = b"\x00" * 300_000
+    routes = {
+        "/declared": (200, {}, big),  # Content-Length says it all
+        "/undeclared": (200, {"Content-Length": "10"}, big),  # lies about its length
+    }
+    with _server(routes) as (port, _):
+        policy = FetchPolicy(allowed_hosts=frozenset({f"127.0.0.1:{port}"}), max_body_bytes=100_000)
+        with vetting_proxy(policy) as proxy:
+            assert _get(proxy, f"http://127.0.0.1:{port}/declared")[:2] == (
+                403, "marble-refused:body_too_large"
+            )  # fmt: skip
+            status, _, body = _get(proxy, f"http://127.0.0.1:{port}/undeclared")
+    assert len(body) <= 100_000
+
+
+def test_the_proxy_environment_is_restored(monkeypatch):
+    monkeypatch.setenv("no_proxy", "*")
+    monkeypatch.delenv("http_proxy", raising=False)
+    import os
+
+    with vetting_proxy(FetchPolicy()) as proxy:
+        assert os.environ["http_proxy"] == proxy and "no_proxy" not in os.environ
+    assert os.environ["no_proxy"] == "*" and "http_proxy" not in os.environ
+
+
+@pytest.mark.slow
+def test_ingest_refuses_redirects_to_forbidden_addresses_and_counts_them(tmp_path, workspace):
+    """img2dataset's own workers go through the proxy: a redirect to the sentinel is counted
+    as refused and the sentinel is never hit."""
+    with _server({"/secret": (200, {}, _png(8, 8))}) as (sentinel, sentinel_hits):
+        routes = {
+            "/ok.png": (200, {}, _png(32, 32)),
+            "/bomb.png": (200, {}, _bomb_png(30_000, 30_000)),
+        }
+        for k, spelling in enumerate(LOOPBACK_SPELLINGS[:-1]):
+            routes[f"/r{k}.png"] = (302, {"Location": f"http://{spelling}:{sentinel}/secret"}, b"")
+        with _server(routes) as (port, hits):
+            urls = [f"http://127.0.0.1:{port}{path}" for path in routes]
+            path = tmp_path / "list.parquet"
+            pq.write_table(
+                pa.table({"url": urls, "caption": [f"c{k}" for k in range(len(urls))]}), path
+            )
+            cfg = IngestConfig(url_list=path, allowed_hosts=(f"127.0.0.1:{port}",), retries=0)
+            manifest = ingest(cfg, workspace)
+    assert sentinel_hits == []
+    assert manifest.status_counts == {"success": 1, "failed_to_download": len(urls) - 1}
+    assert manifest.error_counts == {
+        "refused:loopback_address": len(LOOPBACK_SPELLINGS) - 1,
+        "refused:too_many_pixels": 1,
+    }
