@@ -75,6 +75,12 @@ def score_raw_pairs(scorer: ClipEmbedder, raw_dir: Path, cfg: FilterConfig) -> d
 
 
 def filter_pairs(cfg: FilterConfig, workspace: Workspace, log=print) -> dict:
+    """Score, keep, write; one filter at a time per workspace."""
+    with workspace.lock("filter"):
+        return _filter_pairs(cfg, workspace, log)
+
+
+def _filter_pairs(cfg: FilterConfig, workspace: Workspace, log) -> dict:
     t0 = time.perf_counter()
     try:
         shards = shard_paths(workspace.raw)

@@ -5,8 +5,10 @@
 1. Read and vet the list (tasks/url_list.py): refused rows are counted, never fetched.
 2. Skip pairs already downloaded successfully: a rerun fetches only what is missing
    (new pairs and earlier failures).
-3. Download the rest with img2dataset into a staging folder (`data/.raw.staging`) in its
-   incremental mode: after a crash, a rerun of the same list resumes the unfinished shards.
+3. Download the rest with img2dataset, through the vetting proxy (tasks/fetch_proxy.py),
+   into a staging folder of its own (`data/.raw.staging-<key>`, keyed by the pairs and the
+   settings) in img2dataset's incremental mode: after a crash, a rerun of the same work
+   resumes the unfinished shards.
 4. Build the new `data/raw/` in a temporary folder (old shards, minus rows being retried,
    plus the new shards) and rename it into place; write the manifest.
 """
@@ -189,6 +191,13 @@ def _assemble(raw_dir: Path, new_dir: Path, retried: set[str], batch: str, out: 
 
 
 def ingest(cfg: IngestConfig, workspace: Workspace, log=print) -> IngestManifest:
+    """Vet, download and swap in the new data/raw (see the module docstring); one ingest at a
+    time per workspace (a second stops with one line naming the first)."""
+    with workspace.lock("raw"):
+        return _ingest(cfg, workspace, log)
+
+
+def _ingest(cfg: IngestConfig, workspace: Workspace, log) -> IngestManifest:
     t0 = time.perf_counter()
     urls, captions = read_url_list(cfg.url_list, cfg.url_col, cfg.caption_col)
     vetted = vet_url_list(
@@ -209,8 +218,12 @@ def ingest(cfg: IngestConfig, workspace: Workspace, log=print) -> IngestManifest
     error_counts: Counter = Counter()
     download_s = 0.0
     if todo:
-        staging = workspace.staging("raw")
         ids = [vetted.pair_ids[k] for k in todo]
+        key = hashlib.sha1(("\n".join(ids) + repr(cfg)).encode()).hexdigest()[:12]
+        staging = workspace.staging("raw", key)
+        for other in staging.parent.glob(".raw.staging-*"):  # other work a crash left
+            if other != staging:
+                shutil.rmtree(other, ignore_errors=True)
         t1 = time.perf_counter()
         policy = FetchPolicy(
             allowed_hosts=frozenset(cfg.allowed_hosts),

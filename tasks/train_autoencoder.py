@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,15 @@ def _raw_latents(model, images: torch.Tensor, device, batch: int = 256) -> torch
 
 
 def train_autoencoder(spec: AutoencoderTrainSpec, workspace: Workspace, log=print) -> dict:
+    """Train (or resume, or find finished) one model; the main process holds the lock on its
+    checkpoint, so a second run training the same model stops with one line."""
+    info = init_distributed(pick_device(spec.train.device))
+    guard = workspace.lock(f"checkpoint-{KIND}-{spec.name}") if info.is_main else nullcontext()
+    with guard:
+        return _train_autoencoder(spec, workspace, log=log)
+
+
+def _train_autoencoder(spec: AutoencoderTrainSpec, workspace: Workspace, log=print) -> dict:
     ckpt_dir = workspace.checkpoint(KIND, spec.name)
     data = load_split_pairs(workspace.pairs, workspace.raw)
     train_images, val_images = data["train"][0], data["val"][0]

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import tempfile
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -154,6 +155,17 @@ def build_unet_config(
 
 
 def train_diffusion(
+    spec: DiffusionTrainSpec, workspace: Workspace, log=print, validate_fn=None
+) -> dict:
+    """Train (or resume, or find finished) one model; the main process holds the lock on its
+    checkpoint, so a second run training the same model stops with one line."""
+    info = init_distributed(pick_device(spec.train.device))
+    guard = workspace.lock(f"checkpoint-{KIND}-{spec.name}") if info.is_main else nullcontext()
+    with guard:
+        return _train_diffusion(spec, workspace, log=log, validate_fn=validate_fn)
+
+
+def _train_diffusion(
     spec: DiffusionTrainSpec, workspace: Workspace, log=print, validate_fn=None
 ) -> dict:
     """Train one (text encoder, U-Net, autoencoder) combination; returns a summary.

@@ -19,9 +19,14 @@ crash never leaves a half-written folder under its final name.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import fcntl
 import os
 import re
 import shutil
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -104,20 +109,115 @@ class Workspace:
     def mlartifacts(self) -> Path:
         return self.root / "mlartifacts"
 
-    def staging(self, name: str) -> Path:
-        """A folder kept across crashes for resumable work (e.g. a download in progress)."""
-        return self.root / "data" / f".{name}.staging"
+    def staging(self, name: str, key: str) -> Path:
+        """A folder kept across crashes for resumable work (a download in progress), one per
+        `key` (what the work is: a rerun of the same work resumes, other work starts apart)."""
+        return self.root / "data" / f".{name}.staging-{key}"
+
+    def lock(self, output: str) -> contextlib.AbstractContextManager[None]:
+        """Hold the lock of one stage output (`output_lock`)."""
+        return output_lock(self.root, output)
+
+
+# ---------------------------------------------------------------------------- one writer at a time
+
+
+class WorkspaceBusyError(ValueError):
+    """Another run is writing the same stage output."""
+
+
+@contextlib.contextmanager
+def output_lock(root: Path, output: str) -> Iterator[None]:
+    """An exclusive lock on one stage output of the workspace at `root`, for as long as the
+    block runs; a second run stops at once with one line naming the run that holds it.
+
+    The lock is an flock on `.locks/<output>.lock`, so the system drops it when its holder
+    dies, SIGKILL included: a crash never leaves a stale lock."""
+    folder = Path(root) / ".locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{output}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+            raise WorkspaceBusyError(
+                f"{output} in {root} is being written by another run ({holder}); wait for "
+                "it to finish or stop it"
+            ) from None
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        holder = f"pid {os.getpid()}, started {started}: {' '.join(sys.argv)[:200]}"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------- atomic outputs
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 with RENAME_EXCHANGE): at every instant
+    each name holds one complete folder. False where the system cannot, nothing changed."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except AttributeError:  # no such call in this C library
+        return False
+    result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # file system or kernel cannot
+        return False
+    raise OSError(err, os.strerror(err), str(a))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_dir(final: Path) -> None:
+    """Repair what a crash inside `atomic_dir` left: if `final` is missing but its previous
+    version is still under its old-name, put it back; remove temporary and old folders of
+    processes that are no longer running."""
+    final = Path(final)
+    if not final.parent.is_dir():
+        return
+    leftovers = sorted(final.parent.glob(f".{final.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if not final.exists() and leftovers:
+        leftovers.pop().rename(final)  # the newest previous version comes back
+    for path in [*leftovers, *final.parent.glob(f".{final.name}.tmp-*")]:
+        pid = path.name.rsplit("-", 2)[-2]
+        if not (pid.isdigit() and _pid_alive(int(pid))):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield an empty temporary folder; on success it replaces `final`, on error it is removed.
 
-    The swap is two renames on one file system: `final` is never half-written.
-    """
+    The swap exchanges the two folders in one step where the system can (Linux), so after a
+    kill at any instant `final` is the old version or the new one. Elsewhere it is two
+    renames, and a kill between them leaves the old version under its old-name, which
+    `recover_dir` (run here first, and by every later writer) puts back."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
+    recover_dir(final)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = final.parent / f".{final.name}.tmp-{tag}"
     tmp.mkdir()
     try:
@@ -125,11 +225,15 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = final.parent / f".{final.name}.old-{tag}"
-    if final.exists():
+    if not final.exists():
+        tmp.rename(final)
+    elif exchange_paths(tmp, final):
+        shutil.rmtree(tmp, ignore_errors=True)  # it now holds the old version
+    else:
+        old = final.parent / f".{final.name}.old-{tag}"
         final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -28,7 +28,9 @@ EXPECTED = {
 
 def _config(source, **kw) -> IngestConfig:
     host = source.base_url.removeprefix("http://")
-    return IngestConfig(url_list=source.url_list, allowed_hosts=(host,), shard_size=50, **kw)
+    return IngestConfig(
+        **({"url_list": source.url_list, "allowed_hosts": (host,), "shard_size": 50} | kw)
+    )
 
 
 def _rows(workspace: Workspace) -> dict[str, tuple]:
@@ -82,7 +84,8 @@ def test_rerun_after_a_crash_gives_the_same_rows(ingested, faulty_source, tmp_pa
     with pytest.raises(RuntimeError, match="simulated crash"):
         ingest(_config(faulty_source), workspace)
     assert not raw_shards(workspace.raw)  # nothing half-written under the final name
-    staging = workspace.staging("raw") / "out"
+    (staging,) = workspace.raw.parent.glob(".raw.staging-*")
+    staging = staging / "out"
     # make one shard look unfinished, as if the crash came mid-download
     (staging / "00001_stats.json").unlink()
     (staging / "00001.parquet").unlink()
@@ -90,7 +93,7 @@ def test_rerun_after_a_crash_gives_the_same_rows(ingested, faulty_source, tmp_pa
     manifest = ingest(_config(faulty_source), workspace)
     assert manifest.status_counts == EXPECTED
     assert _rows(workspace) == _rows(reference)
-    assert not workspace.staging("raw").exists()
+    assert not list(workspace.raw.parent.glob(".raw.staging-*"))
 
 
 def test_a_longer_list_fetches_only_what_is_missing(ingested, faulty_source, tmp_path):
@@ -210,3 +213,74 @@ def test_csv_with_custom_columns(tmp_path, faulty_source, workspace):
     assert set(read_raw_index(workspace.raw)["pair_id"].to_pylist()) == set(
         pq.read_table(faulty_source.truth).slice(0, 4)["pair_id"].to_pylist()
     )
+
+
+# ---------------------------------------------------------------------------- concurrency
+
+
+def test_two_ingests_at_once_lose_nothing(faulty_source, tmp_path, workspace):
+    """A second ingest into a workspace that one is writing stops with one line naming the
+    first; the first's rows land, and the second, run again, adds its own."""
+    import subprocess
+    import sys
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tasks.workspace import WorkspaceBusyError
+
+    image = _png_bytes()
+
+    class Slow(BaseHTTPRequestHandler):  # every image takes a second: the first run is slow
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802
+            time.sleep(1.0)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(image)))
+            self.end_headers()
+            self.wfile.write(image)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    slow_host = f"127.0.0.1:{server.server_address[1]}"
+    first, second = tmp_path / "first.parquet", tmp_path / "second.parquet"
+    urls = [f"http://{slow_host}/{k}.png" for k in range(8)]
+    pq.write_table(pa.table({"url": urls, "caption": [f"slow {k}" for k in range(8)]}), first)
+    pq.write_table(pq.read_table(faulty_source.url_list).slice(0, 10), second)
+    script = (
+        "import sys; from pathlib import Path; from tasks.ingest import IngestConfig, ingest; "
+        "from tasks.workspace import Workspace; "
+        f"ingest(IngestConfig(url_list=Path({str(first)!r}), allowed_hosts=({slow_host!r},), "
+        f"processes=1, threads=1), Workspace(Path({str(workspace.root)!r})))"
+    )
+    running = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        lock = workspace.root / ".locks" / "raw.lock"
+        deadline = time.time() + 60
+        while time.time() < deadline and not (lock.exists() and lock.read_text()):
+            time.sleep(0.05)
+        with pytest.raises(WorkspaceBusyError) as busy:
+            ingest(_config(faulty_source, url_list=second), workspace)
+        assert running.poll() is None, "the first ingest ended before the second started"
+    finally:
+        assert running.wait(timeout=300) == 0, running.stderr.read()[-2000:]
+        server.shutdown()
+        server.server_close()
+    assert f"pid {running.pid}" in str(busy.value) and "\n" not in str(busy.value)
+    assert len(_rows(workspace)) == 8
+    ingest(_config(faulty_source, url_list=second), workspace)
+    assert len(_rows(workspace)) == 8 + 10
+
+
+def _png_bytes() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(buf, format="PNG")
+    return buf.getvalue()
