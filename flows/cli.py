@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import types
@@ -315,6 +316,10 @@ def _validation_message(error: ValidationError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "query" and "LOCAL_RANK" not in os.environ:  # torchrun manages ranks
+        from tasks.reaper import start_reaper
+
+        start_reaper()  # whatever this run starts ends with it, even after kill -9
     try:
         return args.func(args)
     except ValidationError as e:  # a value out of a parameter model's bounds
