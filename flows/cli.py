@@ -3,12 +3,17 @@
 Options, their defaults, choices and help come from the pydantic parameter models in
 flows/params.py (`add_model_options`), so the CLI and the Prefect UI form always agree, and
 a value out of bounds is refused by the same model either way.
+
+Every failure a user can cause or fix (bad input, a missing file or stage, a busy
+workspace, a file that cannot be written) is one line on stderr, `marble: error: ...`, with
+exit status 2; `--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -43,6 +48,7 @@ def _comma_list(item_type, choices: tuple | None):
                 )
         return items
 
+    parse.__name__ = f"{item_type.__name__} list"  # argparse: "invalid float list value: 'x'"
     return parse
 
 
@@ -141,13 +147,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    from flows.ingest import ingest_flow
+    from flows.ingest import ingest_config, ingest_flow
     from flows.params import IngestParams
     from tasks.url_list import read_url_list
 
     params = build_model(IngestParams, args, args.fields)
     params = params.model_copy(update={"url_list": str(Path(params.url_list).resolve())})
-    read_url_list(Path(params.url_list), params.url_col, params.caption_col)  # bad input: here
+    ingest_config(params)  # bad settings and a bad list fail here, before Prefect starts
+    read_url_list(Path(params.url_list), params.url_col, params.caption_col)
     manifest = ingest_flow(params, home=args.home)
     print(json.dumps({k: v for k, v in manifest.items() if k != "history"}, indent=2))
     return 0
@@ -235,6 +242,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- the parser
 
 
+def _with_parents(add_parser, common):
+    """Every subcommand takes the common options too, and reports usage errors in one line."""
+
+    def add(name, **kwargs):
+        return add_parser(name, parents=[common], **kwargs)
+
+    return add
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (`marble COMMAND --help` has the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"marble: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from flows.params import (
         EvaluateParams,
@@ -247,9 +270,18 @@ def build_parser() -> argparse.ArgumentParser:
         TrainModelParams,
     )
 
-    parser = argparse.ArgumentParser(prog="marble", description=__doc__.split("\n")[0])
-    parser.add_argument("--home", help="workspace root (default: $MARBLE_HOME or ./marble-home)")
+    common = argparse.ArgumentParser(add_help=False)  # before or after the command
+    common.add_argument(
+        "--home",
+        default=argparse.SUPPRESS,
+        help="workspace root (default: $MARBLE_HOME or ./marble-home)",
+    )
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
+    parser = _Parser(prog="marble", description=__doc__.split("\n")[0], parents=[common])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser = _with_parents(sub.add_parser, common)
 
     run = sub.add_parser("run", help="the main job: the whole chain on the built-in shapes data")
     run.set_defaults(
@@ -298,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     shapes = sub.add_parser("shapes", help="the built-in captioned-shapes data source")
     shapes_sub = shapes.add_subparsers(dest="shapes_command", required=True, metavar="ACTION")
+    shapes_sub.add_parser = _with_parents(shapes_sub.add_parser, common)
     serve = shapes_sub.add_parser(
         "serve", help="serve the shapes on 127.0.0.1 and write the URL list"
     )
@@ -314,19 +347,62 @@ def _validation_message(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _os_error_message(error: OSError) -> str:
+    where = f" {error.filename}" if error.filename else ""
+    return f"cannot use{where}: {error.strerror or error}"
+
+
+class _NoTracebacks(logging.Filter):
+    """Drop the traceback Prefect logs with a failed flow or task run (the one-line error
+    that follows says what failed); the log line itself stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_prefect_tracebacks() -> None:
+    """Configure Prefect's logging now (it would on the first flow run), then filter the
+    tracebacks out of every handler it installed, the console one on the root logger too."""
+    from prefect.logging.configuration import ensure_logging_setup
+
+    ensure_logging_setup()
+    names = [n for n in logging.root.manager.loggerDict if n.startswith("prefect")]
+    for logger in [logging.getLogger(), *(logging.getLogger(n) for n in names)]:
+        for handler in logger.handlers:
+            if not any(isinstance(f, _NoTracebacks) for f in handler.filters):
+                handler.addFilter(_NoTracebacks())
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
+    args.home = getattr(args, "home", None)  # given before or after the command, or not
+    args.debug = getattr(args, "debug", False)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.command != "query" and "LOCAL_RANK" not in os.environ:  # torchrun manages ranks
         from tasks.reaper import start_reaper
 
         start_reaper()  # whatever this run starts ends with it, even after kill -9
+    if not args.debug:
+        _quiet_prefect_tracebacks()
     try:
         return args.func(args)
-    except ValidationError as e:  # a value out of a parameter model's bounds
-        print(f"marble: error: {_validation_message(e)}", file=sys.stderr)
-        return 2
-    except ValueError as e:  # bad input: one clear line, no traceback
-        print(f"marble: error: {e}", file=sys.stderr)
+    except (ValidationError, ValueError, OSError) as e:
+        if args.debug:
+            raise
+        if isinstance(e, ValidationError):  # a value out of a parameter model's bounds
+            message = _validation_message(e)
+        elif isinstance(e, OSError):  # a file or folder that cannot be read or written
+            message = _os_error_message(e)
+        else:  # bad input, a missing stage, a busy workspace: the message says what to do
+            message = str(e)
+        for name in [n for n in logging.root.manager.loggerDict if n.startswith("prefect")]:
+            logging.getLogger(name).setLevel(logging.ERROR)  # its shutdown chatter after us
+        print(f"marble: error: {message}", file=sys.stderr)
         return 2
 
 

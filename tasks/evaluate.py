@@ -136,10 +136,7 @@ def build_prompts(workspace: Workspace, prompt_set: str, n: int) -> Prompts:
                 "prompt_set 'heldout' renders built-in scenes; this workspace has no built-in data (data/source/truth.parquet)"
             )
         return _heldout_prompts(workspace, n)
-    try:
-        val = ParquetPairs(workspace.pairs, "val")
-    except FileNotFoundError:
-        raise ValueError(f"no kept pairs in {workspace.pairs}; run the filter first") from None
+    val = ParquetPairs(workspace.pairs, "val")  # none there: an error that says to filter
     if len(val) == 0:
         raise ValueError(f"the val split of {workspace.pairs} is empty: no reference images")
     images = np.stack([decode_image(val.image_bytes(i)) for i in range(len(val))])

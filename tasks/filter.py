@@ -82,10 +82,7 @@ def filter_pairs(cfg: FilterConfig, workspace: Workspace, log=print) -> dict:
 
 def _filter_pairs(cfg: FilterConfig, workspace: Workspace, log) -> dict:
     t0 = time.perf_counter()
-    try:
-        shards = shard_paths(workspace.raw)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no raw pairs in {workspace.raw}; run ingest first") from None
+    shards = shard_paths(workspace.raw)
     device = pick_device(cfg.device)
     scorer, model_id = load_clip_embedder(workspace, cfg.model, device)
     t_score = time.perf_counter()

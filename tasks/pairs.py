@@ -43,11 +43,32 @@ def decode_image(data: bytes) -> np.ndarray:
         return np.array(im.convert("RGB"))  # a writable copy
 
 
+class PairsError(ValueError):
+    """Pairs that a stage needs are missing or unreadable; the message names the file."""
+
+
+# what produces each folder of pairs, for the error that finds one empty
+_PRODUCER = {
+    "raw": "run `marble ingest` (or `marble run`) first",
+    "pairs": "run `marble filter` first",
+}
+
+
 def shard_paths(folder: Path) -> list[Path]:
     paths = sorted(Path(folder).glob("*.parquet"))
     if not paths:
-        raise FileNotFoundError(f"no Parquet shards in {folder}")
+        fix = _PRODUCER.get(Path(folder).name, "check the path")
+        raise PairsError(f"no Parquet shards in {folder}; {fix}")
     return paths
+
+
+def _open_shard(path: Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise PairsError(
+            f"{path} is not a readable Parquet shard ({e}); remove or re-create it"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -69,7 +90,7 @@ class ParquetPairs(Dataset):
         self.pair_ids: list[str] = []
         self._refs: list[_RowRef] = []
         for s, path in enumerate(self.paths):
-            pf = pq.ParquetFile(path)
+            pf = _open_shard(path)
             cols = [
                 c for c in ("pair_id", "caption", "status", "split") if c in pf.schema_arrow.names
             ]
@@ -95,7 +116,7 @@ class ParquetPairs(Dataset):
     def image_bytes(self, i: int) -> bytes:
         ref = self._refs[i]
         if self._cache_key != (ref.shard, ref.row_group):  # one row group at a time per worker
-            pf = pq.ParquetFile(self.paths[ref.shard])
+            pf = _open_shard(self.paths[ref.shard])
             column = image_column(pf.schema_arrow)
             self._cache = pf.read_row_group(ref.row_group, columns=[column])[column].to_pylist()
             self._cache_key = (ref.shard, ref.row_group)
@@ -140,6 +161,9 @@ def load_split_pairs(
     for split in ("train", "val"):
         keep = [k for k, pid in enumerate(ids) if split_of(pid) == split]
         if not keep:
-            raise ValueError(f"no {split} pairs in {raw_dir}")
+            raise PairsError(
+                f"no {split} pairs among the {len(ids)} in {raw_dir} (the {split} split is a "
+                "function of pair_id, val about 5 %); ingest more pairs"
+            )
         out[split] = (images[keep], [captions[k] for k in keep], [ids[k] for k in keep])
     return out

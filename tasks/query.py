@@ -11,11 +11,11 @@ downloaded). A view whose folder is empty does not exist yet, and saying so is t
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import duckdb
 
+from tasks.tracking import external_tracking_uri, use_tracking_store
 from tasks.workspace import Workspace
 
 FORMATS = ("table", "csv", "json")
@@ -38,9 +38,9 @@ def _parquet_views(workspace: Workspace) -> dict[str, Path]:
 def _runs_frame(workspace: Workspace):
     import mlflow
 
-    if not (workspace.root / "mlflow.db").exists() and not os.environ.get("MLFLOW_TRACKING_URI"):
+    if not (workspace.root / "mlflow.db").exists() and external_tracking_uri() is None:
         return None
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or workspace.mlflow_uri)
+    use_tracking_store(workspace)
     runs = mlflow.search_runs(search_all_experiments=True)
     if runs.empty:
         return None

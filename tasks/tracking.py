@@ -10,7 +10,9 @@ torch but not mlflow); on, the default, tracks; any other value is refused.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -69,7 +71,7 @@ class Tracker:
 
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
         self._mlflow = mlflow
-        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or workspace.mlflow_uri)
+        use_tracking_store(workspace)
         exp = mlflow.get_experiment_by_name(experiment)
         if exp is None:
             location = (workspace.mlartifacts / experiment).as_uri()
@@ -135,6 +137,67 @@ class Tracker:
         )
         self._mlflow.register_model(f"models:/{model.model_id}", name)
         return model.model_id
+
+
+# ---------------------------------------------------------------------------- where runs go
+
+_uri_we_set: str | None = None  # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI
+
+
+def external_tracking_uri() -> str | None:
+    """The user's MLFLOW_TRACKING_URI, if any: not the value marble itself exported for
+    another workspace earlier in this process."""
+    value = os.environ.get("MLFLOW_TRACKING_URI")
+    return value if value and value != _uri_we_set else None
+
+
+def use_tracking_store(workspace: Workspace) -> str:
+    """Point MLflow at $MLFLOW_TRACKING_URI when the user set one, else at the workspace's
+    own store (following the workspace if it moved); returns the URI."""
+    import mlflow
+
+    global _uri_we_set
+    uri = external_tracking_uri()
+    if uri is None:
+        follow_moved_workspace(workspace)
+        uri = workspace.mlflow_uri
+    mlflow.set_tracking_uri(uri)
+    _uri_we_set = os.environ.get("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+# ---------------------------------------------------------------------------- a moved workspace
+
+WORKSPACE_MARKER = ".marble-workspace"  # the folder this workspace's MLflow store points into
+
+
+def follow_moved_workspace(workspace: Workspace) -> None:
+    """MLflow stores absolute artifact locations. When the workspace has been moved or
+    copied since its store was written, rewrite every path into the old folder as the same
+    path into this one (SQLite, in place), so nothing is read from or written to the old
+    location; the marker file records the folder the store now points into."""
+    marker = workspace.root / WORKSPACE_MARKER
+    store = workspace.root / "mlflow.db"
+    here = str(workspace.root)
+    previous = marker.read_text().strip() if marker.exists() else None
+    if previous and previous != here and store.exists():
+        pairs = [  # as a path and as a file URI (which quotes some characters)
+            (f"{previous}/", f"{here}/"),
+            (Path(previous).as_uri() + "/", workspace.root.as_uri() + "/"),
+        ]
+        with contextlib.closing(sqlite3.connect(store)) as db, db:
+            for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+                columns = [row[1] for row in db.execute(f'PRAGMA table_info("{table}")')]
+                for column in columns:
+                    for old, new in pairs:
+                        db.execute(
+                            f'UPDATE "{table}" SET "{column}" = REPLACE("{column}", ?, ?) '
+                            f'WHERE typeof("{column}") = \'text\' AND instr("{column}", ?) > 0',
+                            (old, new, old),
+                        )
+    if previous != here:
+        workspace.root.mkdir(parents=True, exist_ok=True)
+        marker.write_text(here)
 
 
 def training_tracker(workspace: Workspace, kind: str, name: str):

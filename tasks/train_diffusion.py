@@ -94,13 +94,14 @@ class DiffusionTrainSpec:
 def encode_training_set(workspace: Workspace, spec: DiffusionTrainSpec, device) -> dict:
     """Latent posteriors and caption states of every train/val pair, cached on disk and keyed
     by both encoders' checkpoint digests and the pair_ids of each split."""
-    ae_dir = workspace.checkpoint("autoencoder", spec.autoencoder)
-    clip_dir = workspace.checkpoint("clip", spec.text_encoder)
+    encoders = f"{digest(workspace.checkpoint('autoencoder', spec.autoencoder))}-" + digest(
+        workspace.checkpoint("clip", spec.text_encoder)
+    )  # a missing encoder stops here, before any data is read
     data = load_split_pairs(workspace.pairs, workspace.raw)
     pairs_key = hashlib.sha1(
         json.dumps({split: d[2] for split, d in data.items()}).encode()
     ).hexdigest()[:12]  # the pairs themselves: a new filter result means a new cache
-    key = f"{digest(ae_dir)}-{digest(clip_dir)}-{pairs_key}"
+    key = f"{encoders}-{pairs_key}"
     path = workspace.cache / f"encoded-{key}.safetensors"
     if path.exists():
         tensors = load_file(path)

@@ -44,7 +44,12 @@ class Workspace:
 
     @classmethod
     def from_env(cls, root: str | os.PathLike | None = None) -> Workspace:
-        return cls(Path(root or os.environ.get("MARBLE_HOME") or DEFAULT_HOME).resolve())
+        """The workspace at `root`, else $MARBLE_HOME, else ./marble-home; refused when that
+        path exists and is not a folder."""
+        path = Path(root or os.environ.get("MARBLE_HOME") or DEFAULT_HOME).resolve()
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"workspace {path} is a file, not a folder; choose another --home")
+        return cls(path)
 
     @property
     def source(self) -> Path:

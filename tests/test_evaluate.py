@@ -192,7 +192,7 @@ def test_bad_inputs_are_one_clear_error_and_write_nothing(trained, tmp_path):
             dst = empty_val.checkpoint(kind, name)
             dst.mkdir(parents=True, exist_ok=True)
             (dst / f.name).write_bytes(f.read_bytes())
-    with pytest.raises(ValueError, match="no kept pairs in .*run the filter first"):
+    with pytest.raises(ValueError, match="no Parquet shards in .*pairs; run `marble filter` first"):
         run_sweep(SweepSpec(num_samples=4, prompt_set="val"), empty_val)
     after = (
         sorted(p.name for p in trained.evaluations.glob("*"))

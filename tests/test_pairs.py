@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from tasks.pairs import ParquetPairs, load_all_pairs
+from tasks.pairs import PairsError, ParquetPairs, load_all_pairs
 from tasks.plots import to_float
 
 
@@ -74,7 +74,7 @@ def test_split_filter_and_load_all(shards, tmp_path):
     assert ids == [f"{2:016x}", f"{4:016x}"] and captions == ["caption 2", "caption 4"]
     with pytest.raises(ValueError, match="no split column"):
         ParquetPairs(shards, split="val")
-    with pytest.raises(FileNotFoundError, match="no Parquet shards"):
+    with pytest.raises(PairsError, match="no Parquet shards"):
         ParquetPairs(tmp_path / "empty")
 
 
