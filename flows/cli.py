@@ -390,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         _quiet_prefect_tracebacks()
     try:
+        if args.command != "query":  # every other command writes into the workspace
+            from tasks.workspace import Workspace
+
+            Workspace.from_env(args.home).ensure_writable()
         return args.func(args)
     except (ValidationError, ValueError, OSError) as e:
         if args.debug:

@@ -51,6 +51,14 @@ class Workspace:
             raise ValueError(f"workspace {path} is a file, not a folder; choose another --home")
         return cls(path)
 
+    def ensure_writable(self) -> None:
+        """Create the workspace folder and write a probe file in it: an OSError naming the
+        folder now, before a stage starts, when it cannot be written."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        probe = self.root / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+
     @property
     def source(self) -> Path:
         return self.root / "data" / "source"

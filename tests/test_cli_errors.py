@@ -117,3 +117,10 @@ def test_a_corrupt_shard_is_named(tmp_path):
     status, err = _run(["--home", str(home.root), "filter", "--filter-clip-steps", "2"])
     assert status == 2
     assert f"{home.raw / '00000.parquet'} is not a readable Parquet shard" in err
+
+
+def test_a_workspace_that_cannot_be_written_is_named(files):
+    root, _ = files
+    status, err = _run(["--home", "/proc/self/marble-home", "ingest", str(root / "ok.csv")])
+    assert status == 2 and err.count("\n") == 1  # before any stage starts
+    assert err.startswith("marble: error: cannot use /proc/") and "marble-home" in err
