@@ -1,10 +1,11 @@
 """The vetting forward proxy every download goes through.
 
 img2dataset fetches with urllib, which sends every request to the proxy named by the
-`http_proxy` / `https_proxy` environment variables; `vetting_proxy()` starts one on
-127.0.0.1 and sets them for the duration of a download (every distributor's workers inherit
-the environment). For each request, and so for every redirect hop (urllib follows redirects
-with a new request), the proxy:
+`http_proxy` / `https_proxy` environment variables. `vetting_proxy()` starts one on
+127.0.0.1; `proxy_environment()` is the environment a download process runs in (it and every
+worker it starts, whatever the distributor). marble's own process keeps its environment, so
+its own HTTP clients (Prefect's API, MLflow) never go through the proxy. For each request,
+and so for every redirect hop (urllib follows redirects with a new request), the proxy:
 
 1. resolves the host once and checks every address (tasks/addresses.py), then connects to
    the checked address itself, so DNS cannot answer a second look-up differently;
@@ -211,30 +212,23 @@ def _handler(policy: FetchPolicy) -> type[BaseHTTPRequestHandler]:
 
 @contextlib.contextmanager
 def vetting_proxy(policy: FetchPolicy) -> Iterator[str]:
-    """Serve the proxy on 127.0.0.1 (a free port) and point this process's environment (and
-    so every child's) at it while the block runs; yields the proxy's URL."""
+    """Serve the proxy on 127.0.0.1 (a free port) while the block runs; yields its URL."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(policy))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="vetting-proxy", daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    saved = {
-        k: os.environ.get(k)
-        for k in (*PROXY_VARIABLES, *BYPASS_VARIABLES, "OPENCV_IO_MAX_IMAGE_PIXELS")
-    }
     try:
-        for key in PROXY_VARIABLES:
-            os.environ[key] = url
-        for key in BYPASS_VARIABLES:
-            os.environ.pop(key, None)
-        os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(policy.max_pixels)
-        yield url
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def proxy_environment(proxy_url: str, max_pixels: int) -> dict[str, str]:
+    """This process's environment with every fetch sent through `proxy_url` (no bypass
+    list) and the decoder's pixel limit set, for a download process and its workers."""
+    env = {k: v for k, v in os.environ.items() if k not in BYPASS_VARIABLES}
+    env |= dict.fromkeys(PROXY_VARIABLES, proxy_url)
+    env["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(max_pixels)
+    return env

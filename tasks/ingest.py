@@ -20,6 +20,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -31,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.addresses import normalise_host_port
-from tasks.fetch_proxy import REFUSED, FetchPolicy, vetting_proxy
+from tasks.fetch_proxy import REFUSED, FetchPolicy, proxy_environment, vetting_proxy
 from tasks.url_list import MAX_CAPTION_CHARS, UrlListError, read_url_list, vet_url_list
 from tasks.workspace import Workspace, atomic_dir, atomic_write_bytes
 
@@ -101,6 +103,7 @@ class IngestManifest:
     wall_s: float
     pairs_per_s: float  # attempted / download_s
     raw_dir: str
+    refused_at_fetch: dict[str, int] = field(default_factory=dict)  # by the vetting proxy
     history: list[dict] = field(default_factory=list)  # earlier runs, oldest first
 
 
@@ -134,10 +137,9 @@ def _error_class(message: str | None) -> str:
 # ---------------------------------------------------------------------------- download
 
 
-def _download(cfg: IngestConfig, urls, captions, ids, staging: Path) -> Path:
-    """Run img2dataset into staging/out, resuming an interrupted run of the same pairs."""
-    import img2dataset  # heavy (wandb, albumentations, cv2): import only when downloading
-
+def _download(cfg: IngestConfig, urls, captions, ids, staging: Path, env: dict) -> Path:
+    """Run img2dataset into staging/out, resuming an interrupted run of the same pairs, in a
+    process of its own whose environment is `env` (the vetting proxy's)."""
     digest = hashlib.sha1("\n".join(ids).encode()).hexdigest()
     settings = {"digest": digest, **{k: str(v) for k, v in asdict(cfg).items()}}
     marker = staging / "todo.json"
@@ -148,7 +150,7 @@ def _download(cfg: IngestConfig, urls, captions, ids, staging: Path) -> Path:
             pa.table({"url": urls, "caption": captions, "pair_id": ids}), staging / "input.parquet"
         )
         atomic_write_bytes(marker, json.dumps(settings).encode())
-    img2dataset.download(
+    arguments = dict(
         url_list=str(staging / "input.parquet"),
         input_format="parquet",
         url_col="url",
@@ -172,6 +174,12 @@ def _download(cfg: IngestConfig, urls, captions, ids, staging: Path) -> Path:
         extract_exif=False,
         disallowed_header_directives=[],
     )
+    args_path = staging / "download.json"
+    atomic_write_bytes(args_path, json.dumps(arguments).encode())
+    command = [sys.executable, "-m", "tasks.img2dataset_run", str(args_path)]
+    result = subprocess.run(command, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"img2dataset ended with status {result.returncode} (output above)")
     return staging / "out"
 
 
@@ -215,6 +223,7 @@ def _ingest(cfg: IngestConfig, workspace: Workspace, log) -> IngestManifest:
     )
 
     status_counts: Counter = Counter()
+    fetch_refusals: Counter = Counter()
     error_counts: Counter = Counter()
     download_s = 0.0
     if todo:
@@ -232,12 +241,13 @@ def _ingest(cfg: IngestConfig, workspace: Workspace, log) -> IngestManifest:
             max_pixels=cfg.max_pixels,
             timeout_s=cfg.timeout_s,
         )
-        with vetting_proxy(policy):
+        with vetting_proxy(policy) as proxy:
             new_dir = _download(
                 cfg, [vetted.urls[k] for k in todo], [vetted.captions[k] for k in todo], ids,
-                staging,
+                staging, proxy_environment(proxy, cfg.max_pixels),
             )  # fmt: skip
         download_s = time.perf_counter() - t1
+        fetch_refusals = policy.refusals
         new_rows = pa.concat_tables(
             pq.read_table(s, columns=["status", "error_message"]) for s in new_dir.glob("*.parquet")
         )
@@ -279,6 +289,7 @@ def _ingest(cfg: IngestConfig, workspace: Workspace, log) -> IngestManifest:
         wall_s=round(time.perf_counter() - t0, 3),
         pairs_per_s=round(len(todo) / download_s, 1) if download_s else 0.0,
         raw_dir=str(raw_dir),
+        refused_at_fetch=dict(fetch_refusals),
         history=history,
     )
     atomic_write_bytes(previous, json.dumps(asdict(manifest), indent=2).encode())

@@ -141,28 +141,32 @@ class Tracker:
 
 # ---------------------------------------------------------------------------- where runs go
 
-_uri_we_set: str | None = None  # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI
-
 
 def external_tracking_uri() -> str | None:
-    """The user's MLFLOW_TRACKING_URI, if any: not the value marble itself exported for
-    another workspace earlier in this process."""
-    value = os.environ.get("MLFLOW_TRACKING_URI")
-    return value if value and value != _uri_we_set else None
+    """The user's MLFLOW_TRACKING_URI, if any (marble never leaves its own in the
+    environment: see `use_tracking_store`)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or None
 
 
 def use_tracking_store(workspace: Workspace) -> str:
     """Point MLflow at $MLFLOW_TRACKING_URI when the user set one, else at the workspace's
-    own store (following the workspace if it moved); returns the URI."""
+    own store (following the workspace if it moved); returns the URI.
+
+    mlflow.set_tracking_uri also exports the URI as MLFLOW_TRACKING_URI for child
+    processes; marble puts the variable back as the user had it, so a child working in
+    another workspace, or a later call for another workspace, is not pinned to this one."""
     import mlflow
 
-    global _uri_we_set
-    uri = external_tracking_uri()
+    user = external_tracking_uri()
+    uri = user
     if uri is None:
         follow_moved_workspace(workspace)
         uri = workspace.mlflow_uri
     mlflow.set_tracking_uri(uri)
-    _uri_we_set = os.environ.get("MLFLOW_TRACKING_URI", uri)
+    if user is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = user
     return uri
 
 

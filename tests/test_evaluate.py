@@ -15,6 +15,7 @@ from tasks.filter import FilterConfig, filter_pairs
 from tasks.query import QueryError, run_query
 from tasks.shapes import FaultRates, ShapesSpec, build_table, write_as_raw_shard
 from tasks.shapes_server import write_source_tables
+from tasks.tracking import use_tracking_store
 from tasks.train_autoencoder import AutoencoderTrainSpec, train_autoencoder
 from tasks.train_clip import ClipTrainSpec, judge_clip_spec, train_clip
 from tasks.train_diffusion import DiffusionTrainSpec, train_diffusion
@@ -98,7 +99,7 @@ def test_mlflow_parent_and_child_runs(swept):
     import mlflow
 
     workspace, summary = swept
-    mlflow.set_tracking_uri(workspace.mlflow_uri)
+    use_tracking_store(workspace)
     parent = mlflow.get_run(summary["mlflow_run_id"])
     children = mlflow.search_runs(
         experiment_ids=[parent.info.experiment_id],

@@ -166,14 +166,18 @@ def test_oversized_bodies_are_refused_or_cut_off():
     assert len(body) <= 100_000
 
 
-def test_the_proxy_environment_is_restored(monkeypatch):
-    monkeypatch.setenv("no_proxy", "*")
-    monkeypatch.delenv("http_proxy", raising=False)
+def test_the_proxy_environment_is_for_the_download_process_only(monkeypatch):
     import os
 
+    from tasks.fetch_proxy import proxy_environment
+
+    monkeypatch.setenv("no_proxy", "*")
+    monkeypatch.delenv("http_proxy", raising=False)
     with vetting_proxy(FetchPolicy()) as proxy:
-        assert os.environ["http_proxy"] == proxy and "no_proxy" not in os.environ
-    assert os.environ["no_proxy"] == "*" and "http_proxy" not in os.environ
+        env = proxy_environment(proxy, 1000)
+        assert os.environ.get("http_proxy") is None  # this process is left as it was
+    assert env["http_proxy"] == env["HTTPS_PROXY"] == proxy and "no_proxy" not in env
+    assert env["OPENCV_IO_MAX_IMAGE_PIXELS"] == "1000"
 
 
 @pytest.mark.slow
@@ -200,4 +204,8 @@ def test_ingest_refuses_redirects_to_forbidden_addresses_and_counts_them(tmp_pat
     assert manifest.error_counts == {
         "refused:loopback_address": len(LOOPBACK_SPELLINGS) - 1,
         "refused:too_many_pixels": 1,
+    }
+    assert manifest.refused_at_fetch == {  # only the downloads went through the proxy
+        "loopback_address": len(LOOPBACK_SPELLINGS) - 1,
+        "too_many_pixels": 1,
     }
