@@ -30,20 +30,22 @@ def _png(width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
-def _bomb_png(width: int, height: int) -> bytes:
-    """A small PNG whose header declares width x height (its data does not hold them)."""
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    body = kind + data
+    return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
 
+def _bomb_png(width: int, height: int, complete: bool = False) -> bytes:
+    """A small PNG whose header declares width x height black RGB pixels. Its data holds
+    them all when `complete` (rows of zeros compress about 1000:1), else a few."""
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 1000))
-        + chunk(b"IEND", b"")
-    )
+    if complete:
+        stream, row = zlib.compressobj(9), b"\x00" * (1 + 3 * width)
+        data = b"".join(stream.compress(row) for _ in range(height)) + stream.flush()
+    else:
+        data = zlib.compress(b"\x00" * 1000)
+    head = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+    return head + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
 
 
 @contextlib.contextmanager
@@ -209,3 +211,31 @@ def test_ingest_refuses_redirects_to_forbidden_addresses_and_counts_them(tmp_pat
         "loopback_address": len(LOOPBACK_SPELLINGS) - 1,
         "too_many_pixels": 1,
     }
+
+
+@pytest.mark.slow
+def test_the_decoder_refuses_a_bomb_it_is_handed_with_bounded_memory(tmp_path):
+    """https bodies pass the proxy encrypted; there the decoder's pixel limit, which the
+    download environment sets, refuses the image before allocating it."""
+    import os
+    import subprocess
+    import sys
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_bomb_png(20_000, 20_000, complete=True))  # 1.2 MB, 1.2 GB decoded
+    assert bomb.stat().st_size < 2 << 20
+    script = (
+        "import resource, sys, cv2, numpy as np\n"
+        "data = np.frombuffer(open(sys.argv[1], 'rb').read(), np.uint8)\n"
+        "try:\n    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)\n"
+        "except cv2.error as e:\n    image = 'refused: ' + str(e).split(chr(10))[0]\n"
+        "print(image if isinstance(image, str) else 'decoded')\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    env = {**os.environ, "OPENCV_IO_MAX_IMAGE_PIXELS": "40000000"}
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(bomb)], env=env, capture_output=True, text=True,
+        timeout=60,
+    ).stdout.split("\n")  # fmt: skip
+    assert out[0].startswith("refused"), out  # without the limit it decodes, in 2.4 GB
+    assert int(out[1]) < 400_000  # kB
