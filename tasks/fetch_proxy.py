@@ -110,20 +110,24 @@ def _handler(policy: FetchPolicy) -> type[BaseHTTPRequestHandler]:
             self._forward("HEAD")
 
         def _forward(self, method: str) -> None:
-            parts = urlsplit(self.path)
+            try:
+                parts = urlsplit(self.path)
+                port = parts.port or 80
+            except ValueError:  # e.g. a port out of range
+                return self._refuse("malformed_url")
             if parts.scheme != "http" or not parts.hostname:
                 return self._refuse("bad_scheme")
             if parts.username or parts.password:
                 return self._refuse("credentials_in_url")
             try:
-                address = self._target(parts.hostname, parts.port or 80, "http")
+                address = self._target(parts.hostname, port, "http")
             except _Refusal as e:
                 return self._refuse(e.reason)
             path = parts.path or "/"
             if parts.query:
                 path += f"?{parts.query}"
             headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-            conn = http.client.HTTPConnection(address, parts.port or 80, timeout=policy.timeout_s)
+            conn = http.client.HTTPConnection(address, port, timeout=policy.timeout_s)
             try:
                 conn.request(method, path, headers=headers)
                 response = conn.getresponse()
@@ -167,7 +171,7 @@ def _handler(policy: FetchPolicy) -> type[BaseHTTPRequestHandler]:
 
         def do_CONNECT(self):  # noqa: N802
             host, _, port = self.path.rpartition(":")
-            if not host or not port.isdigit():
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 return self._refuse("malformed_url")
             try:
                 address = self._target(host.strip("[]"), int(port), "https")
