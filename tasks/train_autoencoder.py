@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from tasks.checkpoint import CheckpointDir
 from tasks.pairs import load_split_pairs
 from tasks.plots import save_grid, to_float, to_uint8
 from tasks.tracking import training_tracker
-from tasks.trainer import TrainConfig, init_distributed, pick_device, rank_slice, train
+from tasks.trainer import TrainConfig, init_distributed, one_writer, pick_device, rank_slice, train
 from tasks.workspace import Workspace, atomic_dir, atomic_write_bytes
 
 KIND = "autoencoder"
@@ -57,16 +56,8 @@ def _raw_latents(model, images: torch.Tensor, device, batch: int = 256) -> torch
     return torch.cat(parts)
 
 
+@one_writer(KIND)
 def train_autoencoder(spec: AutoencoderTrainSpec, workspace: Workspace, log=print) -> dict:
-    """Train (or resume, or find finished) one model; the main process holds the lock on its
-    checkpoint, so a second run training the same model stops with one line."""
-    info = init_distributed(pick_device(spec.train.device))
-    guard = workspace.lock(f"checkpoint-{KIND}-{spec.name}") if info.is_main else nullcontext()
-    with guard:
-        return _train_autoencoder(spec, workspace, log=log)
-
-
-def _train_autoencoder(spec: AutoencoderTrainSpec, workspace: Workspace, log=print) -> dict:
     ckpt_dir = workspace.checkpoint(KIND, spec.name)
     data = load_split_pairs(workspace.pairs, workspace.raw)
     train_images, val_images = data["train"][0], data["val"][0]

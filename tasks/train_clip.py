@@ -16,7 +16,6 @@ small data set is not trained into memorising its wrong captions.
 from __future__ import annotations
 
 import dataclasses
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -27,7 +26,7 @@ from tasks.checkpoint import CheckpointDir
 from tasks.pairs import ParquetPairs, load_split_pairs
 from tasks.plots import to_float
 from tasks.tracking import training_tracker
-from tasks.trainer import TrainConfig, init_distributed, pick_device, rank_slice, train
+from tasks.trainer import TrainConfig, init_distributed, one_writer, pick_device, rank_slice, train
 from tasks.workspace import Workspace
 
 KIND = "clip"
@@ -90,16 +89,8 @@ def judge_clip_spec(steps: int | None = None, preset: str | None = None) -> Clip
     )
 
 
+@one_writer(KIND)
 def train_clip(spec: ClipTrainSpec, workspace: Workspace, log=print) -> dict:
-    """Train (or resume, or find finished) one model; the main process holds the lock on its
-    checkpoint, so a second run training the same model stops with one line."""
-    info = init_distributed(pick_device(spec.train.device))
-    guard = workspace.lock(f"checkpoint-{KIND}-{spec.name}") if info.is_main else nullcontext()
-    with guard:
-        return _train_clip(spec, workspace, log=log)
-
-
-def _train_clip(spec: ClipTrainSpec, workspace: Workspace, log=print) -> dict:
     data = load_split_pairs(None if spec.raw_pairs else workspace.pairs, workspace.raw)
     train_images, train_captions, _ = data["train"]
     val_images, val_captions, _ = data["val"]

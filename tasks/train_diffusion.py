@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import tempfile
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -44,7 +43,7 @@ from tasks.checkpoint import CheckpointDir, digest, load_conditioning, text_to_i
 from tasks.pairs import load_split_pairs
 from tasks.plots import save_grid, to_float, to_uint8
 from tasks.tracking import training_tracker
-from tasks.trainer import TrainConfig, init_distributed, pick_device, rank_slice, train
+from tasks.trainer import TrainConfig, init_distributed, one_writer, pick_device, rank_slice, train
 from tasks.workspace import Workspace
 
 KIND = "diffusion"
@@ -155,18 +154,8 @@ def build_unet_config(
 # ---------------------------------------------------------------------------- training
 
 
+@one_writer(KIND)
 def train_diffusion(
-    spec: DiffusionTrainSpec, workspace: Workspace, log=print, validate_fn=None
-) -> dict:
-    """Train (or resume, or find finished) one model; the main process holds the lock on its
-    checkpoint, so a second run training the same model stops with one line."""
-    info = init_distributed(pick_device(spec.train.device))
-    guard = workspace.lock(f"checkpoint-{KIND}-{spec.name}") if info.is_main else nullcontext()
-    with guard:
-        return _train_diffusion(spec, workspace, log=log, validate_fn=validate_fn)
-
-
-def _train_diffusion(
     spec: DiffusionTrainSpec, workspace: Workspace, log=print, validate_fn=None
 ) -> dict:
     """Train one (text encoder, U-Net, autoencoder) combination; returns a summary.

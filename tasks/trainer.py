@@ -20,7 +20,9 @@ uninterrupted run. The loop owns the rest:
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -180,6 +182,24 @@ def step_generator(seed: int, step: int, micro: int = 0) -> torch.Generator:
     """The generator for one micro-batch: a pure function of (seed, step, micro)."""
     key = hashlib.sha256(f"{seed}:{step}:{micro}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(key[:8], "little") & (2**63 - 1))
+
+
+def one_writer(kind: str):
+    """Decorate a trainer `fn(spec, workspace, ...)`: the main process holds the workspace's
+    lock on the checkpoint `<kind>/<spec.name>` while it trains, so a second run training
+    the same model stops with one line instead of writing beside it."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def train_locked(spec, workspace, *args, **kwargs):
+            info = init_distributed(pick_device(spec.train.device))
+            lock = f"checkpoint-{kind}-{spec.name}"
+            with workspace.lock(lock) if info.is_main else contextlib.nullcontext():
+                return fn(spec, workspace, *args, **kwargs)
+
+        return train_locked
+
+    return decorate
 
 
 # ---------------------------------------------------------------------------- EMA, schedule
