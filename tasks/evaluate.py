@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
 import tempfile
 import time
 import uuid
@@ -40,11 +41,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from eval import clip_score, cmmd, frechet, inception
 from eval.bootstrap import resample_counts
 from eval.inception import RESIZE_MODE, build_fid_inception
 from eval.reconstruction import psnr_per_image
 from models.sampling import SAMPLERS
-from tasks import sweep_report
+from tasks import sweep_point, sweep_report
 from tasks.checkpoint import (
     digest,
     load_autoencoder,
@@ -57,6 +59,7 @@ from tasks.ids import pair_id
 from tasks.pairs import ParquetPairs, decode_image
 from tasks.plots import save_grid, to_float
 from tasks.shapes import render_scene, sample_scene
+from tasks.stages import inputs_digest, source_digest
 from tasks.sweep_point import (
     PointSettings,
     batched,
@@ -72,6 +75,7 @@ from tasks.tracking import Tracker, code_version
 from tasks.trainer import pick_device
 from tasks.workspace import Workspace
 
+_MEASURING_CODE = (sys.modules[__name__], sweep_point, frechet, cmmd, clip_score, inception)
 IMAGEN_GUIDANCE = (1.0, 1.25, 1.5, 1.75, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)
 HELDOUT_SEED = 1_000_003  # the built-in held-out scenes; training data uses small seeds
 SEED_RULE = "int(sha1(f'{pair_id}:{repeat}')[:15], 16)"
@@ -211,6 +215,32 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._@-]", "_", name)
 
 
+def _inputs_key(ctx: dict, point: dict, guidance: float | None) -> str:
+    """What a point's (or a reconstruction's) rows depend on: the checkpoints, the sampling
+    and measuring settings, the prompts, the judge and FID weights, and this code."""
+    spec, common = ctx["spec"], ctx["common"]
+    return inputs_digest({
+        "point": {k: v for k, v in point.items() if k.endswith("_digest") or k == "model"},
+        "guidance": guidance, "sampler": spec.sampler, "steps": spec.num_inference_steps,
+        "n": spec.num_samples, "bootstrap": spec.bootstrap, "seed": spec.seed,
+        "prompts": ctx["prompts"].digest, "judge": common["judge_digest"],
+        "fid_weights": common["fid_weights_digest"], "code": ctx["code"],
+    })  # fmt: skip
+
+
+def _evaluated(workspace: Workspace) -> dict[str, list[dict]]:
+    """Rows of every point evaluated before, by inputs key (rows written before keys existed
+    are left out)."""
+    done: dict[str, list[dict]] = {}
+    for path in (
+        sorted(workspace.evaluations.glob("*.parquet")) if workspace.evaluations.is_dir() else []
+    ):
+        for row in pq.read_table(path).to_pylist():
+            if row.get("inputs_key"):
+                done.setdefault(row["inputs_key"], []).append(row)
+    return done
+
+
 def _evaluate_point(workspace, pipe, name, config, guidance, ctx, parent_run_id, log) -> list[dict]:
     spec, prompts, common = ctx["spec"], ctx["prompts"], ctx["common"]
     point = {
@@ -221,6 +251,10 @@ def _evaluate_point(workspace, pipe, name, config, guidance, ctx, parent_run_id,
         "text_encoder_digest": config["text_encoder_digest"],
         "autoencoder_digest": config["autoencoder_digest"],
     }  # fmt: skip
+    point["inputs_key"] = _inputs_key(ctx, point, guidance)
+    if point["inputs_key"] in ctx["done"]:
+        log(f"evaluate {point['point_id']}: skipped, evaluated before with the same inputs")
+        return ctx["done"][point["inputs_key"]]
     t0 = time.perf_counter()
     settings = PointSettings(spec.sampler, spec.num_inference_steps, spec.batch_size)
     out = generate_and_measure(
@@ -260,6 +294,13 @@ def _autoencoder_rows(workspace: Workspace, name: str, ctx: dict) -> list[dict]:
     against the references themselves (rFID, fd_clip of reconstructions, PSNR), as
     latent-diffusion reports for its autoencoders."""
     prompts, device, spec = ctx["prompts"], ctx["device"], ctx["spec"]
+    identity = {
+        "model": f"autoencoder/{name}",
+        "autoencoder_digest": digest(workspace.checkpoint("autoencoder", name)),
+    }
+    key = _inputs_key(ctx, identity, None)
+    if key in ctx["done"]:
+        return ctx["done"][key]
     autoencoder = load_autoencoder(workspace, name, device)
     recon, psnr = [], []
     for start in range(0, len(prompts.reference), spec.batch_size):
@@ -272,10 +313,9 @@ def _autoencoder_rows(workspace: Workspace, name: str, ctx: dict) -> list[dict]:
         torch.cat(recon), np.concatenate(psnr), ctx["inception"], ctx["judge"],
         ctx["reference"], counts, device,
     )  # fmt: skip
-    meta = ctx["common"] | {
-        "point_id": f"autoencoder/{name}", "model": f"autoencoder/{name}", "autoencoder": name,
-        "autoencoder_digest": digest(workspace.checkpoint("autoencoder", name)),
-        "n": len(prompts.reference), "guidance_scale": None,
+    meta = ctx["common"] | identity | {
+        "point_id": identity["model"], "autoencoder": name, "n": len(prompts.reference),
+        "guidance_scale": None, "inputs_key": key,
     }  # fmt: skip
     return metric_rows(metrics, meta, None, None)
 
@@ -310,6 +350,7 @@ def run_sweep(spec: SweepSpec, workspace: Workspace, log=print) -> dict:
         "code_version": code_version(),
     }  # fmt: skip
     ctx = {
+        "done": _evaluated(workspace), "code": source_digest(*_MEASURING_CODE),
         "spec": spec, "prompts": prompts, "common": common, "judge": judge,
         "inception": inception, "device": device,
         "reference": reference_statistics(

@@ -21,8 +21,9 @@ Writes, each atomically (temporary folder, then rename):
 
 from __future__ import annotations
 
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -32,11 +33,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from torch.utils.data import DataLoader
 
+from eval import clip_embedder
 from eval.clip_embedder import ClipEmbedder
-from tasks.checkpoint import load_clip_embedder
+from tasks import keep_rules
+from tasks.checkpoint import digest, load_clip_embedder
 from tasks.ids import split_of
 from tasks.keep_rules import KEEP_RULES
 from tasks.pairs import ParquetPairs, shard_paths
+from tasks.stages import files_digest, inputs_digest, recorded, source_digest, write_record
 from tasks.tracking import Tracker
 from tasks.trainer import pick_device
 from tasks.workspace import Workspace, atomic_dir
@@ -80,11 +84,31 @@ def filter_pairs(cfg: FilterConfig, workspace: Workspace, log=print) -> dict:
         return _filter_pairs(cfg, workspace, log)
 
 
+def _inputs(cfg: FilterConfig, workspace: Workspace, shards: list[Path]) -> str:
+    """Digest of everything the filter's output depends on: the raw shards, the filter
+    model's weights, the settings that change the result, and this code."""
+    model = cfg.model
+    if model.startswith("marble:"):
+        model += ":" + digest(workspace.checkpoint("clip", model.removeprefix("marble:")))
+    settings = {
+        k: v for k, v in asdict(cfg).items() if k not in ("batch_size", "workers", "device")
+    }
+    code = source_digest(sys.modules[__name__], keep_rules, clip_embedder)
+    return inputs_digest(
+        {"raw": files_digest(shards), "model": model, "settings": settings, "code": code}
+    )
+
+
 def _filter_pairs(cfg: FilterConfig, workspace: Workspace, log) -> dict:
     t0 = time.perf_counter()
     shards = shard_paths(workspace.raw)
     device = pick_device(cfg.device)
-    scorer, model_id = load_clip_embedder(workspace, cfg.model, device)
+    scorer, model_id = load_clip_embedder(workspace, cfg.model, device)  # a bad name: here
+    inputs = _inputs(cfg, workspace, shards)
+    done = recorded(workspace.scores, inputs) if workspace.pairs.is_dir() else None
+    if done is not None:
+        log(f"filter: skipped, {done['skipped']}")
+        return done
     t_score = time.perf_counter()
     scores = score_raw_pairs(scorer, workspace.raw, cfg)
     score_s = time.perf_counter() - t_score
@@ -119,12 +143,6 @@ def _filter_pairs(cfg: FilterConfig, workspace: Workspace, log) -> dict:
             "split": [split_of(p, cfg.val_fraction) for p in kept_rows["pair_id"].to_pylist()],
         }
     )
-    with atomic_dir(workspace.scores) as tmp:
-        pq.write_table(score_table, tmp / "scores.parquet")
-    with atomic_dir(workspace.pairs) as tmp:
-        for k, start in enumerate(range(0, max(pairs.num_rows, 1), 10_000)):
-            pq.write_table(pairs.slice(start, 10_000), tmp / f"pairs-{k:05d}.parquet")
-
     summary = {
         "filter_model": model_id,
         "keep_rule": cfg.keep,
@@ -136,6 +154,12 @@ def _filter_pairs(cfg: FilterConfig, workspace: Workspace, log) -> dict:
         "wall_s": round(time.perf_counter() - t0, 1),
     }
     summary |= ground_truth_metrics(workspace, score_table)
+    with atomic_dir(workspace.pairs) as tmp:
+        for k, start in enumerate(range(0, max(pairs.num_rows, 1), 10_000)):
+            pq.write_table(pairs.slice(start, 10_000), tmp / f"pairs-{k:05d}.parquet")
+    with atomic_dir(workspace.scores) as tmp:  # last, with the record: complete means both
+        pq.write_table(score_table, tmp / "scores.parquet")
+        write_record(tmp, inputs, summary)
     _log_to_mlflow(workspace, summary, sims, threshold)
     log(f"filter: kept {summary['kept']} of {summary['scored']} at similarity >= {threshold:.3f}")
     return summary

@@ -211,3 +211,17 @@ def test_intervals_are_wider_for_fewer_samples():
     wide = mean_interval(values[:25], 200, 0)
     narrow = mean_interval(values, 200, 0)
     assert narrow[1] - narrow[0] < wide[1] - wide[0]
+
+
+def test_a_rerun_with_the_same_inputs_skips_every_point(swept):
+    workspace, first = swept
+    files = sorted(p.name for p in workspace.evaluations.glob("*.parquet"))
+    lines: list[str] = []
+    spec = SweepSpec(
+        guidance_scales=(1.0, 3.0), num_samples=12, prompt_set="val", bootstrap=20, batch_size=12
+    )
+    again = run_sweep(spec, workspace, log=lines.append)
+    assert sum("skipped, evaluated before" in line for line in lines) == 4
+    new = sorted(p.name for p in workspace.evaluations.glob("*.parquet"))
+    assert [f for f in new if f not in files] == [f"{again['sweep_id']}-reference.parquet"]
+    assert again["best"] == first["best"]
