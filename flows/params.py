@@ -157,6 +157,10 @@ class IngestParams(BaseModel):
         le=1 << 34,
         description="a larger download is refused (declared) or cut off",
     )
+    retry_failed: bool = Field(
+        spec_default(IngestConfig, "retry_failed"),
+        description="rerun an unchanged list to retry its failed downloads (else it is skipped)",
+    )
     max_pixels: int = Field(
         spec_default(IngestConfig, "max_pixels"), ge=1, le=1 << 34,
         description="an image declaring more pixels is refused before it is decoded",

@@ -32,8 +32,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tasks import addresses, fetch_proxy, url_list
 from tasks.addresses import normalise_host_port
 from tasks.fetch_proxy import REFUSED, FetchPolicy, proxy_environment, vetting_proxy
+from tasks.stages import files_digest, inputs_digest, source_digest
 from tasks.url_list import MAX_CAPTION_CHARS, UrlListError, read_url_list, vet_url_list
 from tasks.workspace import Workspace, atomic_dir, atomic_write_bytes
 
@@ -67,6 +69,7 @@ class IngestConfig:
     max_caption_chars: int = MAX_CAPTION_CHARS  # longer captions are refused
     max_body_bytes: int = 10 << 20  # a larger response is refused or cut off
     max_pixels: int = 40_000_000  # an image declaring more is refused before decoding
+    retry_failed: bool = False  # rerun an unchanged list to retry its failed downloads
     distributor: Literal["multiprocessing", "pyspark", "ray"] = "multiprocessing"
 
     def __post_init__(self):
@@ -104,6 +107,9 @@ class IngestManifest:
     pairs_per_s: float  # attempted / download_s
     raw_dir: str
     refused_at_fetch: dict[str, int] = field(default_factory=dict)  # by the vetting proxy
+    inputs_digest: str = ""  # list, settings and code: a rerun with the same is skipped
+    finished: str = ""  # when this run wrote data/raw
+    skipped: str = ""  # why this run did nothing (empty when it ran)
     history: list[dict] = field(default_factory=list)  # earlier runs, oldest first
 
 
@@ -205,9 +211,31 @@ def ingest(cfg: IngestConfig, workspace: Workspace, log=print) -> IngestManifest
         return _ingest(cfg, workspace, log)
 
 
+def _inputs(cfg: IngestConfig) -> str:
+    """Digest of what data/raw is made from: the list's bytes, the settings that change
+    what is fetched or stored, and this code."""
+    settings = {
+        k: v for k, v in asdict(cfg).items()
+        if k not in ("url_list", "processes", "threads", "distributor", "retry_failed")
+    }  # fmt: skip
+    code = source_digest(sys.modules[__name__], url_list, addresses, fetch_proxy)
+    return inputs_digest({"list": files_digest([cfg.url_list]), "settings": settings, "code": code})
+
+
 def _ingest(cfg: IngestConfig, workspace: Workspace, log) -> IngestManifest:
     t0 = time.perf_counter()
     urls, captions = read_url_list(cfg.url_list, cfg.url_col, cfg.caption_col)
+    inputs = _inputs(cfg)
+    previous = workspace.raw / MANIFEST
+    if previous.exists() and not cfg.retry_failed:
+        last = json.loads(previous.read_text())
+        if last.get("inputs_digest") == inputs:
+            history = last.pop("history", [])
+            log(f"ingest: skipped, the same list and settings as the run of {last['finished']}")
+            return IngestManifest(
+                **last
+                | {"skipped": f"inputs unchanged since {last['finished']}", "history": history}
+            )
     vetted = vet_url_list(
         urls, captions, cfg.allow_private, frozenset(cfg.allowed_hosts), cfg.max_caption_chars
     )
@@ -290,6 +318,8 @@ def _ingest(cfg: IngestConfig, workspace: Workspace, log) -> IngestManifest:
         pairs_per_s=round(len(todo) / download_s, 1) if download_s else 0.0,
         raw_dir=str(raw_dir),
         refused_at_fetch=dict(fetch_refusals),
+        inputs_digest=inputs,
+        finished=time.strftime("%Y-%m-%d %H:%M:%S"),
         history=history,
     )
     atomic_write_bytes(previous, json.dumps(asdict(manifest), indent=2).encode())

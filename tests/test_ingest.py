@@ -62,9 +62,12 @@ def test_counts_match_the_injected_faults(ingested, faulty_source):
 
 
 def test_rerun_downloads_nothing_new(ingested, faulty_source):
-    workspace, _ = ingested
+    workspace, first = ingested
     before = _rows(workspace)
-    again = ingest(_config(faulty_source), workspace)
+    skipped = ingest(_config(faulty_source), workspace)  # the same list and settings
+    assert skipped.skipped.startswith("inputs unchanged since") and _rows(workspace) == before
+    assert skipped.status_counts == first.status_counts and skipped.history == []
+    again = ingest(_config(faulty_source, retry_failed=True), workspace)
     # only the failures are tried again (and fail again, the server is deterministic)
     assert again.already_present == EXPECTED["success"]
     assert again.attempted == 120 - EXPECTED["success"]
