@@ -126,23 +126,32 @@ def build_model(model: type[BaseModel], args: argparse.Namespace, names: Iterabl
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from flows.params import EvaluateParams, RunParams, ShapesParams, TrainingParams
-    from flows.run import run_flow
+    from flows.params import EvaluateParams, PipelineParams, ShapesParams, TrainingParams
+    from flows.pipeline import pipeline_flow
 
-    evaluation = RunParams().evaluation
+    evaluation = PipelineParams().evaluation
     changes = {name: getattr(args, name) for name in args.evaluation_fields}
-    params = RunParams(
+    params = PipelineParams(
         home=args.home,
         shapes=build_model(ShapesParams, args, args.shapes_fields),
         training=build_model(TrainingParams, args, args.training_fields),
         evaluation=EvaluateParams(**(evaluation.model_dump() | changes)),
     )
     t0 = time.perf_counter()
-    summary = run_flow(params)
+    summary = pipeline_flow(params)
     elapsed = time.perf_counter() - t0
-    print(f"\nmarble run finished in {elapsed:.0f} s; workspace: {summary['workspace']}")
-    for name, stage in summary["stages"].items():
-        print(f"  {name:<10} {stage.get('stage_s', '?')} s")
+    home, stages = summary["workspace"], summary["stages"]
+    print(f"\nmarble run finished in {elapsed:.0f} s; workspace: {home}")
+    for name, stage in stages.items():
+        note = " (skipped)" if stage.get("skipped") else ""
+        print(f"  {name:<40} {stage.get('stage_s', '?'):>7} s{note}")
+    evaluation = stages["evaluate"]
+    print("\n" + "\n".join(evaluation["lines"]))
+    print(f"\nPareto plot:  {evaluation['plot']}")
+    print(f"sample grids: MLflow run {evaluation['mlflow_run_id']} (experiment marble-evaluate)")
+    print(f"MLflow UI:    .venv/bin/mlflow ui --backend-store-uri sqlite:///{home}/mlflow.db")
+    print(f"Prefect UI:   .venv/bin/marble --home {home} up")
+    print(f'DuckDB:       .venv/bin/marble --home {home} query "SELECT * FROM evaluations LIMIT 5"')
     return 0
 
 
@@ -263,8 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
         EvaluateParams,
         FilterParams,
         IngestParams,
+        PipelineParams,
         QueryParams,
-        RunParams,
         ShapesParams,
         TrainingParams,
         TrainModelParams,
@@ -305,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
             run,
             EvaluateParams,
             only=("num_samples", "guidance_scales", "bootstrap"),
-            defaults=RunParams().evaluation,
+            defaults=PipelineParams().evaluation,
         ),
     )
 

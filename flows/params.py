@@ -111,12 +111,11 @@ class ShapesParams(BaseModel):
         )
 
 
-class IngestParams(BaseModel):
-    """Download a URL list with img2dataset into data/raw/."""
+class IngestOptions(BaseModel):
+    """How a URL list is downloaded with img2dataset into data/raw/."""
 
     model_config = ConfigDict(extra="forbid")
 
-    url_list: str = Field(description="Parquet, CSV or TSV file with a URL and a caption column")
     url_col: str = Field(spec_default(IngestConfig, "url_col"), description="URL column")
     caption_col: str = Field(
         spec_default(IngestConfig, "caption_col"), description="caption column"
@@ -166,6 +165,12 @@ class IngestParams(BaseModel):
         description="an image declaring more pixels is refused before it is decoded",
     )  # fmt: skip
     distributor: Distributor = spec_default(IngestConfig, "distributor")
+
+
+class IngestParams(IngestOptions):
+    """Download a URL list with img2dataset into data/raw/."""
+
+    url_list: str = Field(description="Parquet, CSV or TSV file with a URL and a caption column")
 
 
 class TrainingParams(BaseModel):
@@ -345,14 +350,21 @@ class QueryParams(BaseModel):
     format: QueryFormat = Field("table", description="how to print the result")
 
 
-class RunParams(BaseModel):
-    """The main job on the built-in data: serve shapes, ingest, and every later stage."""
+class PipelineParams(BaseModel):
+    """The whole chain: ingest, filter, train every model of the grid, evaluate, summarise.
+    With no URL list, on the built-in captioned shapes served on 127.0.0.1 (`make run`)."""
 
     model_config = ConfigDict(extra="forbid")
 
     home: str | None = Field(
         None, description="workspace root; default $MARBLE_HOME or ./marble-home"
     )
+    url_list: str | None = Field(
+        None,
+        description="a URL list (Parquet, CSV, TSV) to ingest; empty: the built-in captioned "
+        "shapes, served on 127.0.0.1",
+    )
+    ingest: IngestOptions = IngestOptions()
     shapes: ShapesParams = ShapesParams()
     filter: FilterParams = FilterParams()
     training: TrainingParams = TrainingParams()

@@ -13,7 +13,9 @@ the filtered pairs (every row is usable). Images come back as float tensors in [
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,6 +140,13 @@ def load_all_pairs(
         )
     images = np.stack([decode_image(ds.image_bytes(i)) for i in range(len(ds))])
     return torch.from_numpy(images), ds.captions, ds.pair_ids
+
+
+def pairs_digest(data: dict[str, tuple[torch.Tensor, list[str], list[str]]]) -> str:
+    """sha1 of the pair_ids of each split of `load_split_pairs`' result: which pairs a model
+    is trained on (a new filter result is new data)."""
+    ids = {split: sorted(d[2]) for split, d in data.items()}
+    return hashlib.sha1(json.dumps(ids, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_split_pairs(

@@ -18,10 +18,18 @@ import torch
 from eval.reconstruction import psnr
 from models.autoencoder import AE_PRESETS, autoencoder_loss, build_autoencoder, with_latent_stats
 from tasks.checkpoint import CheckpointDir
-from tasks.pairs import load_split_pairs
+from tasks.pairs import load_split_pairs, pairs_digest
 from tasks.plots import save_grid, to_float, to_uint8
 from tasks.tracking import training_tracker
-from tasks.trainer import TrainConfig, init_distributed, one_writer, pick_device, rank_slice, train
+from tasks.trainer import (
+    FINISHED,
+    TrainConfig,
+    init_distributed,
+    one_writer,
+    pick_device,
+    rank_slice,
+    train,
+)
 from tasks.workspace import Workspace, atomic_dir, atomic_write_bytes
 
 KIND = "autoencoder"
@@ -98,7 +106,7 @@ def train_autoencoder(spec: AutoencoderTrainSpec, workspace: Workspace, log=prin
 
         result = train(
             model, loss_fn, spec.train, CheckpointDir(ckpt_dir), config, tracker, validate,
-            log=log, desc=KIND,
+            log=log, desc=KIND, inputs={"pairs": pairs_digest(data)},
         )  # fmt: skip
         model, result_run, wall, metrics = result.ema, result.run_id, result.wall_s, result.metrics
         trained_now = result.trained_now
@@ -122,4 +130,6 @@ def train_autoencoder(spec: AutoencoderTrainSpec, workspace: Workspace, log=prin
             t.log_params({"latent_mean": stats_cfg.latent_mean, "latent_std": stats_cfg.latent_std})
             t.log_model(f"{KIND}-{spec.name}", ckpt_dir, config)
     summary = {"kind": KIND, "name": spec.name, "checkpoint": str(ckpt_dir), "run_id": result_run}
+    if not trained_now and not cfg.identity:
+        summary["skipped"] = FINISHED
     return summary | {"wall_s": round(wall, 1), **metrics, "latent_std": list(stats_cfg.latent_std)}

@@ -23,7 +23,7 @@ import torch
 from eval.retrieval import retrieval_metrics
 from models.clip import CLIP_PRESETS, build_clip, clip_loss, make_tokenizer
 from tasks.checkpoint import CheckpointDir
-from tasks.pairs import ParquetPairs, load_split_pairs
+from tasks.pairs import ParquetPairs, load_split_pairs, pairs_digest
 from tasks.plots import to_float
 from tasks.tracking import training_tracker
 from tasks.trainer import TrainConfig, init_distributed, one_writer, pick_device, rank_slice, train
@@ -128,8 +128,9 @@ def train_clip(spec: ClipTrainSpec, workspace: Workspace, log=print) -> dict:
 
     tracker = training_tracker(workspace, KIND, spec.name)
     result = train(
-        model, loss_fn, spec.train, checkpoint, config, tracker, validate, log=log, desc=KIND
-    )
+        model, loss_fn, spec.train, checkpoint, config, tracker, validate, log=log, desc=KIND,
+        inputs={"pairs": pairs_digest(data)},
+    )  # fmt: skip
     if result.trained_now and info.is_main:
         with tracker(result.run_id) as t:
             t.log_model(f"{KIND}-{spec.name}", checkpoint.path, config)

@@ -14,7 +14,6 @@ rebuilds the whole text-to-image pipeline from it.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import tempfile
@@ -40,7 +39,7 @@ from models.diffusion import (
 from models.pipeline import TextToImage
 from models.unet import UNET_PRESETS, UNet, UNetConfig
 from tasks.checkpoint import CheckpointDir, digest, load_conditioning, text_to_image
-from tasks.pairs import load_split_pairs
+from tasks.pairs import load_split_pairs, pairs_digest
 from tasks.plots import save_grid, to_float, to_uint8
 from tasks.tracking import training_tracker
 from tasks.trainer import TrainConfig, init_distributed, one_writer, pick_device, rank_slice, train
@@ -97,10 +96,7 @@ def encode_training_set(workspace: Workspace, spec: DiffusionTrainSpec, device) 
         workspace.checkpoint("clip", spec.text_encoder)
     )  # a missing encoder stops here, before any data is read
     data = load_split_pairs(workspace.pairs, workspace.raw)
-    pairs_key = hashlib.sha1(
-        json.dumps({split: d[2] for split, d in data.items()}).encode()
-    ).hexdigest()[:12]  # the pairs themselves: a new filter result means a new cache
-    key = f"{encoders}-{pairs_key}"
+    key = f"{encoders}-{pairs_digest(data)}"  # a new filter result means a new cache
     path = workspace.cache / f"encoded-{key}.safetensors"
     if path.exists():
         tensors = load_file(path)
@@ -131,7 +127,7 @@ def encode_training_set(workspace: Workspace, spec: DiffusionTrainSpec, device) 
             masks.append(mask.cpu())
     tensors["context"] = torch.cat(contexts).contiguous()  # (U, L, D)
     tensors["mask"] = torch.cat(masks).contiguous()  # (U, L)
-    meta = {"captions": captions, "null_index": index[""]}
+    meta = {"captions": captions, "null_index": index[""], "pairs": pairs_digest(data)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file(tensors, tmp)
@@ -249,9 +245,10 @@ def train_diffusion(
         return text_to_image(config, ema, parts[0])
 
     tracker = training_tracker(workspace, KIND, spec.name)
+    inputs = {k: config[k] for k in ("text_encoder_digest", "autoencoder_digest")}
     result = train(
         model, loss_fn, spec.train, checkpoint, config, tracker, validate, log=log,
-        desc=spec.name,
+        desc=spec.name, inputs=inputs | {"pairs": cache["pairs"]},
     )  # fmt: skip
     if result.trained_now and info.is_main:
         pipe = _pipeline_from(result.ema)

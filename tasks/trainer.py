@@ -96,6 +96,9 @@ class TrainConfig:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
 
 
+FINISHED = "its checkpoint finished training with the same settings"
+
+
 class NonFiniteLossError(RuntimeError):
     pass
 
@@ -116,6 +119,7 @@ class TrainResult:
         return self.step > self.resumed_from
 
     def summary(self, kind: str, name: str, ckpt_dir: Path) -> dict:
+        skipped = {} if self.trained_now else {"skipped": FINISHED}
         return {
             "kind": kind,
             "name": name,
@@ -124,7 +128,7 @@ class TrainResult:
             "wall_s": round(self.wall_s, 1),
             "img_per_s": round(self.images_per_s, 1),
             **self.metrics,
-        }
+        } | skipped
 
 
 # ---------------------------------------------------------------------------- devices, DDP
@@ -250,12 +254,18 @@ def train(
     validate: ValidateFn | None = None,
     log: Callable[[str], None] = print,
     desc: str = "train",
+    inputs: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train `model` to `cfg.steps`, resuming from `checkpoint` when it holds one.
 
     config: JSON-able description that rebuilds the model (written to config.json).
     tracker_factory(run_id, enabled): the MLflow run (resumed when run_id is given).
+    inputs: digests of what the model is trained from (its data, upstream checkpoints;
+    config entries named here count as inputs, not settings). A checkpoint trained from
+    other inputs is out of date: training starts again from scratch and replaces it. One
+    trained from the same inputs with other settings is refused (choose another name).
     """
+    inputs = inputs or {}
     device = pick_device(cfg.device)
     info = init_distributed(device)
     model = model.to(device)
@@ -268,10 +278,14 @@ def train(
         fused=True,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
-    settings = settings_digest(config, cfg)
+    settings = settings_digest({k: v for k, v in config.items() if k not in inputs}, cfg)
+    inputs_key = settings_digest(inputs, TrainConfig())
 
     step, run_id = 0, None
     state = checkpoint.state()
+    if state is not None and state.get("inputs", inputs_key) != inputs_key:
+        log(f"{desc}: its data or upstream models changed; training again from scratch")
+        state = None
     if state is not None:
         if state["settings"] != settings:
             raise ValueError(
@@ -302,6 +316,7 @@ def train(
             state = {
                 "step": step,
                 "settings": settings,
+                "inputs": inputs_key,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "cpu_rng": torch.get_rng_state(),

@@ -38,11 +38,16 @@ def test_main_job_end_to_end(tmp_path):
     training grid and the evaluation sweep. Where this machine allows a network namespace, the job runs in one whose
     only interface is loopback, which proves nothing needs the internet; elsewhere it runs
     as it is (every server it starts binds 127.0.0.1 all the same)."""
+    import socket
+
     home = tmp_path / "home"
     marble = Path(sys.executable).with_name("marble")
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    with socket.socket() as s:  # one port for both runs: the same URLs, so the same pairs
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     job = (
-        f"{marble} --home {home} run --n 200 --port 0 --text-encoders clip-tiny --unets unet-s "
+        f"{marble} --home {home} run --n 200 --port {port} --text-encoders clip-tiny --unets unet-s "
         "--autoencoder-steps 3 --clip-steps 3 --diffusion-steps 3 "
         "--num-samples 6 --guidance-scales 3 --bootstrap 5"
     )
@@ -68,3 +73,11 @@ def test_main_job_end_to_end(tmp_path):
     assert len(evaluations) == 2  # the reference rows and the one grid point
     assert list((home / "results" / "plots").glob("pareto-*.png"))
     assert "best FID: clip-tiny_unet-s_kl-f4 at guidance 3" in proc.stdout
+    # the same job again: every stage is skipped, and says so
+    again = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    out = again.stdout + again.stderr
+    for stage in ("ingest", "filter", "autoencoder/kl-f4", "clip/clip-tiny",
+                  "diffusion/clip-tiny_unet-s_kl-f4"):  # fmt: skip
+        assert f"skipped {stage}:" in out, stage
+    assert "evaluate clip-tiny_unet-s_kl-f4@3: skipped" in out

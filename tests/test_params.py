@@ -15,7 +15,7 @@ from flows.params import (
     EvaluateParams,
     FilterParams,
     IngestParams,
-    RunParams,
+    PipelineParams,
     ShapesParams,
     TrainingParams,
     TrainModelParams,
@@ -108,7 +108,7 @@ def test_cli_defaults_are_the_parameter_models_defaults(argv, model, fields):
 
 def test_the_main_jobs_evaluation_options_default_to_its_own_sweep():
     args = build_parser().parse_args(["run"])
-    run = RunParams().evaluation
+    run = PipelineParams().evaluation
     assert {name: getattr(args, name) for name in args.evaluation_fields} == {
         name: getattr(run, name) for name in args.evaluation_fields
     }
@@ -116,7 +116,7 @@ def test_the_main_jobs_evaluation_options_default_to_its_own_sweep():
 
 
 def test_run_params_defaults_nest_the_stage_defaults():
-    params = RunParams()
+    params = PipelineParams()
     assert params.shapes == ShapesParams() and params.training == TrainingParams()
     assert params.filter == FilterParams()
 

@@ -74,6 +74,23 @@ def test_rerun_of_a_finished_training_is_a_no_op(trained):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_new_data_trains_again_from_scratch(tmp_path):
+    """A finished checkpoint trained on other pairs is out of date: the same spec trains
+    again (a new MLflow run), where the same pairs make it a no-op."""
+    from tasks.shapes import FaultRates, ShapesSpec, write_as_raw_shard
+
+    workspace = make_workspace(tmp_path, n=120)
+    spec = ClipTrainSpec(train=tiny_train(ema_decay=0.0))
+    first = train_clip(spec, workspace)
+    assert train_clip(spec, workspace)["skipped"]  # the same pairs: nothing to do
+    more = ShapesSpec(n=60, seed=9, faults=FaultRates.uniform(0))
+    write_as_raw_shard(more, workspace.raw / "00001.parquet", base_url="http://127.0.0.1:2")
+    lines: list[str] = []
+    again = train_clip(spec, workspace, log=lines.append)
+    assert "skipped" not in again and again["run_id"] != first["run_id"]
+    assert any("changed; training again from scratch" in line for line in lines)
+
+
 def test_other_settings_on_an_existing_checkpoint_are_refused(trained):
     workspace, _ = trained
     with pytest.raises(ValueError, match="other settings"):

@@ -1,0 +1,73 @@
+"""Flow `pipeline`: the whole chain, start to end, as one Prefect DAG.
+
+    ingest -> filter (its CLIP trained first when none is named) -> autoencoders ->
+    CLIP encoders -> the diffusion grid -> evaluation sweep -> summary
+
+With no URL list it serves the built-in captioned shapes on 127.0.0.1 and ingests them
+(`make run`, `marble run`). Every stage is its own task; a stage whose inputs are unchanged
+is skipped, and the summary says which were and why.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow
+
+from flows.evaluate import run_evaluation
+from flows.filter import run_filter
+from flows.ingest import download_pairs, ingest_config
+from flows.params import IngestParams, PipelineParams
+from flows.train import run_training
+from tasks.shapes_server import serve_shapes
+from tasks.workspace import Workspace
+
+
+def _ingest(params: PipelineParams, workspace: Workspace) -> dict:
+    if params.url_list is not None:
+        cfg = ingest_config(IngestParams(url_list=params.url_list, **params.ingest.model_dump()))
+        return download_pairs(cfg, workspace)
+    spec = params.shapes.to_spec()
+    with serve_shapes(spec, workspace.source, port=params.shapes.port) as source:
+        print(f"serving {spec.n} captioned shapes at {source.base_url}")
+        options = params.ingest.model_dump() | {"image_size": spec.image_size}
+        options["allow_host"] = [*options["allow_host"], source.base_url.removeprefix("http://")]
+        cfg = ingest_config(IngestParams(url_list=str(source.url_list), **options))
+        return download_pairs(cfg, workspace)
+
+
+def _timed(stages: dict, name: str, fn, *args) -> dict:
+    t0 = time.perf_counter()
+    summary = fn(*args)
+    stages[name] = summary | {"stage_s": round(time.perf_counter() - t0, 1)}
+    return summary
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline_flow(params: PipelineParams = PipelineParams()) -> dict:
+    """Ingest, filter, train the grid, evaluate it; returns each stage's summary and time."""
+    workspace = Workspace.from_env(params.home)
+    stages: dict[str, dict] = {}
+    manifest = _timed(stages, "ingest", _ingest, params, workspace)
+    print(
+        f"ingest: {manifest['total_status_counts']} in {manifest['raw_dir']} "
+        f"({manifest['attempted']} fetched by the run that wrote it)"
+    )
+    kept = _timed(stages, "filter", run_filter, params.filter, workspace)
+    dropped = kept.get("wrong_dropped_recall", "-")
+    print(
+        f"filter: kept {kept['kept']} of {kept['scored']} pairs ({dropped} of wrong captions dropped)"
+    )
+    t0 = time.perf_counter()
+    trained = run_training(params.training, workspace)
+    stages.update(trained)
+    print(f"training: {len(trained)} models in {time.perf_counter() - t0:.0f} s")
+    evaluated = _timed(stages, "evaluate", run_evaluation, params.evaluation, workspace)
+    keep = ("sweep_id", "mlflow_run_id", "lines", "best", "stage_s")
+    stages["evaluate"] = {k: stages["evaluate"].get(k) for k in keep} | {
+        "plot": str(evaluated["plot"])
+    }
+    for name, stage in stages.items():
+        if stage.get("skipped"):
+            print(f"skipped {name}: {stage['skipped']}")
+    return {"workspace": str(workspace.root), "stages": stages}
