@@ -220,6 +220,46 @@ def _cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_up(args: argparse.Namespace) -> int:
+    import torch
+
+    from flows.params import UpParams
+    from tasks import services
+    from tasks.workspace import Workspace
+
+    params = build_model(UpParams, args, args.fields)
+    workspace = Workspace.from_env(args.home)
+    try:
+        found = services.up(
+            workspace, params.prefect_port, params.mlflow_port, params.timezone,
+            params.nightly_cron, gpus=torch.cuda.device_count(),
+        )  # fmt: skip
+    except services.ServicesError as e:
+        raise ValueError(str(e)) from None
+    print(f"Prefect UI:  {found.prefect_url}  (deployments: pipeline, evaluate-nightly, ingest)")
+    print(f"MLflow UI:   {found.mlflow_url}")
+    print(f"work pool:   {found.pool} (one process worker)")
+    print(f"nightly:     evaluate-nightly at '{params.nightly_cron}' {params.timezone}")
+    print(f"logs:        {workspace.root / 'logs'}")
+    print(f"API for the prefect CLI: export PREFECT_API_URL={found.api_url}")
+    print("stop with:   marble down")
+    return 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    from tasks import services
+    from tasks.workspace import Workspace
+
+    workspace = Workspace.from_env(args.home)
+    try:
+        stopped = services.down(workspace)
+    except services.ServicesError as e:
+        raise ValueError(str(e)) from None
+    if not stopped:
+        print(f"nothing to stop: marble up is not running for {workspace.root}")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     """One trainer, without Prefect: this is what `torchrun -m flows.cli train ...` runs."""
     import dataclasses
@@ -277,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
         ShapesParams,
         TrainingParams,
         TrainModelParams,
+        UpParams,
     )
 
     common = argparse.ArgumentParser(add_help=False)  # before or after the command
@@ -337,6 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
         func=_cmd_train, fields=add_model_options(tr, TrainModelParams, positional=("kind",))
     )
 
+    up = sub.add_parser(
+        "up", help="start Prefect server + UI, a worker and MLflow UI on 127.0.0.1; deploy"
+    )
+    up.set_defaults(func=_cmd_up, fields=add_model_options(up, UpParams))
+    down = sub.add_parser("down", help="stop what `marble up` started")
+    down.set_defaults(func=_cmd_down)
+
     shapes = sub.add_parser("shapes", help="the built-in captioned-shapes data source")
     shapes_sub = shapes.add_subparsers(dest="shapes_command", required=True, metavar="ACTION")
     shapes_sub.add_parser = _with_parents(shapes_sub.add_parser, common)
@@ -392,7 +440,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.command != "query" and "LOCAL_RANK" not in os.environ:  # torchrun manages ranks
+    # torchrun manages its ranks; the services of `up` outlive it on purpose (`down` ends them)
+    if args.command not in ("query", "up", "down") and "LOCAL_RANK" not in os.environ:
         from tasks.reaper import start_reaper
 
         start_reaper()  # whatever this run starts ends with it, even after kill -9

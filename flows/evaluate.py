@@ -1,22 +1,30 @@
-"""Flow `evaluate`: the sweep over trained models x guidance scales, after the judge CLIP.
+"""Flows `evaluate` and `evaluate-nightly`: the sweep over trained models x guidance scales,
+after the judge CLIP.
 
 The default judge (`marble:judge-clip-base`) is trained on the kept pairs first, as its own
 task, when the workspace has none; a rerun finds it trained and goes straight to the sweep.
+The nightly flow runs the same sweep (FID-10K by default; points already evaluated with the
+same checkpoints are skipped) and compares every value with the night before.
 """
 
 from __future__ import annotations
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed
 
+from flows.artifacts import sweep_artifacts, with_progress
 from flows.params import EvaluateParams
-from flows.train import clip_task
+from flows.train import clip_task, on_device
+from tasks import nightly
 from tasks.evaluate import SweepSpec, run_sweep
+from tasks.tracking import Tracker
 from tasks.train_clip import judge_clip_spec
 from tasks.workspace import Workspace
 
 
 @task(name="evaluate-sweep", cache_policy=NO_CACHE)
+@with_progress("evaluation")
 def sweep_task(spec: SweepSpec, workspace: Workspace) -> dict:
     return run_sweep(spec, workspace)
 
@@ -25,8 +33,10 @@ def run_evaluation(params: EvaluateParams, workspace: Workspace) -> dict:
     """Train the judge when it is the default marble judge, then sweep (inside a flow)."""
     if params.trains_judge:
         preset = params.judge.removeprefix("marble:judge-")
-        clip_task(judge_clip_spec(params.judge_steps, preset), workspace)
-    summary = sweep_task(params.to_spec(), workspace)  # it prints the summary lines
+        spec = judge_clip_spec(params.judge_steps, preset)
+        on_device(clip_task, spec.train.device)(spec, workspace)
+    spec = params.to_spec()
+    summary = on_device(sweep_task, spec.device)(spec, workspace)  # it prints the summary
     print(f"Pareto plot: {summary['plot']}")
     return summary
 
@@ -34,4 +44,36 @@ def run_evaluation(params: EvaluateParams, workspace: Workspace) -> dict:
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(params: EvaluateParams = EvaluateParams(), home: str | None = None) -> dict:
     """Sample every trained model at every guidance scale and measure it."""
-    return run_evaluation(params, Workspace.from_env(home))
+    workspace = Workspace.from_env(home)
+    summary = run_evaluation(params, workspace)
+    sweep_artifacts(summary, workspace)
+    return summary
+
+
+@task(name="compare-with-last-night", cache_policy=NO_CACHE)
+def compare_task(summary: dict, workspace: Workspace) -> tuple[list[dict], str]:
+    """Compare tonight's values with the last nightly record, then record tonight's; mark
+    the sweep's MLflow run with the verdict."""
+    previous = nightly.previous_record(workspace)
+    comparison = nightly.compare(previous["rows"] if previous else [], summary["rows"])
+    nightly.write_record(workspace, summary["sweep_id"], summary["rows"])
+    message = nightly.verdict(comparison)
+    statuses = {c["status"] for c in comparison}
+    status = next((s for s in ("regression", "improvement") if s in statuses), "unchanged")
+    with Tracker(workspace, "marble-evaluate", "", run_id=summary["mlflow_run_id"]) as run:
+        run.set_tags({"nightly": status, "nightly.verdict": message[:5000]})
+        run.log_text(nightly.as_markdown(comparison), "nightly.md")
+    return comparison, message
+
+
+@flow(name="evaluate-nightly", log_prints=True)
+def evaluate_nightly_flow(params: EvaluateParams = EvaluateParams(), home: str | None = None):
+    """The scheduled sweep (FID-10K by default) on the trained models, compared with the
+    night before: what moved beyond its interval is marked a regression or an improvement
+    in the table artifact, the sweep's MLflow tags and this run's final message."""
+    workspace = Workspace.from_env(home)
+    summary = run_evaluation(params, workspace)
+    comparison, message = compare_task(summary, workspace)
+    sweep_artifacts(summary, workspace, comparison)
+    print(message)
+    return Completed(message=message, data=summary | {"comparison": comparison})

@@ -10,7 +10,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.params import FilterParams
-from flows.train import clip_task
+from flows.train import clip_task, on_device
 from tasks.filter import FilterConfig, filter_pairs
 from tasks.train_clip import filter_clip_spec
 from tasks.workspace import Workspace
@@ -27,7 +27,7 @@ def run_filter(params: FilterParams, workspace: Workspace) -> dict:
     if model is None:
         spec = filter_clip_spec(workspace, params.filter_clip_epochs, params.filter_clip_steps)
         print(f"filter: no filter model given, training {spec.name} ({spec.train.steps} steps)")
-        clip_task(spec, workspace)
+        on_device(clip_task, spec.train.device)(spec, workspace)
         model = f"marble:{spec.name}"
     return filter_task(params.to_config(model), workspace)
 

@@ -10,9 +10,10 @@ grid) live here.
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from models.autoencoder import AE_PRESETS
 from models.clip import CLIP_PRESETS
@@ -376,3 +377,40 @@ class PipelineParams(BaseModel):
         bootstrap=50,
         judge=f"marble:{FILTER_PREFIX}{FILTER_CLIP_PRESET}",
     )
+
+
+class UpParams(BaseModel):
+    """The local services on 127.0.0.1: Prefect server and UI, a process worker, MLflow UI."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prefect_port: int = Field(
+        4200, ge=0, le=65535, description="Prefect server and UI; 0: any free port"
+    )
+    mlflow_port: int = Field(5000, ge=0, le=65535, description="MLflow UI; 0: any free port")
+    timezone: str = Field("UTC", description="time zone of the nightly evaluation (IANA name)")
+    nightly_cron: str = Field("0 2 * * *", description="when the nightly evaluation runs (cron)")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r} (an IANA name: UTC, Europe/Berlin)"
+            ) from None
+        return value
+
+    @field_validator("nightly_cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        from cronsim import CronSim, CronSimError
+
+        try:
+            CronSim(value, datetime.now())
+        except CronSimError as e:
+            raise ValueError(f"not a cron expression: {value!r} ({e})") from None
+        return value

@@ -13,7 +13,9 @@ from __future__ import annotations
 import time
 
 from prefect import flow
+from prefect.artifacts import create_table_artifact
 
+from flows.artifacts import sweep_artifacts
 from flows.evaluate import run_evaluation
 from flows.filter import run_filter
 from flows.ingest import download_pairs, ingest_config
@@ -67,6 +69,12 @@ def pipeline_flow(params: PipelineParams = PipelineParams()) -> dict:
     stages["evaluate"] = {k: stages["evaluate"].get(k) for k in keep} | {
         "plot": str(evaluated["plot"])
     }
+    sweep_artifacts(evaluated, workspace)
+    create_table_artifact(
+        [{"stage": name, "seconds": s.get("stage_s"), "skipped": s.get("skipped", "")}
+         for name, s in stages.items()],
+        key="pipeline-stages", description="time per stage, and which were skipped (why)",
+    )  # fmt: skip
     for name, stage in stages.items():
         if stage.get("skipped"):
             print(f"skipped {name}: {stage['skipped']}")

@@ -12,26 +12,40 @@ import time
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.artifacts import with_progress
 from flows.params import TrainingParams
+from tasks.services import GPU_TAG
 from tasks.train_autoencoder import AutoencoderTrainSpec, train_autoencoder
 from tasks.train_clip import ClipTrainSpec, train_clip
 from tasks.train_diffusion import DiffusionTrainSpec, train_diffusion
+from tasks.trainer import pick_device
 from tasks.workspace import Workspace
 
 
 @task(name="train-autoencoder", cache_policy=NO_CACHE, task_run_name="autoencoder-{spec.name}")
+@with_progress("training")
 def autoencoder_task(spec: AutoencoderTrainSpec, workspace: Workspace) -> dict:
     return train_autoencoder(spec, workspace)
 
 
 @task(name="train-clip", cache_policy=NO_CACHE, task_run_name="clip-{spec.name}")
+@with_progress("training")
 def clip_task(spec: ClipTrainSpec, workspace: Workspace) -> dict:
     return train_clip(spec, workspace)
 
 
 @task(name="train-diffusion", cache_policy=NO_CACHE, task_run_name="diffusion-{spec.name}")
+@with_progress("training")
 def diffusion_task(spec: DiffusionTrainSpec, workspace: Workspace) -> dict:
     return train_diffusion(spec, workspace)
+
+
+def on_device(task_fn, device: str):
+    """The task as it runs on `device`: on a GPU it carries the tag whose concurrency limit
+    (`marble up` sets it) is the number of GPUs, so GPU tasks never oversubscribe them."""
+    if pick_device(device).type == "cuda":
+        return task_fn.with_options(tags={GPU_TAG})
+    return task_fn
 
 
 def training_specs(params: TrainingParams):
@@ -80,7 +94,7 @@ def run_training(params: TrainingParams, workspace: Workspace) -> dict[str, dict
     ):
         for spec in specs:
             t0 = time.perf_counter()
-            summary = fn(spec, workspace)
+            summary = on_device(fn, spec.train.device)(spec, workspace)
             out[f"{kind}/{spec.name}"] = {**summary, "stage_s": round(time.perf_counter() - t0, 1)}
             print(f"trained {kind}/{spec.name} in {out[f'{kind}/{spec.name}']['stage_s']} s")
     return out

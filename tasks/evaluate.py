@@ -379,4 +379,12 @@ def run_sweep(spec: SweepSpec, workspace: Workspace, log=print) -> dict:
         parent_id = parent.run_id
     for line in report["lines"]:
         log(line)
-    return {"sweep_id": sweep_id, "mlflow_run_id": parent_id, "models": models, **report}
+    points = [
+        {k: v for k, v in row.items() if k != "replicates"}
+        for row in rows
+        if row.get("guidance_scale") is not None
+    ]
+    return {
+        "sweep_id": sweep_id, "mlflow_run_id": parent_id, "models": models, "rows": points,
+        **report,
+    }  # fmt: skip

@@ -25,6 +25,7 @@ from eval.frechet import FrechetToReference, GaussianStats, frechet_distance
 from eval.inception import inception_features
 from eval.retrieval import recall_at_1
 from tasks.plots import to_float, to_uint8
+from tasks.progress import report
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,11 @@ def generate_and_measure(
                 settings.sampler,
             ).float()  # fmt: skip
         sample_s += time.perf_counter() - t0
+        report(
+            f"sample guidance {guidance:g}",
+            min(start + settings.batch_size, len(seeds)),
+            len(seeds),
+        )
         uint8 = to_uint8(images)
         parts["inception"].append(inception_features(inception, uint8, device))
         parts["clip"].append(judge.images(images).cpu().numpy())

@@ -39,6 +39,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from tasks.progress import report
+
 LossFn = Callable[[nn.Module, int, int, torch.Generator], tuple[Tensor, int]]
 ValidateFn = Callable[[nn.Module, int], dict[str, float]]
 
@@ -361,6 +363,8 @@ def train(
             step += 1
             window_loss += step_loss
             bar.update(1)
+            if info.is_main:
+                report(desc, step, cfg.steps)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 seconds = time.perf_counter() - window_t
                 n_steps = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every

@@ -1,0 +1,366 @@
+"""The local services behind `marble up` / `marble down`: a Prefect server (SQLite in the
+workspace), a worker of a process work pool, and the MLflow UI, all on 127.0.0.1.
+
+Each service runs in a session of its own, so it outlives the `marble up` that started it
+and can be stopped as one process group. `services.json` in the workspace records what was
+started: each leader's pid and start time (clock ticks since boot, from /proc), so `marble
+down` signals exactly those processes and their group, never a process that later reused
+a pid. While that file names a live service, a second `marble up` refuses.
+
+Stopping: the server and MLflow end on SIGTERM; Prefect's worker ignores SIGTERM and ends
+on a second SIGINT. Whatever is still alive after the grace time is killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tasks.workspace import Workspace, atomic_write_bytes
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: flows are loaded from here
+PREFECT_FILE = ROOT / "infra" / "prefect.yaml"
+POOL = "marble-process"
+GPU_TAG = "gpu"  # trainings and sweeps on CUDA carry it; its limit is the number of GPUs
+STATE_FILE = "services.json"
+START_TIMEOUT_S = 180.0  # the Prefect server and MLflow take 15-25 s, longer under load
+GRACE_S = 20.0
+
+
+class ServicesError(RuntimeError):
+    """marble up / down cannot do what was asked (already running, a port taken, a
+    service that does not become healthy)."""
+
+
+@dataclass(frozen=True)
+class Process:
+    name: str
+    pid: int
+    start: int  # start time in clock ticks: (pid, start) names one process for ever
+    stop_signals: tuple[str, ...]  # sent in order, a second apart, to the process group
+    log: str
+
+
+@dataclass
+class Services:
+    home: str
+    prefect_url: str
+    mlflow_url: str
+    pool: str
+    processes: list[Process] = field(default_factory=list)
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.prefect_url}/api"
+
+
+# ---------------------------------------------------------------------------- processes
+
+
+def _stat(pid: int | str) -> tuple[str, int, int] | None:
+    """(state, process group, start time in clock ticks) of a process; None if gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()  # the name may hold spaces and ")"
+    return fields[0], int(fields[2]), int(fields[19])
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot; None when it has ended (a
+    zombie has ended too: it only waits for its parent to read its status)."""
+    stat = _stat(pid)
+    return None if stat is None or stat[0] == "Z" else stat[2]
+
+
+def group_members(leader: Process) -> list[int]:
+    """Live processes of the leader's process group (the session it was started in) that
+    started no earlier than the leader: what `marble up` started, and nothing else."""
+    found = []
+    for entry in os.listdir("/proc"):
+        stat = _stat(entry) if entry.isdigit() else None
+        if (
+            stat is not None
+            and stat[0] != "Z"
+            and stat[1] == leader.pid
+            and stat[2] >= leader.start
+        ):
+            found.append(int(entry))
+    return found
+
+
+def alive(process: Process) -> bool:
+    return start_time(process.pid) == process.start or bool(group_members(process))
+
+
+def _signal(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def stop_process(process: Process, grace_s: float = GRACE_S) -> bool:
+    """Stop the process and its group with its stop signals; SIGKILL after `grace_s`.
+    Returns True when it ended on its own signals."""
+    for i, name in enumerate(process.stop_signals):
+        if i:
+            time.sleep(1.0)
+        _signal(group_members(process), getattr(signal, name))
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if not group_members(process):
+            return True
+        time.sleep(0.2)
+    _signal(group_members(process), signal.SIGKILL)
+    return False
+
+
+def _spawn(name: str, argv: list[str], env: dict, logs: Path, stop: tuple[str, ...]) -> Process:
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"{name}.log"
+    with open(log, "ab") as out:
+        popen = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, outliving `marble up`
+        )
+    start = start_time(popen.pid)
+    if start is None:
+        raise ServicesError(f"{name} exited at once; see {log}")
+    return Process(name, popen.pid, start, stop, str(log))
+
+
+# ---------------------------------------------------------------------------- health, ports
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_healthy(url: str, process: Process, timeout_s: float = START_TIMEOUT_S) -> None:
+    """Poll `url` until it answers 200; fail early when the process has died."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if start_time(process.pid) != process.start:
+            raise ServicesError(f"{process.name} stopped while starting; see {process.log}")
+        time.sleep(0.5)
+    raise ServicesError(
+        f"{process.name} was not healthy after {timeout_s:.0f} s; see {process.log}"
+    )
+
+
+# ---------------------------------------------------------------------------- environment
+
+
+def prefect_env(workspace: Workspace, port: int) -> dict[str, str]:
+    """Settings that point Prefect's server, CLI, worker and flow runs at the workspace's
+    server on 127.0.0.1:port (the UI too: without the API host and port it calls :4200)."""
+    home = workspace.root / "prefect"
+    return {
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "3",
+        "MARBLE_HOME": str(workspace.root),
+    }
+
+
+def deploy_env(pool: str, timezone: str, cron: str) -> dict[str, str]:
+    """The variables infra/prefect.yaml reads when deploying."""
+    return {
+        "MARBLE_ROOT": str(ROOT),
+        "MARBLE_POOL": pool,
+        "MARBLE_NIGHTLY_TZ": timezone,
+        "MARBLE_NIGHTLY_CRON": cron,
+    }
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+# ---------------------------------------------------------------------------- state file
+
+
+def read_state(workspace: Workspace) -> Services | None:
+    path = workspace.root / STATE_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise ServicesError(f"cannot read {path}: {e}; remove it if no services run") from e
+    processes = [
+        Process(**p | {"stop_signals": tuple(p["stop_signals"])}) for p in data.pop("processes")
+    ]
+    return Services(**data, processes=processes)
+
+
+def _write_state(workspace: Workspace, services: Services) -> None:
+    text = json.dumps(asdict(services), indent=2) + "\n"
+    atomic_write_bytes(workspace.root / STATE_FILE, text.encode())
+
+
+def running(workspace: Workspace) -> Services | None:
+    """The services `marble up` started in this workspace, when any of them still runs."""
+    state = read_state(workspace)
+    if state is not None and any(alive(p) for p in state.processes):
+        return state
+    return None
+
+
+# ---------------------------------------------------------------------------- up and down
+
+
+def _setup_server(services: Services, gpus: int) -> None:
+    """Create the process work pool and the GPU concurrency limit through the API."""
+    import anyio
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.workers.process import ProcessWorker
+
+    async def setup():
+        async with get_client() as client:
+            try:
+                await client.create_work_pool(
+                    WorkPoolCreate(
+                        name=services.pool,
+                        type="process",
+                        base_job_template=ProcessWorker.get_default_base_job_template(),
+                    )
+                )
+            except ObjectAlreadyExists:
+                pass
+            await client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=max(gpus, 1))
+
+    with temporary_settings(updates={PREFECT_API_URL: services.api_url}):
+        anyio.run(setup)
+
+
+def deploy(env: dict[str, str], log: Path) -> None:
+    """`prefect deploy --all` from infra/prefect.yaml; its output goes to `log`."""
+    argv = [_bin("prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE)]
+    with open(log, "ab") as out:
+        done = subprocess.run(argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise ServicesError(f"deploying {PREFECT_FILE} failed; see {log}")
+
+
+def up(
+    workspace: Workspace,
+    prefect_port: int,
+    mlflow_port: int,
+    timezone: str = "UTC",
+    cron: str = "0 2 * * *",
+    gpus: int = 0,
+    log=print,
+) -> Services:
+    """Start the server, create the pool and deploy, start the worker and the MLflow UI.
+    Port 0 picks a free port. Everything started is stopped again when a later step fails."""
+    found = running(workspace)
+    if found is not None:
+        raise ServicesError(
+            f"marble up already runs for {workspace.root} (Prefect UI {found.prefect_url}, "
+            f"MLflow UI {found.mlflow_url}); `marble down` stops it"
+        )
+    prefect_port = prefect_port or free_port()
+    mlflow_port = mlflow_port or free_port()
+    for port in (prefect_port, mlflow_port):
+        if port_in_use(port):
+            raise ServicesError(f"port {port} on 127.0.0.1 is in use; choose another")
+    workspace.root.mkdir(parents=True, exist_ok=True)
+    (workspace.root / "prefect").mkdir(exist_ok=True)
+    logs = workspace.root / "logs"
+    env = os.environ | prefect_env(workspace, prefect_port)
+    services = Services(
+        home=str(workspace.root),
+        prefect_url=f"http://127.0.0.1:{prefect_port}",
+        mlflow_url=f"http://127.0.0.1:{mlflow_port}",
+        pool=POOL,
+    )
+    try:
+        server = _spawn(
+            "prefect-server",
+            [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
+            env, logs, ("SIGTERM",),
+        )  # fmt: skip
+        services.processes.append(server)
+        _write_state(workspace, services)  # from here on, `marble down` can stop it
+        mlflow = _spawn(
+            "mlflow-ui",
+            [
+                _bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
+                "--backend-store-uri", workspace.mlflow_uri,
+                "--default-artifact-root", workspace.mlartifacts.as_uri(), "--workers", "1",
+            ],
+            env, logs, ("SIGTERM",),
+        )  # fmt: skip
+        services.processes.append(mlflow)
+        _write_state(workspace, services)
+        log(f"starting the Prefect server at {services.prefect_url} ...")
+        wait_healthy(f"{services.api_url}/health", server)
+        _setup_server(services, gpus)
+        log(f"deploying {PREFECT_FILE.relative_to(ROOT)} to work pool {POOL} ...")
+        deploy(env | deploy_env(POOL, timezone, cron), logs / "deploy.log")
+        worker = _spawn(
+            "prefect-worker",
+            [_bin("prefect"), "worker", "start", "--pool", POOL, "--type", "process"],
+            env, logs, ("SIGINT", "SIGINT"),
+        )  # fmt: skip
+        services.processes.append(worker)
+        _write_state(workspace, services)
+        wait_healthy(f"{services.mlflow_url}/health", mlflow)
+    except BaseException:
+        down(workspace, log=lambda _: None)
+        raise
+    return services
+
+
+def down(workspace: Workspace, log=print) -> list[str]:
+    """Stop what `marble up` started in this workspace; returns the names stopped."""
+    state = read_state(workspace)
+    if state is None:
+        return []
+    stopped = []
+    for process in reversed(state.processes):  # the worker first, the server last
+        if alive(process):
+            clean = stop_process(process)
+            stopped.append(process.name)
+            log(f"stopped {process.name} (pid {process.pid})" + ("" if clean else ", killed"))
+    (workspace.root / STATE_FILE).unlink(missing_ok=True)
+    return stopped

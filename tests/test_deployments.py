@@ -1,0 +1,144 @@
+"""`marble up` for real: a Prefect server on 127.0.0.1 (free port, SQLite in a temporary
+workspace), the deployments of infra/prefect.yaml on a process work pool, a worker, and the
+MLflow UI. A flow run of `pipeline` is created through the API, as the UI's Run button does,
+and what it wrote is checked; then `marble down` must leave none of the processes alive."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.services import Process, alive
+
+pytestmark = pytest.mark.slow
+
+SMALL = {  # the built-in data with tiny budgets: every stage runs, in about a minute
+    "shapes": {"n": 200},
+    "training": {
+        "text_encoders": ["clip-tiny"],
+        "unets": ["unet-xs"],
+        "autoencoder_steps": 3,
+        "clip_steps": 3,
+        "diffusion_steps": 3,
+    },
+    "evaluation": {"num_samples": 6, "guidance_scales": [3], "bootstrap": 5, "judge_steps": 3},
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _marble(home: Path, *args: str, env: dict) -> subprocess.CompletedProcess:
+    marble = Path(sys.executable).with_name("marble")
+    return subprocess.run(
+        [str(marble), "--home", str(home), *args],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+
+
+def _wait_final(client, run_id, timeout_s: float = 600):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        run = client.read_flow_run(run_id)
+        if run.state is not None and run.state.is_final():
+            return run
+        time.sleep(2)
+    raise AssertionError(f"flow run {run_id} did not finish in {timeout_s} s")
+
+
+def test_up_deploy_run_from_api_and_down(tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    home = tmp_path / "home"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-cli")}
+    env.pop("MARBLE_HOME", None)
+    up = _marble(home, "up", "--prefect-port", "0", "--mlflow-port", "0",
+                 "--timezone", "Europe/Berlin", env=env)  # fmt: skip
+    state_file = home / "services.json"
+    processes = []
+    try:
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        state = json.loads(state_file.read_text())
+        processes = [
+            Process(**p | {"stop_signals": tuple(p["stop_signals"])}) for p in state["processes"]
+        ]
+        assert {p.name for p in processes} == {"prefect-server", "prefect-worker", "mlflow-ui"}
+        assert state["prefect_url"].startswith("http://127.0.0.1:")
+        assert f"Prefect UI:  {state['prefect_url']}" in up.stdout
+
+        again = _marble(home, "up", "--prefect-port", "0", "--mlflow-port", "0", env=env)
+        assert again.returncode == 2 and "already runs" in again.stderr, again.stderr
+
+        with temporary_settings(updates={PREFECT_API_URL: state["prefect_url"] + "/api"}):
+            with get_client(sync_client=True) as client:
+                nightly = client.read_deployment_by_name("evaluate-nightly/evaluate-nightly")
+                (schedule,) = nightly.schedules
+                assert schedule.schedule.cron == "0 2 * * *"
+                assert schedule.schedule.timezone == "Europe/Berlin" and schedule.active
+                client.read_deployment_by_name("ingest/ingest")
+                assert client.read_work_pool("marble-process").type == "process"
+
+                params = {"params": SMALL | {"shapes": SMALL["shapes"] | {"port": _free_port()}}}
+                created = run_deployment("pipeline/pipeline", parameters=params, timeout=0)
+                run = _wait_final(client, created.id)
+                assert run.state.is_completed(), run.state.message
+                artifacts = client.read_artifacts(limit=100)
+                kinds = {a.type for a in artifacts}
+                assert {"table", "markdown", "progress"} <= kinds, kinds
+                stages = next(a for a in artifacts if a.key == "pipeline-stages")
+                assert "diffusion/clip-tiny_unet-xs_kl-f4" in stages.data
+
+                # the nightly deployment on what the pipeline trained: the point is
+                # skipped (same checkpoints and settings) and this is the first night
+                small_eval = {"params": SMALL["evaluation"]}
+                created = run_deployment(
+                    "evaluate-nightly/evaluate-nightly", parameters=small_eval, timeout=0
+                )
+                run = _wait_final(client, created.id)
+                assert run.state.is_completed(), run.state.message
+                assert run.state.message.startswith("nightly: first night"), run.state.message
+
+        # what the run wrote into the workspace: Parquet rows and MLflow runs
+        rows = [r for p in (home / "results" / "evaluations").glob("*.parquet")
+                for r in pq.read_table(p).to_pylist()]  # fmt: skip
+        point = [r for r in rows if r.get("guidance_scale") == 3.0]
+        assert {r["metric"] for r in point} >= {"fid", "fd_clip", "cmmd", "clip_score"}
+        assert all(r["model"] == "clip-tiny_unet-xs_kl-f4" and r["n"] == 6 for r in point)
+        assert list((home / "results" / "nightly").glob("*.json"))
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+        names = {e.name for e in client.search_experiments()}
+        assert {"marble-evaluate"} <= names, names
+        evaluate = client.get_experiment_by_name("marble-evaluate")
+        runs = client.search_runs([evaluate.experiment_id])
+        tagged = [r for r in runs if r.data.tags.get("nightly")]
+        assert tagged and tagged[0].data.tags["nightly"] == "unchanged"
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+        assert children and "fid" in children[0].data.metrics
+
+        # the MLflow UI serves the sweep's artifacts (the links in the Prefect artifact)
+        mlflow_url = state["mlflow_url"]
+        with urllib.request.urlopen(f"{mlflow_url}/health", timeout=10) as response:
+            assert response.status == 200
+    finally:
+        down = _marble(home, "down", env=env)
+    assert down.returncode == 0, down.stderr
+    assert "stopped prefect-worker" in down.stdout and "stopped prefect-server" in down.stdout
+    assert not state_file.exists()
+    time.sleep(0.5)
+    assert processes and not any(alive(p) for p in processes)
