@@ -5,19 +5,13 @@ and what it wrote is checked; then `marble down` must leave none of the processe
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.services import Process, alive
+from tasks.services import free_port
+from tests.service_helpers import assert_all_stopped, cli_env, marble, started, wait_final
 
 pytestmark = pytest.mark.slow
 
@@ -34,53 +28,25 @@ SMALL = {  # the built-in data with tiny budgets: every stage runs, in about a m
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _marble(home: Path, *args: str, env: dict) -> subprocess.CompletedProcess:
-    marble = Path(sys.executable).with_name("marble")
-    return subprocess.run(
-        [str(marble), "--home", str(home), *args],
-        capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
-
-
-def _wait_final(client, run_id, timeout_s: float = 600):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        run = client.read_flow_run(run_id)
-        if run.state is not None and run.state.is_final():
-            return run
-        time.sleep(2)
-    raise AssertionError(f"flow run {run_id} did not finish in {timeout_s} s")
-
-
 def test_up_deploy_run_from_api_and_down(tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     home = tmp_path / "home"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-cli")}
-    env.pop("MARBLE_HOME", None)
-    up = _marble(home, "up", "--prefect-port", "0", "--mlflow-port", "0",
+    env = cli_env(tmp_path)
+    up = marble(home, "up", "--prefect-port", "0", "--mlflow-port", "0",
                  "--timezone", "Europe/Berlin", env=env)  # fmt: skip
     state_file = home / "services.json"
     processes = []
     try:
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-        state = json.loads(state_file.read_text())
-        processes = [
-            Process(**p | {"stop_signals": tuple(p["stop_signals"])}) for p in state["processes"]
-        ]
+        state, processes = started(home)
         assert {p.name for p in processes} == {"prefect-server", "prefect-worker", "mlflow-ui"}
         assert state["prefect_url"].startswith("http://127.0.0.1:")
         assert f"Prefect UI:  {state['prefect_url']}" in up.stdout
 
-        again = _marble(home, "up", "--prefect-port", "0", "--mlflow-port", "0", env=env)
+        again = marble(home, "up", "--prefect-port", "0", "--mlflow-port", "0", env=env)
         assert again.returncode == 2 and "already runs" in again.stderr, again.stderr
 
         with temporary_settings(updates={PREFECT_API_URL: state["prefect_url"] + "/api"}):
@@ -92,9 +58,9 @@ def test_up_deploy_run_from_api_and_down(tmp_path):
                 client.read_deployment_by_name("ingest/ingest")
                 assert client.read_work_pool("marble-process").type == "process"
 
-                params = {"params": SMALL | {"shapes": SMALL["shapes"] | {"port": _free_port()}}}
+                params = {"params": SMALL | {"shapes": SMALL["shapes"] | {"port": free_port()}}}
                 created = run_deployment("pipeline/pipeline", parameters=params, timeout=0)
-                run = _wait_final(client, created.id)
+                run = wait_final(client, created.id)
                 assert run.state.is_completed(), run.state.message
                 artifacts = client.read_artifacts(limit=100)
                 kinds = {a.type for a in artifacts}
@@ -108,7 +74,7 @@ def test_up_deploy_run_from_api_and_down(tmp_path):
                 created = run_deployment(
                     "evaluate-nightly/evaluate-nightly", parameters=small_eval, timeout=0
                 )
-                run = _wait_final(client, created.id)
+                run = wait_final(client, created.id)
                 assert run.state.is_completed(), run.state.message
                 assert run.state.message.startswith("nightly: first night"), run.state.message
 
@@ -136,9 +102,8 @@ def test_up_deploy_run_from_api_and_down(tmp_path):
         with urllib.request.urlopen(f"{mlflow_url}/health", timeout=10) as response:
             assert response.status == 200
     finally:
-        down = _marble(home, "down", env=env)
+        down = marble(home, "down", env=env)
     assert down.returncode == 0, down.stderr
     assert "stopped prefect-worker" in down.stdout and "stopped prefect-server" in down.stdout
     assert not state_file.exists()
-    time.sleep(0.5)
-    assert processes and not any(alive(p) for p in processes)
+    assert_all_stopped(processes)
