@@ -301,6 +301,8 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["cpu_rng"])
         step, run_id = int(state["step"]), state.get("run_id")
+        if step < cfg.steps:
+            log(f"{desc}: resuming from its checkpoint at step {step} of {cfg.steps}")
     resumed_from = step
 
     train_model = model

@@ -81,3 +81,40 @@ def test_main_job_end_to_end(tmp_path):
                   "diffusion/clip-tiny_unet-s_kl-f4"):  # fmt: skip
         assert f"skipped {stage}:" in out, stage
     assert "evaluate clip-tiny_unet-s_kl-f4@3: skipped" in out
+
+
+def test_a_run_killed_mid_training_resumes_where_it_stopped(tmp_path):
+    """kill -9 of `marble run` once the diffusion model's first checkpoint is on disk; the
+    rerun skips the finished stages and continues that training from its checkpoint."""
+    import signal
+    import time
+
+    from tasks.services import free_port
+
+    home = tmp_path / "home"
+    marble = Path(sys.executable).with_name("marble")
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    argv = [
+        str(marble), "--home", str(home), "run", "--n", "200", "--port", str(free_port()),
+        "--text-encoders", "clip-tiny", "--unets", "unet-xs", "--autoencoder-steps", "3",
+        "--clip-steps", "3", "--diffusion-steps", "250", "--num-samples", "4",
+        "--guidance-scales", "3", "--bootstrap", "5",
+    ]  # fmt: skip
+    ckpt = home / "checkpoints" / "diffusion" / "clip-tiny_unet-xs_kl-f4" / "config.json"
+    first = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while not ckpt.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ckpt.exists() and first.poll() is None, "no checkpoint while the run was alive"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    again = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900)
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out[-3000:]
+    for stage in ("ingest", "filter", "autoencoder/kl-f4", "clip/clip-tiny"):
+        assert f"skipped {stage}:" in out, stage
+    assert "resuming from its checkpoint at step 200 of 250" in out
+    assert "best FID: clip-tiny_unet-xs_kl-f4 at guidance 3" in out
