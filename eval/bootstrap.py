@@ -35,12 +35,17 @@ def percentile_interval(estimates: np.ndarray, confidence: float = 0.95) -> tupl
 
 
 def centred_interval(
-    estimate: float, replicates: np.ndarray, confidence: float = 0.95
+    estimate: float,
+    replicates: np.ndarray,
+    confidence: float = 0.95,
+    bounds: tuple[float, float] = (-np.inf, np.inf),
 ) -> tuple[float, float]:
     """The percentile interval of the replicates shifted by the bootstrap bias estimate,
-    mean(replicates) - estimate (see the module docstring)."""
+    mean(replicates) - estimate (see the module docstring), kept within the metric's
+    `bounds` (the shift can carry a proportion's interval below 0)."""
     replicates = np.asarray(replicates, dtype=np.float64)
-    return percentile_interval(replicates - (replicates.mean() - estimate), confidence)
+    low, high = percentile_interval(replicates - (replicates.mean() - estimate), confidence)
+    return float(np.clip(low, *bounds)), float(np.clip(high, *bounds))
 
 
 def bootstrap_interval(

@@ -291,7 +291,14 @@ def up(
     log=print,
 ) -> Services:
     """Start the server, create the pool and deploy, start the worker and the MLflow UI.
-    Port 0 picks a free port. Everything started is stopped again when a later step fails."""
+    Port 0 picks a free port. Everything started is stopped again when a later step fails.
+    Holds the workspace's `services` lock, so two `marble up` at once cannot both start."""
+    workspace.root.mkdir(parents=True, exist_ok=True)
+    with workspace.lock("services"):
+        return _up(workspace, prefect_port, mlflow_port, timezone, cron, gpus, log)
+
+
+def _up(workspace, prefect_port, mlflow_port, timezone, cron, gpus, log) -> Services:
     found = running(workspace)
     if found is not None:
         raise ServicesError(
@@ -303,7 +310,6 @@ def up(
     for port in (prefect_port, mlflow_port):
         if port_in_use(port):
             raise ServicesError(f"port {port} on 127.0.0.1 is in use; choose another")
-    workspace.root.mkdir(parents=True, exist_ok=True)
     (workspace.root / "prefect").mkdir(exist_ok=True)
     logs = workspace.root / "logs"
     env = os.environ | prefect_env(workspace, prefect_port)
@@ -346,13 +352,20 @@ def up(
         _write_state(workspace, services)
         wait_healthy(f"{services.mlflow_url}/health", mlflow)
     except BaseException:
-        down(workspace, log=lambda _: None)
+        _down(workspace, log=lambda _: None)
         raise
     return services
 
 
 def down(workspace: Workspace, log=print) -> list[str]:
     """Stop what `marble up` started in this workspace; returns the names stopped."""
+    if not workspace.root.is_dir():
+        return []
+    with workspace.lock("services"):
+        return _down(workspace, log)
+
+
+def _down(workspace: Workspace, log) -> list[str]:
     state = read_state(workspace)
     if state is None:
         return []

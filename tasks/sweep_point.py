@@ -134,13 +134,25 @@ def point_metrics(
     return results
 
 
+def metric_bounds(metric: str) -> tuple[float, float]:
+    """The range a metric's value can take: proportions in [0, 1], CLIP score in [0, 100],
+    Fréchet distances >= 0; unbounded CMMD (unbiased MMD² can be below 0)."""
+    if metric.startswith("attr_"):
+        return 0.0, 1.0
+    if metric.startswith("clip_score"):
+        return 0.0, 100.0
+    if metric in ("fid", "fd_clip"):
+        return 0.0, np.inf
+    return -np.inf, np.inf
+
+
 def metric_rows(
     metrics: dict[str, dict], meta: dict, run_id: str | None, img_per_s: float | None
 ) -> list[dict]:
     now = datetime.now(UTC).isoformat(timespec="seconds")
     rows = []
     for metric, m in metrics.items():
-        low, high = centred_interval(m["value"], m["replicates"])
+        low, high = centred_interval(m["value"], m["replicates"], bounds=metric_bounds(metric))
         rows.append(meta | {
             "metric": metric, "value": float(m["value"]), "ci_low": low, "ci_high": high,
             "replicates": [float(r) for r in m["replicates"]], "extractor": m["extractor"],

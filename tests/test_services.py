@@ -80,6 +80,17 @@ def test_second_up_refuses_while_one_runs(tmp_path):
     assert services.down(workspace) == []  # nothing left: nothing to do
 
 
+def test_two_ups_at_once_cannot_both_start(tmp_path):
+    from tasks.workspace import WorkspaceBusyError
+
+    workspace = Workspace(tmp_path / "home")
+    workspace.root.mkdir()
+    with workspace.lock("services"):  # another `marble up` between its check and its start
+        with pytest.raises(WorkspaceBusyError, match="services"):
+            services.up(workspace, 0, 0)
+    assert not (workspace.root / services.STATE_FILE).exists()
+
+
 def test_stale_state_does_not_block_and_a_corrupt_one_is_named(tmp_path):
     workspace = Workspace(tmp_path / "home")
     workspace.root.mkdir()

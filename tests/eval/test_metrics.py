@@ -199,3 +199,11 @@ def test_resampled_mmd_equals_mmd_of_the_repeated_rows():
     np.testing.assert_allclose(got, want, rtol=1e-10)
     ones = np.ones((1, 30), dtype=int)  # the identity resample is the plain estimate
     assert mmd2_unbiased_resampled(x, y, 1.5, ones)[0] == pytest.approx(mmd2_unbiased(x, y, 1.5))
+
+
+def test_centred_interval_stays_within_the_metrics_range():
+    # estimate 0.01, replicates centred on 0.03: the shift by -0.02 takes the low end to -0.02
+    replicates = np.array([0.0, 0.03, 0.03, 0.03, 0.06])
+    assert centred_interval(0.01, replicates, confidence=1.0) == pytest.approx((-0.02, 0.04))
+    low, high = centred_interval(0.01, replicates, confidence=1.0, bounds=(0.0, 1.0))
+    assert low == 0.0 and high == pytest.approx(0.04)
