@@ -131,8 +131,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     evaluation = PipelineParams().evaluation
     changes = {name: getattr(args, name) for name in args.evaluation_fields}
+    url_list = args.url_list and str(Path(args.url_list).resolve())
+    if url_list is not None:  # a bad list fails here, before Prefect starts
+        from tasks.url_list import read_url_list
+
+        read_url_list(Path(url_list), "url", "caption")
     params = PipelineParams(
         home=args.home,
+        url_list=url_list,
         shapes=build_model(ShapesParams, args, args.shapes_fields),
         training=build_model(TrainingParams, args, args.training_fields),
         evaluation=EvaluateParams(**(evaluation.model_dump() | changes)),
@@ -333,7 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser = _with_parents(sub.add_parser, common)
 
-    run = sub.add_parser("run", help="the main job: the whole chain on the built-in shapes data")
+    run = sub.add_parser(
+        "run", help="the main job: the whole chain, on the built-in shapes data or a URL list"
+    )
+    add_model_options(run, PipelineParams, only=("url_list",))
     run.set_defaults(
         func=_cmd_run,
         shapes_fields=add_model_options(

@@ -60,6 +60,9 @@ CASES = [
     (["run", "--port", "70000"], "port: Input should be less than or equal to 65535"),
     (["run", "--unets", "unet-q"], "invalid choice 'unet-q'"),
     (["run", "--diffusion-steps", "-1"], "diffusion-steps: Input should be greater"),
+    (["run", "--url-list", "/no/such/list.parquet"], "list.parquet does not exist"),
+    (["up", "--timezone", "Mars/Base"], "unknown time zone 'Mars/Base'"),
+    (["up", "--nightly-cron", "0 25 * * *"], "not a cron expression"),
     (["shapes", "serve", "--fault-rate", "2"], "fault-rate: Input should be less than"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ]
