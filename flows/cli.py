@@ -242,7 +242,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except services.ServicesError as e:
         raise ValueError(str(e)) from None
-    print(f"Prefect UI:  {found.prefect_url}  (deployments: pipeline, evaluate-nightly, ingest)")
+    print(f"Prefect UI:  {found.prefect_url}")
+    for name, page in found.deployments.items():
+        print(f"  {name:<36} {page}")
     print(f"MLflow UI:   {found.mlflow_url}")
     print(f"work pool:   {found.pool} (one process worker)")
     print(f"nightly:     evaluate-nightly at '{params.nightly_cron}' {params.timezone}")

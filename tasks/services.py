@@ -57,6 +57,7 @@ class Services:
     mlflow_url: str
     pool: str
     processes: list[Process] = field(default_factory=list)
+    deployments: dict[str, str] = field(default_factory=dict)  # name -> its page in the UI
 
     @property
     def api_url(self) -> str:
@@ -272,6 +273,28 @@ def _setup_server(services: Services, gpus: int) -> None:
         anyio.run(setup)
 
 
+def deployment_pages(services: Services) -> dict[str, str]:
+    """Each deployment's page in the Prefect UI, by "flow/deployment" name."""
+    request = urllib.request.Request(
+        f"{services.api_url}/deployments/filter", data=b"{}", method="POST",
+        headers={"content-type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as response:
+        found = json.load(response)
+    flows_request = urllib.request.Request(
+        f"{services.api_url}/flows/filter", data=b"{}", method="POST",
+        headers={"content-type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(flows_request, timeout=30) as response:
+        flow_names = {f["id"]: f["name"] for f in json.load(response)}
+    return {
+        f"{flow_names.get(d['flow_id'], '?')}/{d['name']}": (
+            f"{services.prefect_url}/deployments/deployment/{d['id']}"
+        )
+        for d in sorted(found, key=lambda d: d["name"])
+    }
+
+
 def deploy(env: dict[str, str], log: Path) -> None:
     """`prefect deploy --all` from infra/prefect.yaml; its output goes to `log`."""
     argv = [_bin("prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE)]
@@ -351,6 +374,8 @@ def _up(workspace, prefect_port, mlflow_port, timezone, cron, gpus, log) -> Serv
         services.processes.append(worker)
         _write_state(workspace, services)
         wait_healthy(f"{services.mlflow_url}/health", mlflow)
+        services.deployments = deployment_pages(services)
+        _write_state(workspace, services)
     except BaseException:
         _down(workspace, log=lambda _: None)
         raise

@@ -45,6 +45,10 @@ def test_up_deploy_run_from_api_and_down(tmp_path):
         assert {p.name for p in processes} == {"prefect-server", "prefect-worker", "mlflow-ui"}
         assert state["prefect_url"].startswith("http://127.0.0.1:")
         assert f"Prefect UI:  {state['prefect_url']}" in up.stdout
+        for name in ("pipeline/pipeline", "evaluate-nightly/evaluate-nightly", "ingest/ingest"):
+            page = state["deployments"][name]
+            assert page.startswith(f"{state['prefect_url']}/deployments/deployment/"), page
+            assert f"{name}" in up.stdout and page in up.stdout
 
         again = marble(home, "up", "--prefect-port", "0", "--mlflow-port", "0", env=env)
         assert again.returncode == 2 and "already runs" in again.stderr, again.stderr
