@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import re
 import urllib.parse
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from prefect.artifacts import (
 from prefect.runtime import task_run
 
 from tasks import progress
-from tasks.services import STATE_FILE
+from tasks.services import mlflow_ui_url
 from tasks.workspace import Workspace
 
 
@@ -59,14 +58,6 @@ def with_progress(description: str):
         return run
 
     return wrap
-
-
-def mlflow_ui_url(workspace: Workspace) -> str | None:
-    """The MLflow UI that `marble up` started for this workspace, if any."""
-    try:
-        return json.loads((workspace.root / STATE_FILE).read_text())["mlflow_url"]
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 def _cell(rows: dict[str, dict], metric: str) -> str:

@@ -132,10 +132,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     evaluation = PipelineParams().evaluation
     changes = {name: getattr(args, name) for name in args.evaluation_fields}
     url_list = args.url_list and str(Path(args.url_list).resolve())
-    if url_list is not None:  # a bad list fails here, before Prefect starts
-        from tasks.url_list import read_url_list
-
-        read_url_list(Path(url_list), "url", "caption")
     params = PipelineParams(
         home=args.home,
         url_list=url_list,
@@ -143,6 +139,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         training=build_model(TrainingParams, args, args.training_fields),
         evaluation=EvaluateParams(**(evaluation.model_dump() | changes)),
     )
+    if url_list is not None:  # a bad list fails here, before Prefect starts
+        from tasks.url_list import read_url_list
+
+        read_url_list(Path(url_list), params.ingest.url_col, params.ingest.caption_col)
     t0 = time.perf_counter()
     summary = pipeline_flow(params)
     elapsed = time.perf_counter() - t0

@@ -13,9 +13,7 @@ the filtered pairs (every row is usable). Images come back as float tensors in [
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from tasks.plots import to_float
+from tasks.stages import inputs_digest
 
 IMAGE_COLUMNS = ("png", "jpg", "webp", "image")
 
@@ -145,8 +144,7 @@ def load_all_pairs(
 def pairs_digest(data: dict[str, tuple[torch.Tensor, list[str], list[str]]]) -> str:
     """sha1 of the pair_ids of each split of `load_split_pairs`' result: which pairs a model
     is trained on (a new filter result is new data)."""
-    ids = {split: sorted(d[2]) for split, d in data.items()}
-    return hashlib.sha1(json.dumps(ids, sort_keys=True).encode()).hexdigest()[:16]
+    return inputs_digest({split: sorted(d[2]) for split, d in data.items()})
 
 
 def load_split_pairs(

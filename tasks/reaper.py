@@ -27,14 +27,20 @@ GRACE_S = 3.0
 _pipe_to_reaper: int | None = None  # marble's end; closing it (exiting) wakes the reaper
 
 
-def _stat(pid: int) -> tuple[int, int] | None:
-    """(parent pid, start time in clock ticks) of a process, None if it is gone."""
+def proc_stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the process name (state, ppid, pgrp, ...; the
+    start time in clock ticks is [19]); None when the process is gone."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2 :].split()  # the name may hold spaces and ")"
-    return int(fields[1]), int(fields[19])
+    return text[text.rindex(")") + 2 :].split()  # the name may hold spaces and ")"
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time in clock ticks) of a process, None if it is gone."""
+    fields = proc_stat(pid)
+    return None if fields is None else (int(fields[1]), int(fields[19]))
 
 
 def descendants(root: int) -> dict[int, int]:

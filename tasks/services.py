@@ -25,6 +25,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tasks.reaper import proc_stat
 from tasks.workspace import Workspace, atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: flows are loaded from here
@@ -69,12 +70,8 @@ class Services:
 
 def _stat(pid: int | str) -> tuple[str, int, int] | None:
     """(state, process group, start time in clock ticks) of a process; None if gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()  # the name may hold spaces and ")"
-    return fields[0], int(fields[2]), int(fields[19])
+    fields = proc_stat(pid)
+    return None if fields is None else (fields[0], int(fields[2]), int(fields[19]))
 
 
 def start_time(pid: int) -> int | None:
@@ -235,6 +232,15 @@ def _write_state(workspace: Workspace, services: Services) -> None:
     atomic_write_bytes(workspace.root / STATE_FILE, text.encode())
 
 
+def mlflow_ui_url(workspace: Workspace) -> str | None:
+    """The MLflow UI that `marble up` started for this workspace, if it recorded one."""
+    try:
+        state = read_state(workspace)
+    except ServicesError:
+        return None
+    return state.mlflow_url if state is not None else None
+
+
 def running(workspace: Workspace) -> Services | None:
     """The services `marble up` started in this workspace, when any of them still runs."""
     state = read_state(workspace)
@@ -273,25 +279,24 @@ def _setup_server(services: Services, gpus: int) -> None:
         anyio.run(setup)
 
 
-def deployment_pages(services: Services) -> dict[str, str]:
-    """Each deployment's page in the Prefect UI, by "flow/deployment" name."""
+def _api_filter(services: Services, kind: str) -> list[dict]:
+    """POST {api}/{kind}/filter with no filter: every object of that kind."""
     request = urllib.request.Request(
-        f"{services.api_url}/deployments/filter", data=b"{}", method="POST",
+        f"{services.api_url}/{kind}/filter", data=b"{}", method="POST",
         headers={"content-type": "application/json"},
     )  # fmt: skip
     with urllib.request.urlopen(request, timeout=30) as response:
-        found = json.load(response)
-    flows_request = urllib.request.Request(
-        f"{services.api_url}/flows/filter", data=b"{}", method="POST",
-        headers={"content-type": "application/json"},
-    )  # fmt: skip
-    with urllib.request.urlopen(flows_request, timeout=30) as response:
-        flow_names = {f["id"]: f["name"] for f in json.load(response)}
+        return json.load(response)
+
+
+def deployment_pages(services: Services) -> dict[str, str]:
+    """Each deployment's page in the Prefect UI, by "flow/deployment" name."""
+    flow_names = {f["id"]: f["name"] for f in _api_filter(services, "flows")}
     return {
         f"{flow_names.get(d['flow_id'], '?')}/{d['name']}": (
             f"{services.prefect_url}/deployments/deployment/{d['id']}"
         )
-        for d in sorted(found, key=lambda d: d["name"])
+        for d in sorted(_api_filter(services, "deployments"), key=lambda d: d["name"])
     }
 
 

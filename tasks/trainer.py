@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from tasks.progress import report
+from tasks.stages import inputs_digest
 
 LossFn = Callable[[nn.Module, int, int, torch.Generator], tuple[Tensor, int]]
 ValidateFn = Callable[[nn.Module, int], dict[str, float]]
@@ -281,7 +282,7 @@ def train(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     settings = settings_digest({k: v for k, v in config.items() if k not in inputs}, cfg)
-    inputs_key = settings_digest(inputs, TrainConfig())
+    inputs_key = inputs_digest(inputs)
 
     step, run_id = 0, None
     state = checkpoint.state()
