@@ -15,11 +15,11 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export HF_HUB_OFFLINE := 1
 export WANDB_MODE := disabled
 
-.PHONY: run test lint format bench install browser clean-home
+.PHONY: run test lint format bench install browser infra-tools clean-home
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,scale]'
 	# img2dataset pulls in the old `dataclasses` backport, which breaks Prefect's
 	# server process; img2dataset works without it (tests/test_install.py guards this).
 	$(BIN)/python -m pip uninstall -y -q dataclasses
@@ -41,7 +41,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint browser
+test: lint browser infra-tools
 	$(BIN)/python -m pytest
 
 # The browser test drives Debian's chromium (Playwright itself comes with the dev extras;
@@ -54,6 +54,16 @@ browser:
 	  { $$SUDO apt-get update -q >/dev/null 2>&1 && \
 	    $$SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; } || \
 	  echo "chromium could not be installed: the browser test will skip"; }
+
+# The compose file is validated offline with Debian's docker-compose (`docker-compose config`;
+# no Docker engine needed). Without root or apt, tests/test_infra.py skips that check and says why.
+infra-tools:
+	@command -v docker-compose >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo -n ); \
+	  $$SUDO apt-get install -y -q --no-install-recommends docker-compose >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null 2>&1 && \
+	    $$SUDO apt-get install -y -q --no-install-recommends docker-compose >/dev/null 2>&1; } || \
+	  echo "docker-compose could not be installed: the compose checks will skip"; }
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
