@@ -1,6 +1,12 @@
 """The local services behind `marble up` / `marble down`: a Prefect server (SQLite in the
 workspace), a worker of a process work pool, and the MLflow UI, all on 127.0.0.1.
 
+With `database` (a PostgreSQL URL, tasks/database.py) the Prefect server and MLflow keep
+their data there instead; it is checked, and MLflow's database created, before anything
+starts. With `artifacts` (s3://BUCKET/PREFIX) the MLflow server stores run artifacts there
+and serves them to clients (`mlflow-artifacts:/`), so only the server needs the store's
+credentials. With either, the worker's flow runs log to MLflow through the MLflow server.
+
 Each service runs in a session of its own, so it outlives the `marble up` that started it
 and can be stopped as one process group. `services.json` in the workspace records what was
 started: each leader's pid and start time (clock ticks since boot, from /proc), so `marble
@@ -25,6 +31,8 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tasks import database as pg
+from tasks.objectstore import ObjectStoreError, check_writable, parse_s3_url
 from tasks.reaper import proc_stat
 from tasks.workspace import Workspace, atomic_write_bytes
 
@@ -59,6 +67,8 @@ class Services:
     pool: str
     processes: list[Process] = field(default_factory=list)
     deployments: dict[str, str] = field(default_factory=dict)  # name -> its page in the UI
+    database: str = "sqlite"  # or the PostgreSQL URL, its password masked
+    artifacts: str = "workspace"  # or the s3:// prefix the MLflow server stores artifacts in
 
     @property
     def api_url(self) -> str:
@@ -249,6 +259,20 @@ def running(workspace: Workspace) -> Services | None:
     return None
 
 
+def tracking_server_url(workspace: Workspace) -> str | None:
+    """The MLflow server of a running `marble up` that keeps its runs in PostgreSQL or its
+    artifacts on S3: where runs made in this workspace outside the worker must go too. (With
+    SQLite and local artifacts, the server and every run share the workspace's files, so
+    this is None.)"""
+    try:
+        state = running(workspace)
+    except ServicesError:
+        return None
+    if state is None or (state.database == "sqlite" and state.artifacts == "workspace"):
+        return None
+    return state.mlflow_url
+
+
 # ---------------------------------------------------------------------------- up and down
 
 
@@ -317,16 +341,28 @@ def up(
     cron: str = "0 2 * * *",
     gpus: int = 0,
     log=print,
+    database: str | None = None,
+    artifacts: str | None = None,
 ) -> Services:
     """Start the server, create the pool and deploy, start the worker and the MLflow UI.
     Port 0 picks a free port. Everything started is stopped again when a later step fails.
-    Holds the workspace's `services` lock, so two `marble up` at once cannot both start."""
+    Holds the workspace's `services` lock, so two `marble up` at once cannot both start.
+    `database`: a PostgreSQL URL for Prefect and MLflow; None keeps SQLite in the workspace.
+    `artifacts`: an s3:// prefix for MLflow's artifacts; None keeps them in the workspace."""
+    try:
+        url = None if database is None else pg.parse_url(database)
+    except ValueError as e:
+        raise ServicesError(f"--database: {e}") from None
+    try:
+        store = None if artifacts is None else parse_s3_url(artifacts)
+    except ValueError as e:
+        raise ServicesError(f"--artifacts: {e}") from None
     workspace.root.mkdir(parents=True, exist_ok=True)
     with workspace.lock("services"):
-        return _up(workspace, prefect_port, mlflow_port, timezone, cron, gpus, log)
+        return _up(workspace, prefect_port, mlflow_port, timezone, cron, gpus, log, url, store)
 
 
-def _up(workspace, prefect_port, mlflow_port, timezone, cron, gpus, log) -> Services:
+def _up(workspace, prefect_port, mlflow_port, timezone, cron, gpus, log, url, store) -> Services:
     found = running(workspace)
     if found is not None:
         raise ServicesError(
@@ -338,6 +374,17 @@ def _up(workspace, prefect_port, mlflow_port, timezone, cron, gpus, log) -> Serv
     for port in (prefect_port, mlflow_port):
         if port_in_use(port):
             raise ServicesError(f"port {port} on 127.0.0.1 is in use; choose another")
+    if url is not None:
+        try:
+            if pg.prepare(url):
+                log(f"created MLflow's database {url.mlflow_database!r} on {url.masked}")
+        except pg.DatabaseError as e:
+            raise ServicesError(str(e)) from None
+    if store is not None:
+        try:
+            check_writable(store)
+        except ObjectStoreError as e:
+            raise ServicesError(f"--artifacts: {e}") from None
     (workspace.root / "prefect").mkdir(exist_ok=True)
     logs = workspace.root / "logs"
     env = os.environ | prefect_env(workspace, prefect_port)
@@ -346,12 +393,27 @@ def _up(workspace, prefect_port, mlflow_port, timezone, cron, gpus, log) -> Serv
         prefect_url=f"http://127.0.0.1:{prefect_port}",
         mlflow_url=f"http://127.0.0.1:{mlflow_port}",
         pool=POOL,
+        database="sqlite" if url is None else url.masked,
+        artifacts="workspace" if store is None else str(store),
     )
+    # Database URLs go through the environment, never argv (`ps` shows argv to everyone),
+    # and only to the process that needs them.
+    server_env, worker_env = env, env
+    mlflow_env = env | {"MLFLOW_BACKEND_STORE_URI": workspace.mlflow_uri}
+    if url is not None:
+        server_env = env | {"PREFECT_API_DATABASE_CONNECTION_URL": url.prefect_url}
+        mlflow_env = env | {"MLFLOW_BACKEND_STORE_URI": url.mlflow_url}
+    if url is not None or store is not None:
+        worker_env = env | {"MLFLOW_TRACKING_URI": services.mlflow_url}
+    if store is None:
+        artifact_options = ["--default-artifact-root", workspace.mlartifacts.as_uri()]
+    else:  # the server proxies artifacts (mlflow-artifacts:/) to the store
+        artifact_options = ["--serve-artifacts", "--artifacts-destination", str(store)]
     try:
         server = _spawn(
             "prefect-server",
             [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
-            env, logs, ("SIGTERM",),
+            server_env, logs, ("SIGTERM",),
         )  # fmt: skip
         services.processes.append(server)
         _write_state(workspace, services)  # from here on, `marble down` can stop it
@@ -359,10 +421,9 @@ def _up(workspace, prefect_port, mlflow_port, timezone, cron, gpus, log) -> Serv
             "mlflow-ui",
             [
                 _bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
-                "--backend-store-uri", workspace.mlflow_uri,
-                "--default-artifact-root", workspace.mlartifacts.as_uri(), "--workers", "1",
+                *artifact_options, "--workers", "1",
             ],
-            env, logs, ("SIGTERM",),
+            mlflow_env, logs, ("SIGTERM",),
         )  # fmt: skip
         services.processes.append(mlflow)
         _write_state(workspace, services)
@@ -374,7 +435,7 @@ def _up(workspace, prefect_port, mlflow_port, timezone, cron, gpus, log) -> Serv
         worker = _spawn(
             "prefect-worker",
             [_bin("prefect"), "worker", "start", "--pool", POOL, "--type", "process"],
-            env, logs, ("SIGINT", "SIGINT"),
+            worker_env, logs, ("SIGINT", "SIGINT"),
         )  # fmt: skip
         services.processes.append(worker)
         _write_state(workspace, services)

@@ -1,6 +1,7 @@
 """MLflow tracking for training and evaluation tasks (the only module that imports mlflow).
 
-Tracking URI: $MLFLOW_TRACKING_URI, else `sqlite:///$MARBLE_HOME/mlflow.db`; artifacts
+Tracking URI: $MLFLOW_TRACKING_URI, else the MLflow server of a `marble up --database` running
+for the workspace, else `sqlite:///$MARBLE_HOME/mlflow.db`; artifacts
 under `$MARBLE_HOME/mlartifacts/`. A run can be resumed by id, so a training task that was
 killed and restarted keeps logging into the same run.
 
@@ -71,10 +72,12 @@ class Tracker:
 
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
         self._mlflow = mlflow
-        use_tracking_store(workspace)
+        uri = use_tracking_store(workspace)
         exp = mlflow.get_experiment_by_name(experiment)
         if exp is None:
-            location = (workspace.mlartifacts / experiment).as_uri()
+            # through a tracking server, the server's artifact root (its own store, or S3)
+            served = uri.startswith(("http://", "https://"))
+            location = None if served else (workspace.mlartifacts / experiment).as_uri()
             self.experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
         else:
             self.experiment_id = exp.experiment_id
@@ -149,16 +152,20 @@ def external_tracking_uri() -> str | None:
 
 
 def use_tracking_store(workspace: Workspace) -> str:
-    """Point MLflow at $MLFLOW_TRACKING_URI when the user set one, else at the workspace's
-    own store (following the workspace if it moved); returns the URI.
+    """Point MLflow at $MLFLOW_TRACKING_URI when the user set one, else at the MLflow server
+    of a `marble up` on PostgreSQL for this workspace (its runs are not in the workspace's
+    file), else at the workspace's own store (following the workspace if it moved); returns
+    the URI.
 
     mlflow.set_tracking_uri also exports the URI as MLFLOW_TRACKING_URI for child
     processes; marble puts the variable back as the user had it, so a child working in
     another workspace, or a later call for another workspace, is not pinned to this one."""
     import mlflow
 
+    from tasks.services import tracking_server_url
+
     user = external_tracking_uri()
-    uri = user
+    uri = user or tracking_server_url(workspace)
     if uri is None:
         follow_moved_workspace(workspace)
         uri = workspace.mlflow_uri
