@@ -13,39 +13,60 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
+from flows import fanout
 from flows.artifacts import sweep_artifacts, with_progress
-from flows.params import EvaluateParams
+from flows.params import EvaluateParams, FanOutParams
 from flows.train import clip_task, on_device
 from tasks import nightly
-from tasks.evaluate import SweepSpec, run_sweep
+from tasks.evaluate import SweepPlan, SweepSpec, evaluate_point, finish_sweep, plan_sweep
 from tasks.tracking import Tracker
 from tasks.train_clip import judge_clip_spec
 from tasks.workspace import Workspace
 
 
-@task(name="evaluate-sweep", cache_policy=NO_CACHE)
+@task(name="plan-sweep", cache_policy=NO_CACHE)
+def plan_task(spec: SweepSpec, workspace: Workspace) -> SweepPlan:
+    return plan_sweep(spec, workspace)
+
+
+@task(name="evaluate-point", cache_policy=NO_CACHE, task_run_name="point-{model}@{guidance}")
 @with_progress("evaluation")
-def sweep_task(spec: SweepSpec, workspace: Workspace) -> dict:
-    return run_sweep(spec, workspace)
+def point_task(plan: SweepPlan, model: str, guidance: float, workspace: Workspace) -> list[dict]:
+    return evaluate_point(plan, model, guidance, workspace)
 
 
-def run_evaluation(params: EvaluateParams, workspace: Workspace) -> dict:
-    """Train the judge when it is the default marble judge, then sweep (inside a flow)."""
+@task(name="sweep-summary", cache_policy=NO_CACHE)
+def finish_task(plan: SweepPlan, point_rows: list[list[dict]], workspace: Workspace) -> dict:
+    return finish_sweep(plan, point_rows, workspace)  # it prints the summary
+
+
+def run_evaluation(
+    params: EvaluateParams, workspace: Workspace, fan: FanOutParams = FanOutParams()
+) -> dict:
+    """Train the judge when it is the default marble judge, then sweep (inside a flow): the
+    plan, every grid point (in turn, or fanned out over Dask workers), the summary."""
     if params.trains_judge:
         preset = params.judge.removeprefix("marble:judge-")
         spec = judge_clip_spec(params.judge_steps, preset)
         on_device(clip_task, spec.train.device)(spec, workspace)
     spec = params.to_spec()
-    summary = on_device(sweep_task, spec.device)(spec, workspace)  # it prints the summary
+    plan = on_device(plan_task, spec.device)(spec, workspace)
+    calls = [(plan, model, guidance, workspace) for model, guidance in plan.points]
+    point_rows = fanout.fan_out(on_device(point_task, spec.device), calls, fan, "sweep-points")
+    summary = finish_task(plan, point_rows, workspace)
     print(f"Pareto plot: {summary['plot']}")
     return summary
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate_flow(params: EvaluateParams = EvaluateParams(), home: str | None = None) -> dict:
+def evaluate_flow(
+    params: EvaluateParams = EvaluateParams(),
+    home: str | None = None,
+    fan_out: FanOutParams = FanOutParams(),
+) -> dict:
     """Sample every trained model at every guidance scale and measure it."""
     workspace = Workspace.from_env(home)
-    summary = run_evaluation(params, workspace)
+    summary = run_evaluation(params, workspace, fan_out)
     sweep_artifacts(summary, workspace)
     return summary
 
@@ -67,12 +88,16 @@ def compare_task(summary: dict, workspace: Workspace) -> tuple[list[dict], str]:
 
 
 @flow(name="evaluate-nightly", log_prints=True)
-def evaluate_nightly_flow(params: EvaluateParams = EvaluateParams(), home: str | None = None):
+def evaluate_nightly_flow(
+    params: EvaluateParams = EvaluateParams(),
+    home: str | None = None,
+    fan_out: FanOutParams = FanOutParams(),
+):
     """The scheduled sweep (FID-10K by default) on the trained models, compared with the
     night before: what moved beyond its interval is marked a regression or an improvement
     in the table artifact, the sweep's MLflow tags and this run's final message."""
     workspace = Workspace.from_env(home)
-    summary = run_evaluation(params, workspace)
+    summary = run_evaluation(params, workspace, fan_out)
     comparison, message = compare_task(summary, workspace)
     sweep_artifacts(summary, workspace, comparison)
     print(message)

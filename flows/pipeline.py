@@ -55,7 +55,7 @@ def pipeline_flow(params: PipelineParams = PipelineParams()) -> dict:
         f"ingest: {manifest['total_status_counts']} in {manifest['raw_dir']} "
         f"({manifest['attempted']} fetched by the run that wrote it)"
     )
-    kept = _timed(stages, "filter", run_filter, params.filter, workspace)
+    kept = _timed(stages, "filter", run_filter, params.filter, workspace, params.fan_out)
     dropped = kept.get("wrong_dropped_recall", "-")
     print(
         f"filter: kept {kept['kept']} of {kept['scored']} pairs ({dropped} of wrong captions dropped)"
@@ -64,7 +64,9 @@ def pipeline_flow(params: PipelineParams = PipelineParams()) -> dict:
     trained = run_training(params.training, workspace)
     stages.update(trained)
     print(f"training: {len(trained)} models in {time.perf_counter() - t0:.0f} s")
-    evaluated = _timed(stages, "evaluate", run_evaluation, params.evaluation, workspace)
+    evaluated = _timed(
+        stages, "evaluate", run_evaluation, params.evaluation, workspace, params.fan_out
+    )
     keep = ("sweep_id", "mlflow_run_id", "lines", "best", "stage_s")
     stages["evaluate"] = {k: stages["evaluate"].get(k) for k in keep} | {
         "plot": str(evaluated["plot"])

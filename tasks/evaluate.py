@@ -320,14 +320,26 @@ def _autoencoder_rows(workspace: Workspace, name: str, ctx: dict) -> list[dict]:
     return metric_rows(metrics, meta, None, None)
 
 
-def run_sweep(spec: SweepSpec, workspace: Workspace, log=print) -> dict:
-    models = resolve_models(workspace, spec.models)
-    configs = {m: load_config(workspace.checkpoint("diffusion", m)) for m in models}
-    device = pick_device(spec.device)
-    judge, judge_id = load_clip_embedder(workspace, spec.judge, device)
-    judge_digest = judge_id
-    if judge_id.startswith("marble:"):
-        judge_digest = digest(workspace.checkpoint("clip", judge_id.removeprefix("marble:")))
+@dataclass(frozen=True)
+class SweepPlan:
+    """What every point of a sweep shares, fixed before the first point runs: it travels to
+    wherever a point is evaluated (another process, a Dask worker)."""
+
+    spec: SweepSpec
+    sweep_id: str
+    models: tuple[str, ...]
+    configs: dict[str, dict]  # diffusion checkpoint name -> its config.json
+    common: dict  # the columns every row of the sweep carries
+    mlflow_run_id: str  # the sweep's parent run; each point is a child run
+    reference_rows: tuple[dict, ...]  # real images with the judge, the autoencoders
+
+    @property
+    def points(self) -> list[tuple[str, float]]:
+        """(model, guidance) of every grid point, in order."""
+        return [(m, float(g)) for m in self.models for g in self.spec.guidance_scales]
+
+
+def _check_judge(judge_id: str, judge_digest: str, configs: dict[str, dict]) -> None:
     for name, config in configs.items():
         if (
             judge_id == f"marble:{config['text_encoder']}"
@@ -337,46 +349,106 @@ def run_sweep(spec: SweepSpec, workspace: Workspace, log=print) -> dict:
                 f"the judge {judge_id} is the text encoder of {name}; choose a judge that "
                 "no model under test was conditioned on"
             )
-    state, fid_digest = load_fid_state_dict(Path(spec.fid_weights) if spec.fid_weights else None)
+
+
+def _judge_digest(workspace: Workspace, judge_id: str) -> str:
+    if judge_id.startswith("marble:"):
+        return digest(workspace.checkpoint("clip", judge_id.removeprefix("marble:")))
+    return judge_id
+
+
+# The measuring context of the sweep last planned or evaluated in this process (judge,
+# Inception, prompts, reference statistics): built once per process, reused by each point.
+_CONTEXT: dict[str, dict] = {}
+
+
+def _context(plan: SweepPlan, workspace: Workspace) -> dict:
+    key = f"{workspace.root}:{plan.sweep_id}"
+    if key not in _CONTEXT:
+        _CONTEXT.clear()
+        _CONTEXT[key] = _build_context(plan.spec, workspace, plan.common)
+    return _CONTEXT[key]
+
+
+def _build_context(spec: SweepSpec, workspace: Workspace, common: dict) -> dict:
+    device = pick_device(spec.device)
+    judge, _ = load_clip_embedder(workspace, spec.judge, device)
+    state, _ = load_fid_state_dict(Path(spec.fid_weights) if spec.fid_weights else None)
     inception = build_fid_inception(state).to(device)
     prompts = build_prompts(workspace, spec.prompt_set, spec.num_samples)
-    sweep_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-    common = {
-        "sweep_id": sweep_id, "sampler": spec.sampler,
-        "num_inference_steps": spec.num_inference_steps, "prompt_set": prompts.name,
-        "prompts_repeat": max(prompts.repeats) > 0, "n": spec.num_samples,
-        "n_bootstrap": spec.bootstrap, "seeds": SEED_RULE, "judge": judge_id,
-        "judge_digest": judge_digest, "fid_weights_digest": fid_digest, "resize": RESIZE_MODE,
-        "code_version": code_version(),
-    }  # fmt: skip
-    ctx = {
+    return {
         "done": _evaluated(workspace), "code": source_digest(*_MEASURING_CODE),
         "spec": spec, "prompts": prompts, "common": common, "judge": judge,
-        "inception": inception, "device": device,
+        "inception": inception, "device": device, "pipelines": {},
         "reference": reference_statistics(
-            workspace.cache / "reference", prompts, judge, judge_digest, inception, fid_digest,
-            device,
+            workspace.cache / "reference", prompts, judge, common["judge_digest"], inception,
+            common["fid_weights_digest"], device,
         ),
         "text_emb": batched(judge.texts, prompts.captions, spec.batch_size),
         "counts": resample_counts(spec.num_samples, spec.bootstrap, spec.seed),
     }  # fmt: skip
-    rows = reference_rows(judge, prompts, ctx["reference"], common, spec.seed, spec.bootstrap)
+
+
+def plan_sweep(spec: SweepSpec, workspace: Workspace) -> SweepPlan:
+    """Check the grid and the judge, measure the reference side (real images with the
+    judge, the autoencoders' reconstructions) and open the sweep's MLflow parent run."""
+    models = resolve_models(workspace, spec.models)
+    configs = {m: load_config(workspace.checkpoint("diffusion", m)) for m in models}
+    device = pick_device(spec.device)
+    _, judge_id = load_clip_embedder(workspace, spec.judge, device)  # a bad judge: here
+    judge_digest = _judge_digest(workspace, judge_id)
+    _check_judge(judge_id, judge_digest, configs)
+    _, fid_digest = load_fid_state_dict(Path(spec.fid_weights) if spec.fid_weights else None)
+    sweep_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    common = {
+        "sweep_id": sweep_id, "sampler": spec.sampler,
+        "num_inference_steps": spec.num_inference_steps, "n": spec.num_samples,
+        "n_bootstrap": spec.bootstrap, "seeds": SEED_RULE, "judge": judge_id,
+        "judge_digest": judge_digest, "fid_weights_digest": fid_digest, "resize": RESIZE_MODE,
+        "code_version": code_version(),
+    }  # fmt: skip
+    ctx = _build_context(spec, workspace, common)
+    prompts = ctx["prompts"]
+    common |= {"prompt_set": prompts.name, "prompts_repeat": max(prompts.repeats) > 0}
+    rows = reference_rows(
+        ctx["judge"], prompts, ctx["reference"], common, spec.seed, spec.bootstrap
+    )
     for name in sorted({config["autoencoder"] for config in configs.values()}):
         rows += _autoencoder_rows(workspace, name, ctx)
     _write_parquet(_table(rows), workspace.evaluations / f"{sweep_id}-reference.parquet")
     with Tracker(workspace, "marble-evaluate", f"sweep-{sweep_id}") as parent:
         parent.log_params({"sweep": asdict(spec) | {"models": models}, "prompt_set": prompts.name})
         parent.log_metrics({f"{r['model']}/{r['metric']}": r["value"] for r in rows}, step=0)
-        for name in models:
-            pipe = load_pipeline(workspace, name, device)
-            for guidance in spec.guidance_scales:
-                rows += _evaluate_point(
-                    workspace, pipe, name, configs[name], guidance, ctx, parent.run_id, log
-                )
-        report = sweep_report.report(rows, workspace.plots / f"pareto-{sweep_id}.png")
+    plan = SweepPlan(spec, sweep_id, tuple(models), configs, common, parent.run_id, tuple(rows))
+    _CONTEXT.clear()
+    _CONTEXT[f"{workspace.root}:{sweep_id}"] = ctx  # the points evaluated here reuse it
+    return plan
+
+
+def evaluate_point(plan: SweepPlan, model: str, guidance: float, workspace: Workspace, log=print):
+    """Sample and measure one grid point (skipped when evaluated before with the same
+    inputs); its rows, also written to results/ and logged as a child MLflow run."""
+    ctx = _context(plan, workspace)
+    pipelines = ctx["pipelines"]
+    if model not in pipelines:
+        pipelines.clear()  # one model's pipeline in memory at a time
+        pipelines[model] = load_pipeline(workspace, model, ctx["device"])
+    return _evaluate_point(
+        workspace, pipelines[model], model, plan.configs[model], guidance, ctx,
+        plan.mlflow_run_id, log,
+    )  # fmt: skip
+
+
+def finish_sweep(
+    plan: SweepPlan, point_rows: list[list[dict]], workspace: Workspace, log=print
+) -> dict:
+    """The summary of a sweep from every point's rows: the report (effects of each size step
+    against their intervals), the Pareto plot, both logged to the parent run."""
+    rows = list(plan.reference_rows) + [row for part in point_rows for row in part]
+    report = sweep_report.report(rows, workspace.plots / f"pareto-{plan.sweep_id}.png")
+    with Tracker(workspace, "marble-evaluate", "", run_id=plan.mlflow_run_id) as parent:
         parent.log_artifact(report["plot"])
         parent.log_text("\n".join(report["lines"]), "summary.txt")
-        parent_id = parent.run_id
     for line in report["lines"]:
         log(line)
     points = [
@@ -385,6 +457,13 @@ def run_sweep(spec: SweepSpec, workspace: Workspace, log=print) -> dict:
         if row.get("guidance_scale") is not None
     ]
     return {
-        "sweep_id": sweep_id, "mlflow_run_id": parent_id, "models": models, "rows": points,
-        **report,
+        "sweep_id": plan.sweep_id, "mlflow_run_id": plan.mlflow_run_id,
+        "models": list(plan.models), "rows": points, **report,
     }  # fmt: skip
+
+
+def run_sweep(spec: SweepSpec, workspace: Workspace, log=print) -> dict:
+    """The whole sweep in this process: plan, every point in turn, summary."""
+    plan = plan_sweep(spec, workspace)
+    parts = [evaluate_point(plan, m, g, workspace, log) for m, g in plan.points]
+    return finish_sweep(plan, parts, workspace, log)

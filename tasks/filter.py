@@ -21,8 +21,11 @@ Writes, each atomically (temporary folder, then rename):
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -67,10 +70,15 @@ class FilterConfig:
 # ---------------------------------------------------------------------------- scoring
 
 
-def score_raw_pairs(scorer: ClipEmbedder, raw_dir: Path, cfg: FilterConfig) -> dict[str, float]:
-    """pair_id -> cosine similarity for every successfully downloaded raw pair."""
-    dataset = ParquetPairs(raw_dir)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.workers, shuffle=False)
+def score_raw_pairs(
+    scorer: ClipEmbedder, raw_dir: Path, cfg: FilterConfig, shards: list[Path] | None = None
+) -> dict[str, float]:
+    """pair_id -> cosine similarity for every successfully downloaded raw pair (of `shards`
+    only, when given). Inside a daemonic process (a Dask worker) images are decoded in
+    this process: daemons cannot start DataLoader workers."""
+    dataset = ParquetPairs(raw_dir, shards=shards)
+    workers = 0 if multiprocessing.current_process().daemon else cfg.workers
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=workers, shuffle=False)
     scores: dict[str, float] = {}
     for images, captions, ids in loader:
         for pid, s in zip(ids, scorer(images, list(captions)).tolist(), strict=True):
@@ -78,10 +86,38 @@ def score_raw_pairs(scorer: ClipEmbedder, raw_dir: Path, cfg: FilterConfig) -> d
     return scores
 
 
-def filter_pairs(cfg: FilterConfig, workspace: Workspace, log=print) -> dict:
-    """Score, keep, write; one filter at a time per workspace."""
+@functools.lru_cache(maxsize=1)
+def _scorer(workspace: Workspace, model: str, device: str, weights: str) -> tuple:
+    """The filter model, loaded once per process for a sequence of shards (`weights`, the
+    checkpoint's digest, keys the cache: a retrained marble CLIP is loaded again)."""
+    return load_clip_embedder(workspace, model, pick_device(device))
+
+
+def _weights_key(workspace: Workspace, model: str) -> str:
+    if model.startswith("marble:"):
+        return digest(workspace.checkpoint("clip", model.removeprefix("marble:")))
+    return model
+
+
+def score_shard(cfg: FilterConfig, shard: Path, workspace: Workspace) -> dict[str, float]:
+    """pair_id -> similarity for the pairs of one raw shard: the unit of work that fans out
+    (one Prefect task each; on Dask, one worker each)."""
+    scorer, _ = _scorer(workspace, cfg.model, cfg.device, _weights_key(workspace, cfg.model))
+    return score_raw_pairs(scorer, workspace.raw, cfg, shards=[shard])
+
+
+ShardScorer = Callable[[list[Path]], list[dict[str, float]]]
+
+
+def filter_pairs(
+    cfg: FilterConfig, workspace: Workspace, log=print, score_shards: ShardScorer | None = None
+) -> dict:
+    """Score, keep, write; one filter at a time per workspace.
+
+    score_shards(shards) -> one {pair_id: similarity} per shard, in order: how the shards are
+    scored (the flow fans them out over its task runner); default: each in turn, here."""
     with workspace.lock("filter"):
-        return _filter_pairs(cfg, workspace, log)
+        return _filter_pairs(cfg, workspace, log, score_shards)
 
 
 def _inputs(cfg: FilterConfig, workspace: Workspace, shards: list[Path]) -> str:
@@ -99,19 +135,22 @@ def _inputs(cfg: FilterConfig, workspace: Workspace, shards: list[Path]) -> str:
     )
 
 
-def _filter_pairs(cfg: FilterConfig, workspace: Workspace, log) -> dict:
+def _filter_pairs(cfg: FilterConfig, workspace: Workspace, log, score_shards) -> dict:
     t0 = time.perf_counter()
     shards = shard_paths(workspace.raw)
-    device = pick_device(cfg.device)
-    scorer, model_id = load_clip_embedder(workspace, cfg.model, device)  # a bad name: here
+    weights = _weights_key(workspace, cfg.model)
+    _, model_id = _scorer(workspace, cfg.model, cfg.device, weights)  # a bad name: here
     inputs = _inputs(cfg, workspace, shards)
     done = recorded(workspace.scores, inputs) if workspace.pairs.is_dir() else None
     if done is not None:
         log(f"filter: skipped, {done['skipped']}")
         return done
+    if score_shards is None:
+        score_shards = lambda paths: [score_shard(cfg, p, workspace) for p in paths]  # noqa: E731
     t_score = time.perf_counter()
-    scores = score_raw_pairs(scorer, workspace.raw, cfg)
+    parts = score_shards(shards)
     score_s = time.perf_counter() - t_score
+    scores = {pid: sim for part in parts for pid, sim in part.items()}
     sims = np.array(list(scores.values()))
     threshold = KEEP_RULES[cfg.keep](sims, cfg)
 

@@ -83,10 +83,11 @@ class ParquetPairs(Dataset):
     """(image, caption, pair_id) for every usable row of the shards in `folder`.
 
     split: keep only rows whose `split` column equals it (filtered pairs), or None.
+    shards: read only these shard files of the folder (a slice of the work), or all.
     """
 
-    def __init__(self, folder: Path, split: str | None = None):
-        self.paths = shard_paths(folder)
+    def __init__(self, folder: Path, split: str | None = None, shards: list[Path] | None = None):
+        self.paths = shard_paths(folder) if shards is None else [Path(s) for s in shards]
         self.captions: list[str] = []
         self.pair_ids: list[str] = []
         self._refs: list[_RowRef] = []

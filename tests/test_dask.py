@@ -1,0 +1,162 @@
+"""Fan-out on Prefect's Dask task runner: the filter's shards and the sweep's grid points on
+a LocalCluster of 2 worker processes (127.0.0.1) give what the sequential run gives."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+from pydantic import ValidationError
+
+from flows.params import FanOutParams
+from tasks.shapes import FaultRates, ShapesSpec, build_table, write_as_raw_shard
+from tasks.shapes_server import write_source_tables
+from tasks.train_autoencoder import AutoencoderTrainSpec, train_autoencoder
+from tasks.train_clip import ClipTrainSpec, train_clip
+from tasks.train_diffusion import DiffusionTrainSpec, train_diffusion
+from tasks.workspace import Workspace
+from tests.training_helpers import tiny_train
+
+DASK = FanOutParams(task_runner="dask", dask_workers=2)
+SEQUENTIAL = FanOutParams()
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "http://127.0.0.1:8786", "127.0.0.1:8786", "tcp://127.0.0.1", "tcp://:8786",
+        "tcp://127.0.0.1:99999", "tcp://127.0.0.1:8786/path", "tcp://u:p@127.0.0.1:8786",
+        "tcp://127.0.0.1:8786?x=1", "ws://127.0.0.1:8786", "",
+    ],
+)  # fmt: skip
+def test_a_bad_scheduler_address_is_refused(address):
+    with pytest.raises(ValidationError, match="Dask scheduler address"):
+        FanOutParams(task_runner="dask", dask_address=address)
+
+
+def test_scheduler_addresses_and_runner_choice():
+    assert FanOutParams(task_runner="dask", dask_address="tcp://10.0.0.5:8786").dask_address
+    assert FanOutParams(task_runner="dask", dask_address="tls://[::1]:8786").dask_address
+    with pytest.raises(ValidationError, match="task_runner 'dask' only"):
+        FanOutParams(dask_address="tcp://127.0.0.1:8786")  # sequential would ignore it
+    with pytest.raises(ValidationError):
+        FanOutParams(task_runner="ray")
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def three_shards(tmp_path_factory) -> Workspace:
+    """Three raw shards of built-in pairs (truth beside them) and a tiny CLIP to score with."""
+    workspace = Workspace(tmp_path_factory.mktemp("dask") / "home")
+    workspace.raw.mkdir(parents=True)
+    workspace.source.mkdir(parents=True)
+    for seed in range(3):
+        spec = ShapesSpec(n=60, seed=seed, faults=FaultRates.uniform(0))
+        write_as_raw_shard(spec, workspace.raw / f"{seed:05d}.parquet")
+    spec = ShapesSpec(n=60, seed=0, faults=FaultRates.uniform(0))
+    write_source_tables(spec, build_table(spec), "http://127.0.0.1:1", workspace.source)
+    train_clip(ClipTrainSpec(train=tiny_train(ema_decay=0.0)), workspace)
+    return workspace
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Torch and BLAS (scipy's matrix square root) on one thread, as in a Dask worker."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _copy(workspace: Workspace, root) -> Workspace:
+    shutil.copytree(workspace.root, root)
+    return Workspace(root)
+
+
+def _fan_out_runs(name: str) -> list:
+    """The completed flow runs called `name` that the test server recorded."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[name])))
+    return [r for r in runs if r.state and r.state.is_completed()]
+
+
+@pytest.mark.slow
+def test_filter_shards_on_dask_equal_the_sequential_run(three_shards, tmp_path, prefect_api):
+    from flows.filter import filter_flow
+    from flows.params import FilterParams
+
+    params = FilterParams(model="marble:clip-tiny", keep="top_fraction", top_fraction=0.7)
+    results = {}
+    for name, fan in (("sequential", SEQUENTIAL), ("dask", DASK)):
+        workspace = _copy(three_shards, tmp_path / name)
+        summary = filter_flow(params, home=str(workspace.root), fan_out=fan)
+        scores = pq.read_table(workspace.scores / "scores.parquet").sort_by("pair_id")
+        pairs = pq.read_table(workspace.pairs).sort_by("pair_id")
+        results[name] = (summary, scores, pairs)
+    assert len(_fan_out_runs("filter-shards")) == 1  # the dask run went through the subflow
+    (seq, seq_scores, seq_pairs), (dask, dask_scores, dask_pairs) = results.values()
+    assert seq_scores.num_rows == 180 and seq["scored"] == dask["scored"] == 180
+    assert dask_scores.equals(seq_scores)  # every similarity, bit for bit
+    assert dask_pairs.equals(seq_pairs)
+    assert dask["threshold"] == seq["threshold"] and dask["kept"] == seq["kept"]
+
+
+@pytest.fixture(scope="module")
+def grid(three_shards, tmp_path_factory) -> Workspace:
+    """Kept pairs, an autoencoder and two diffusion models (U-Nets xs and s on clip-tiny), a
+    few steps each; the flow trains its judge (6 steps)."""
+    from tasks.filter import FilterConfig, filter_pairs
+
+    workspace = _copy(three_shards, tmp_path_factory.mktemp("grid") / "home")
+    cfg = FilterConfig(model="marble:clip-tiny", workers=0, keep="top_fraction", top_fraction=0.9)
+    filter_pairs(cfg, workspace, log=lambda *_: None)
+    train_autoencoder(AutoencoderTrainSpec(train=tiny_train()), workspace)
+    for unet in ("unet-xs", "unet-s"):
+        spec = DiffusionTrainSpec(text_encoder="clip-tiny", unet=unet, train=tiny_train(steps=3))
+        train_diffusion(spec, workspace)
+    return workspace
+
+
+@pytest.mark.slow
+def test_sweep_points_on_dask_equal_the_sequential_run(grid, tmp_path, prefect_api):
+    from flows.evaluate import evaluate_flow
+    from flows.params import EvaluateParams
+
+    params = EvaluateParams(
+        judge="marble:judge-clip-tiny", judge_steps=6, guidance_scales=[3.0], num_samples=8,
+        prompt_set="val", bootstrap=10, batch_size=8, num_inference_steps=4,
+    )  # fmt: skip
+    values = {}
+    for name, fan in (("sequential", SEQUENTIAL), ("dask", DASK)):
+        workspace = _copy(grid, tmp_path / name)
+        # Dask's workers run one OpenMP / BLAS thread each; a float sum split over another
+        # number of threads rounds differently, so the flow's own process runs one as well.
+        with one_thread():
+            summary = evaluate_flow(params, home=str(workspace.root), fan_out=fan)
+        values[name] = {
+            (r["model"], r["guidance_scale"], r["metric"]): (r["value"], r["ci_low"], r["ci_high"])
+            for r in summary["rows"]
+        }
+        files = list(workspace.evaluations.glob(f"{summary['sweep_id']}-*.parquet"))
+        assert len(files) == 1 + 2  # the reference rows and one file per point
+    assert len(_fan_out_runs("sweep-points")) == 1
+    assert len({(m, g) for m, g, _ in values["sequential"]}) == 2
+    assert values["dask"] == values["sequential"]
