@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.artifacts import with_progress
 from flows.params import TrainingParams
 from tasks.services import GPU_TAG
+from tasks.torchrun import run_torchrun
 from tasks.train_autoencoder import AutoencoderTrainSpec, train_autoencoder
 from tasks.train_clip import ClipTrainSpec, train_clip
 from tasks.train_diffusion import DiffusionTrainSpec, train_diffusion
@@ -38,6 +39,13 @@ def clip_task(spec: ClipTrainSpec, workspace: Workspace) -> dict:
 @with_progress("training")
 def diffusion_task(spec: DiffusionTrainSpec, workspace: Workspace) -> dict:
     return train_diffusion(spec, workspace)
+
+
+@task(name="train-torchrun", cache_policy=NO_CACHE, task_run_name="torchrun-{kind}-{spec.name}")
+@with_progress("training")
+def torchrun_task(kind: str, spec, workspace: Workspace, nproc_per_node: int) -> dict:
+    """One training under torchrun with `nproc_per_node` processes (0: one per GPU)."""
+    return run_torchrun(kind, spec, workspace, nproc_per_node)
 
 
 def on_device(task_fn, device: str):
@@ -94,7 +102,12 @@ def run_training(params: TrainingParams, workspace: Workspace) -> dict[str, dict
     ):
         for spec in specs:
             t0 = time.perf_counter()
-            summary = on_device(fn, spec.train.device)(spec, workspace)
+            if params.nproc_per_node == 1:
+                summary = on_device(fn, spec.train.device)(spec, workspace)
+            else:
+                summary = on_device(torchrun_task, spec.train.device)(
+                    kind, spec, workspace, params.nproc_per_node
+                )
             out[f"{kind}/{spec.name}"] = {**summary, "stage_s": round(time.perf_counter() - t0, 1)}
             print(f"trained {kind}/{spec.name} in {out[f'{kind}/{spec.name}']['stage_s']} s")
     return out

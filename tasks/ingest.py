@@ -49,6 +49,7 @@ def _allowed_host(text: str) -> str:
 
 
 MANIFEST = "_manifest.json"
+SPARK_MASTER = re.compile(r"local(\[(\d+|\*)(,\d+)?\])?|spark://\S+|yarn|k8s://\S+")
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class IngestConfig:
     max_pixels: int = 40_000_000  # an image declaring more is refused before decoding
     retry_failed: bool = False  # rerun an unchanged list to retry its failed downloads
     distributor: Literal["multiprocessing", "pyspark", "ray"] = "multiprocessing"
+    spark_master: str = ""  # pyspark only; empty: local[processes] in the download process
 
     def __post_init__(self):
         if not 8 <= self.image_size <= 4096:
@@ -89,6 +91,13 @@ class IngestConfig:
         except ValueError as e:
             raise UrlListError(str(e)) from None
         object.__setattr__(self, "allowed_hosts", hosts)
+        if self.spark_master and self.distributor != "pyspark":
+            raise UrlListError("spark_master applies to the pyspark distributor only")
+        if self.spark_master and not SPARK_MASTER.fullmatch(self.spark_master):
+            raise UrlListError(
+                f"spark_master {self.spark_master!r} is not a Spark master URL "
+                "(local[N], local[*], spark://HOST:PORT, yarn or k8s://URL)"
+            )
 
 
 @dataclass
@@ -183,6 +192,8 @@ def _download(cfg: IngestConfig, urls, captions, ids, staging: Path, env: dict) 
     args_path = staging / "download.json"
     atomic_write_bytes(args_path, json.dumps(arguments).encode())
     command = [sys.executable, "-m", "tasks.img2dataset_run", str(args_path)]
+    if cfg.distributor == "pyspark":
+        command += ["--spark-master", cfg.spark_master or f"local[{cfg.processes}]"]
     result = subprocess.run(command, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"img2dataset ended with status {result.returncode} (output above)")
@@ -216,7 +227,8 @@ def _inputs(cfg: IngestConfig) -> str:
     what is fetched or stored, and this code."""
     settings = {
         k: v for k, v in asdict(cfg).items()
-        if k not in ("url_list", "processes", "threads", "distributor", "retry_failed")
+        if k not in ("url_list", "processes", "threads", "distributor", "spark_master",
+                     "retry_failed")
     }  # fmt: skip
     code = source_digest(sys.modules[__name__], url_list, addresses, fetch_proxy)
     return inputs_digest({"list": files_digest([cfg.url_list]), "settings": settings, "code": code})
