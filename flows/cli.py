@@ -126,7 +126,13 @@ def build_model(model: type[BaseModel], args: argparse.Namespace, names: Iterabl
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from flows.params import EvaluateParams, PipelineParams, ShapesParams, TrainingParams
+    from flows.params import (
+        EvaluateParams,
+        FanOutParams,
+        PipelineParams,
+        ShapesParams,
+        TrainingParams,
+    )
     from flows.pipeline import pipeline_flow
 
     evaluation = PipelineParams().evaluation
@@ -138,6 +144,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         shapes=build_model(ShapesParams, args, args.shapes_fields),
         training=build_model(TrainingParams, args, args.training_fields),
         evaluation=EvaluateParams(**(evaluation.model_dump() | changes)),
+        fan_out=build_model(FanOutParams, args, args.fan_out_fields),
     )
     if url_list is not None:  # a bad list fails here, before Prefect starts
         from tasks.url_list import read_url_list
@@ -197,18 +204,21 @@ def _cmd_shapes_serve(args: argparse.Namespace) -> int:
 
 def _cmd_filter(args: argparse.Namespace) -> int:
     from flows.filter import filter_flow
-    from flows.params import FilterParams
+    from flows.params import FanOutParams, FilterParams
 
     params = build_model(FilterParams, args, args.fields)
-    print(json.dumps(filter_flow(params, home=args.home), indent=2))
+    fan_out = build_model(FanOutParams, args, args.fan_out_fields)
+    print(json.dumps(filter_flow(params, home=args.home, fan_out=fan_out), indent=2))
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from flows.evaluate import evaluate_flow
-    from flows.params import EvaluateParams
+    from flows.params import EvaluateParams, FanOutParams
 
-    summary = evaluate_flow(build_model(EvaluateParams, args, args.fields), home=args.home)
+    params = build_model(EvaluateParams, args, args.fields)
+    fan_out = build_model(FanOutParams, args, args.fan_out_fields)
+    summary = evaluate_flow(params, home=args.home, fan_out=fan_out)
     print(
         f"sweep {summary['sweep_id']}: rows in results/evaluations/, MLflow run {summary['mlflow_run_id']}"
     )
@@ -217,12 +227,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_query(args: argparse.Namespace) -> int:
     from flows.params import QueryParams
+    from tasks.objectstore import parse_s3_url
     from tasks.query import format_result, run_query
     from tasks.workspace import Workspace
 
     params = build_model(QueryParams, args, args.fields)
-    columns, rows = run_query(Workspace.from_env(args.home), params.sql)
+    source = None if params.source is None else parse_s3_url(params.source)
+    columns, rows = run_query(Workspace.from_env(args.home), params.sql, source)
     print(format_result(columns, rows, params.format))
+    return 0
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from flows.params import PublishParams
+    from tasks.objectstore import parse_s3_url, publish
+    from tasks.workspace import Workspace
+
+    params = build_model(PublishParams, args, args.fields)
+    summary = publish(Workspace.from_env(args.home), parse_s3_url(params.target))
+    print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -238,7 +261,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     try:
         found = services.up(
             workspace, params.prefect_port, params.mlflow_port, params.timezone,
-            params.nightly_cron, gpus=torch.cuda.device_count(),
+            params.nightly_cron, gpus=torch.cuda.device_count(), database=params.database,
+            artifacts=params.artifacts,
         )  # fmt: skip
     except services.ServicesError as e:
         raise ValueError(str(e)) from None
@@ -246,6 +270,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     for name, page in found.deployments.items():
         print(f"  {name:<36} {page}")
     print(f"MLflow UI:   {found.mlflow_url}")
+    print(f"database:    {found.database}")
+    print(f"artifacts:   {found.artifacts}")
     print(f"work pool:   {found.pool} (one process worker)")
     print(f"nightly:     evaluate-nightly at '{params.nightly_cron}' {params.timezone}")
     print(f"logs:        {workspace.root / 'logs'}")
@@ -318,9 +344,11 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from flows.params import (
         EvaluateParams,
+        FanOutParams,
         FilterParams,
         IngestParams,
         PipelineParams,
+        PublishParams,
         QueryParams,
         ShapesParams,
         TrainingParams,
@@ -360,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "autoencoder_steps",
                 "clip_steps",
                 "diffusion_steps",
+                "nproc_per_node",
             ),
         ),
         evaluation_fields=add_model_options(
@@ -368,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
             only=("num_samples", "guidance_scales", "bootstrap"),
             defaults=PipelineParams().evaluation,
         ),
+        fan_out_fields=add_model_options(run, FanOutParams),
     )
 
     ing = sub.add_parser("ingest", help="download a URL list (Parquet/CSV) into data/raw/")
@@ -376,13 +406,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     fil = sub.add_parser("filter", help="score raw pairs by CLIP similarity, keep those that fit")
-    fil.set_defaults(func=_cmd_filter, fields=add_model_options(fil, FilterParams))
+    fil.set_defaults(
+        func=_cmd_filter,
+        fields=add_model_options(fil, FilterParams),
+        fan_out_fields=add_model_options(fil, FanOutParams),
+    )
 
     ev = sub.add_parser("evaluate", help="sweep trained models x guidance: FID, CLIP score, ...")
-    ev.set_defaults(func=_cmd_evaluate, fields=add_model_options(ev, EvaluateParams))
+    ev.set_defaults(
+        func=_cmd_evaluate,
+        fields=add_model_options(ev, EvaluateParams),
+        fan_out_fields=add_model_options(ev, FanOutParams),
+    )
 
     qu = sub.add_parser("query", help="SQL over the workspace's tables and MLflow runs (DuckDB)")
     qu.set_defaults(func=_cmd_query, fields=add_model_options(qu, QueryParams, positional=("sql",)))
+
+    pub = sub.add_parser("publish", help="upload the workspace's Parquet tables to s3://...")
+    pub.set_defaults(
+        func=_cmd_publish, fields=add_model_options(pub, PublishParams, positional=("target",))
+    )
 
     tr = sub.add_parser("train", help="train one model directly (no Prefect; works under torchrun)")
     tr.set_defaults(

@@ -13,7 +13,7 @@ import dataclasses
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.autoencoder import AE_PRESETS
 from models.clip import CLIP_PRESETS
@@ -24,6 +24,7 @@ from tasks.evaluate import SweepSpec
 from tasks.filter import FilterConfig
 from tasks.ingest import IngestConfig
 from tasks.keep_rules import KEEP_RULES
+from tasks.objectstore import parse_s3_url
 from tasks.query import FORMATS
 from tasks.shapes import DEFAULT_FAULT_RATE, FaultRates, ShapesSpec
 from tasks.train_autoencoder import AutoencoderTrainSpec
@@ -166,6 +167,11 @@ class IngestOptions(BaseModel):
         description="an image declaring more pixels is refused before it is decoded",
     )  # fmt: skip
     distributor: Distributor = spec_default(IngestConfig, "distributor")
+    spark_master: str = Field(
+        spec_default(IngestConfig, "spark_master"),
+        description="pyspark only: a Spark master URL (spark://HOST:PORT, yarn, k8s://...); "
+        "empty: local[PROCESSES] on this machine",
+    )
 
 
 class IngestParams(IngestOptions):
@@ -208,6 +214,13 @@ class TrainingParams(BaseModel):
     seed: int = Field(spec_default(TrainConfig, "seed"), ge=0, description="seed of every training")
     device: str = Field(
         spec_default(TrainConfig, "device"), description='"auto", "cpu", "cuda" or "cuda:N"'
+    )
+    nproc_per_node: int = Field(
+        1,
+        ge=0,
+        le=1024,
+        description="processes per training: 1 trains in this process; N > 1 launches torchrun "
+        "with N processes (DDP; gloo on CPU); 0: torchrun with one per CUDA GPU",
     )
 
 
@@ -342,6 +355,53 @@ class EvaluateParams(BaseModel):
         return SweepSpec(**values)
 
 
+class FanOutParams(BaseModel):
+    """Where the filter's shards and the sweep's grid points run: one after another in the
+    flow's process, or fanned out over Dask workers (Prefect's Dask task runner)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_runner: Literal["sequential", "dask"] = Field(
+        "sequential",
+        description="sequential: in this process; dask: a local cluster of worker processes "
+        "on 127.0.0.1, or the scheduler at dask_address",
+    )
+    dask_address: str | None = Field(
+        None,
+        description="an existing Dask scheduler (tcp://HOST:PORT or tls://HOST:PORT); its "
+        "workers need this workspace's path and PREFECT_API_URL; empty: a local cluster",
+    )
+    dask_workers: int = Field(
+        2, ge=1, le=256, description="worker processes of the local cluster (one thread each)"
+    )
+
+    @field_validator("dask_address")
+    @classmethod
+    def _scheduler_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme not in ("tcp", "tls") or not parts.hostname or port is None:
+            raise ValueError(
+                f"not a Dask scheduler address: {value!r} (tcp://HOST:PORT or tls://HOST:PORT)"
+            )
+        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+            raise ValueError(f"a Dask scheduler address is tcp://HOST:PORT only, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _address_needs_dask(self) -> FanOutParams:
+        if self.dask_address is not None and self.task_runner != "dask":
+            raise ValueError("dask_address is used by task_runner 'dask' only; set both")
+        return self
+
+
 class QueryParams(BaseModel):
     """SQL over the workspace's tables and MLflow runs (DuckDB)."""
 
@@ -349,6 +409,29 @@ class QueryParams(BaseModel):
 
     sql: str = Field(description="a query over raw, scores, pairs, evaluations, samples, runs")
     format: QueryFormat = Field("table", description="how to print the result")
+    source: str | None = Field(
+        None,
+        description="read the Parquet views from what `marble publish` wrote at "
+        "s3://BUCKET/PREFIX; default: the workspace's own files",
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _s3_source(cls, value: str | None) -> str | None:
+        return None if value is None else str(parse_s3_url(value))
+
+
+class PublishParams(BaseModel):
+    """Upload the workspace's Parquet tables to S3, the manifest last (tasks/objectstore.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field(description="s3://BUCKET[/PREFIX]")
+
+    @field_validator("target")
+    @classmethod
+    def _s3_target(cls, value: str) -> str:
+        return str(parse_s3_url(value))
 
 
 class PipelineParams(BaseModel):
@@ -369,6 +452,7 @@ class PipelineParams(BaseModel):
     shapes: ShapesParams = ShapesParams()
     filter: FilterParams = FilterParams()
     training: TrainingParams = TrainingParams()
+    fan_out: FanOutParams = FanOutParams()
     # A small sweep sized for a CPU laptop (docs/evaluation.md has what each part costs). It
     # shares the filter CLIP as the judge, which never conditions a model under test.
     evaluation: EvaluateParams = EvaluateParams(
@@ -382,7 +466,7 @@ class PipelineParams(BaseModel):
 class UpParams(BaseModel):
     """The local services on 127.0.0.1: Prefect server and UI, a process worker, MLflow UI."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # URLs hold passwords
 
     prefect_port: int = Field(
         4200, ge=0, le=65535, description="Prefect server and UI; 0: any free port"
@@ -390,6 +474,31 @@ class UpParams(BaseModel):
     mlflow_port: int = Field(5000, ge=0, le=65535, description="MLflow UI; 0: any free port")
     timezone: str = Field("UTC", description="time zone of the nightly evaluation (IANA name)")
     nightly_cron: str = Field("0 2 * * *", description="when the nightly evaluation runs (cron)")
+    database: str | None = Field(
+        None,
+        description="PostgreSQL for Prefect and MLflow: postgresql://USER[:PASS]@HOST[:PORT]/DB "
+        "(MLflow uses DB_mlflow, created if missing); default: SQLite in the workspace",
+    )
+
+    artifacts: str | None = Field(
+        None,
+        description="where the MLflow server stores run artifacts: s3://BUCKET[/PREFIX] "
+        "(AWS_* settings: credentials, AWS_ENDPOINT_URL); default: mlartifacts/ in the workspace",
+    )
+
+    @field_validator("artifacts")
+    @classmethod
+    def _s3_artifacts(cls, value: str | None) -> str | None:
+        return None if value is None else str(parse_s3_url(value))
+
+    @field_validator("database")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        from tasks.database import parse_url
+
+        if value is not None:
+            parse_url(value)  # a ValueError names the problem, the password masked
+        return value
 
     @field_validator("timezone")
     @classmethod

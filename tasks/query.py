@@ -7,6 +7,10 @@
 The Parquet views read the files in place (a glob per folder); `runs` is read through
 MLflow's own API from the workspace's tracking store (no DuckDB extension is needed, none is
 downloaded). A view whose folder is empty does not exist yet, and saying so is the error.
+
+With `source` (an s3:// prefix `marble publish` wrote, tasks/objectstore.py) the Parquet
+views read the files its manifest lists, through s3fs registered with DuckDB (DuckDB's own
+httpfs extension is never loaded: it would be downloaded).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 
 import duckdb
 
+from tasks.objectstore import S3Prefix, filesystem, published_tables, workspace_tables
 from tasks.tracking import external_tracking_uri, use_tracking_store
 from tasks.workspace import Workspace
 
@@ -25,14 +30,23 @@ class QueryError(ValueError):
     pass
 
 
-def _parquet_views(workspace: Workspace) -> dict[str, Path]:
-    return {
-        "raw": workspace.raw,
-        "scores": workspace.scores,
-        "pairs": workspace.pairs,
-        "evaluations": workspace.evaluations,
-        "samples": workspace.samples,
-    }
+def _sql_list(paths: list[str]) -> str:
+    return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
+
+
+def _parquet_views(workspace: Workspace, source: S3Prefix | None, con) -> dict[str, list[str]]:
+    """view name -> the Parquet files (local paths or s3:// URLs) it reads."""
+    if source is None:
+        return {
+            name: [str(Path(folder) / "*.parquet")]
+            for name, folder in workspace_tables(workspace).items()
+            if any(Path(folder).glob("*.parquet"))
+        }
+    fs = filesystem()
+    tables = published_tables(source, fs)
+    con.execute("SET autoinstall_known_extensions = false; SET autoload_known_extensions = false")
+    con.register_filesystem(fs)
+    return tables
 
 
 def _runs_frame(workspace: Workspace):
@@ -51,17 +65,19 @@ def _runs_frame(workspace: Workspace):
     return runs[keep]
 
 
-def connect(workspace: Workspace) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
-    """An in-memory DuckDB connection with every view the workspace can fill; their names."""
+def connect(
+    workspace: Workspace, source: S3Prefix | None = None
+) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
+    """An in-memory DuckDB connection with every view the workspace (or the tables published
+    at `source`) can fill; their names."""
     con = duckdb.connect()
     names = []
-    for name, folder in _parquet_views(workspace).items():
-        if any(Path(folder).glob("*.parquet")):
-            pattern = str(Path(folder) / "*.parquet").replace("'", "''")
-            con.execute(
-                f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{pattern}', union_by_name = true)"
-            )
-            names.append(name)
+    for name, files in _parquet_views(workspace, source, con).items():
+        con.execute(
+            f"CREATE VIEW {name} AS SELECT * FROM read_parquet({_sql_list(files)}, "
+            "union_by_name = true)"
+        )
+        names.append(name)
     runs = _runs_frame(workspace)
     if runs is not None:
         con.register("runs", runs)
@@ -69,16 +85,19 @@ def connect(workspace: Workspace) -> tuple[duckdb.DuckDBPyConnection, list[str]]
     return con, names
 
 
-def run_query(workspace: Workspace, sql: str) -> tuple[list[str], list[tuple]]:
+def run_query(
+    workspace: Workspace, sql: str, source: S3Prefix | None = None
+) -> tuple[list[str], list[tuple]]:
     """(column names, rows) of `sql`; a bad query is one QueryError naming the problem."""
-    con, names = connect(workspace)
+    con, names = connect(workspace, source)
     try:
         result = con.execute(sql)
         return [d[0] for d in result.description or []], result.fetchall()
     except duckdb.Error as e:
         message = str(e).splitlines()[0]
+        where = source or workspace.root
         raise QueryError(
-            f"{message} (views in {workspace.root}: {', '.join(names) or 'none yet'})"
+            f"{message} (views in {where}: {', '.join(names) or 'none yet'})"
         ) from None
     finally:
         con.close()
