@@ -70,6 +70,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/filter.py
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/time_to_quality.py
+	$(BIN)/python bench/fanout.py
 
 clean-home:
 	rm -rf marble-home

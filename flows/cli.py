@@ -137,7 +137,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     evaluation = PipelineParams().evaluation
     changes = {name: getattr(args, name) for name in args.evaluation_fields}
-    url_list = args.url_list and str(Path(args.url_list).resolve())
+    from tasks.objectstore import is_s3
+
+    url_list = args.url_list
+    if url_list is not None and not is_s3(url_list):
+        url_list = str(Path(url_list).resolve())
     params = PipelineParams(
         home=args.home,
         url_list=url_list,
@@ -146,7 +150,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         evaluation=EvaluateParams(**(evaluation.model_dump() | changes)),
         fan_out=build_model(FanOutParams, args, args.fan_out_fields),
     )
-    if url_list is not None:  # a bad list fails here, before Prefect starts
+    if url_list is not None and not is_s3(url_list):  # a bad list fails before Prefect starts
         from tasks.url_list import read_url_list
 
         read_url_list(Path(url_list), params.ingest.url_col, params.ingest.caption_col)
@@ -171,12 +175,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from flows.ingest import ingest_config, ingest_flow
     from flows.params import IngestParams
+    from tasks.objectstore import is_s3
     from tasks.url_list import read_url_list
 
     params = build_model(IngestParams, args, args.fields)
-    params = params.model_copy(update={"url_list": str(Path(params.url_list).resolve())})
     ingest_config(params)  # bad settings and a bad list fail here, before Prefect starts
-    read_url_list(Path(params.url_list), params.url_col, params.caption_col)
+    if not is_s3(params.url_list):  # an S3 list is read once copied, in the flow
+        params = params.model_copy(update={"url_list": str(Path(params.url_list).resolve())})
+        read_url_list(Path(params.url_list), params.url_col, params.caption_col)
     manifest = ingest_flow(params, home=args.home)
     print(json.dumps({k: v for k, v in manifest.items() if k != "history"}, indent=2))
     return 0

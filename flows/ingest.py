@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.params import IngestParams
 from tasks.ingest import IngestConfig, ingest
+from tasks.objectstore import download_file, is_s3
 from tasks.url_list import UrlListError
 from tasks.workspace import Workspace
 
@@ -36,6 +37,19 @@ def download_pairs(cfg: IngestConfig, workspace: Workspace) -> dict:
     return asdict(ingest(cfg, workspace))
 
 
+@task(name="fetch-url-list", cache_policy=NO_CACHE)
+def fetch_url_list(url: str, workspace: Workspace) -> str:
+    """An s3:// URL list copied into the workspace (cache/url-lists/); its local path."""
+    return str(download_file(url, workspace.cache / "url-lists"))
+
+
+def local_url_list(params: IngestParams, workspace: Workspace) -> IngestParams:
+    """The parameters with an s3:// URL list replaced by its local copy."""
+    if not is_s3(params.url_list):
+        return params
+    return params.model_copy(update={"url_list": fetch_url_list(params.url_list, workspace)})
+
+
 def ingest_config(params: IngestParams) -> IngestConfig:
     values = params.model_dump()
     allowed = tuple(values.pop("allow_host"))
@@ -44,5 +58,7 @@ def ingest_config(params: IngestParams) -> IngestConfig:
 
 @flow(name="ingest", log_prints=True)
 def ingest_flow(params: IngestParams, home: str | None = None) -> dict:
-    """Download the pairs of a URL list into the workspace; returns the ingest manifest."""
-    return download_pairs(ingest_config(params), Workspace.from_env(home))
+    """Download the pairs of a URL list (a file, or s3://BUCKET/KEY) into the workspace;
+    returns the ingest manifest."""
+    workspace = Workspace.from_env(home)
+    return download_pairs(ingest_config(local_url_list(params, workspace)), workspace)

@@ -24,7 +24,7 @@ from tasks.evaluate import SweepSpec
 from tasks.filter import FilterConfig
 from tasks.ingest import IngestConfig
 from tasks.keep_rules import KEEP_RULES
-from tasks.objectstore import parse_s3_url
+from tasks.objectstore import is_s3, parse_s3_file, parse_s3_url
 from tasks.query import FORMATS
 from tasks.shapes import DEFAULT_FAULT_RATE, FaultRates, ShapesSpec
 from tasks.train_autoencoder import AutoencoderTrainSpec
@@ -177,7 +177,15 @@ class IngestOptions(BaseModel):
 class IngestParams(IngestOptions):
     """Download a URL list with img2dataset into data/raw/."""
 
-    url_list: str = Field(description="Parquet, CSV or TSV file with a URL and a caption column")
+    url_list: str = Field(
+        description="Parquet, CSV or TSV file with a URL and a caption column, or "
+        "s3://BUCKET/KEY of one"
+    )
+
+    @field_validator("url_list")
+    @classmethod
+    def _s3_list(cls, value: str) -> str:
+        return str(parse_s3_file(value)) if is_s3(value) else value
 
 
 class TrainingParams(BaseModel):
@@ -445,14 +453,20 @@ class PipelineParams(BaseModel):
     )
     url_list: str | None = Field(
         None,
-        description="a URL list (Parquet, CSV, TSV) to ingest; empty: the built-in captioned "
-        "shapes, served on 127.0.0.1",
+        description="a URL list (Parquet, CSV, TSV; a file or s3://BUCKET/KEY) to ingest; "
+        "empty: the built-in captioned shapes, served on 127.0.0.1",
     )
     ingest: IngestOptions = IngestOptions()
     shapes: ShapesParams = ShapesParams()
     filter: FilterParams = FilterParams()
     training: TrainingParams = TrainingParams()
     fan_out: FanOutParams = FanOutParams()
+
+    @field_validator("url_list")
+    @classmethod
+    def _s3_list(cls, value: str | None) -> str | None:
+        return str(parse_s3_file(value)) if is_s3(value) else value
+
     # A small sweep sized for a CPU laptop (docs/evaluation.md has what each part costs). It
     # shares the filter CLIP as the judge, which never conditions a model under test.
     evaluation: EvaluateParams = EvaluateParams(

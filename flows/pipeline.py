@@ -18,7 +18,7 @@ from prefect.artifacts import create_table_artifact
 from flows.artifacts import sweep_artifacts
 from flows.evaluate import run_evaluation
 from flows.filter import run_filter
-from flows.ingest import download_pairs, ingest_config
+from flows.ingest import download_pairs, ingest_config, local_url_list
 from flows.params import IngestParams, PipelineParams
 from flows.train import run_training
 from tasks.shapes_server import serve_shapes
@@ -27,8 +27,8 @@ from tasks.workspace import Workspace
 
 def _ingest(params: PipelineParams, workspace: Workspace) -> dict:
     if params.url_list is not None:
-        cfg = ingest_config(IngestParams(url_list=params.url_list, **params.ingest.model_dump()))
-        return download_pairs(cfg, workspace)
+        options = IngestParams(url_list=params.url_list, **params.ingest.model_dump())
+        return download_pairs(ingest_config(local_url_list(options, workspace)), workspace)
     spec = params.shapes.to_spec()
     with serve_shapes(spec, workspace.source, port=params.shapes.port) as source:
         print(f"serving {spec.n} captioned shapes at {source.base_url}")

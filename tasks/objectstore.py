@@ -2,6 +2,7 @@
 
     marble publish s3://BUCKET/PREFIX        # data/raw, scores, pairs, results/evaluations, samples
     marble query --source s3://BUCKET/PREFIX "SELECT ..."
+    marble ingest s3://BUCKET/lists/urls.parquet   # a URL list read from S3
 
 Training and sampling read checkpoints, caches and locks from a POSIX folder (the workspace,
 a shared volume on a cluster); what other people and machines read, the Parquet tables,
@@ -10,7 +11,8 @@ addressed key (`PREFIX/<table>/<sha256 prefix>-<file name>`), then writes
 `PREFIX/marble-manifest.json`, one PUT, last. Readers follow the manifest only, so a publish
 that dies at any point leaves the previous manifest and every object it names in place; a
 file already published with the same content is not uploaded again. Objects no manifest
-names any more are deleted after the new manifest is written.
+names any more are deleted after the new manifest is written. A URL list named by an s3://
+URL is copied into the workspace (`cache/url-lists/`) and ingested from there.
 
 Credentials and the endpoint come from the standard AWS settings (AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL for MinIO, moto or another S3-compatible store,
@@ -225,3 +227,44 @@ def published_tables(where: S3Prefix, fs=None) -> dict[str, list[str]]:
         name: [f"s3://{where.key(e['key'])}" for e in files]
         for name, files in manifest["tables"].items()
     }
+
+
+# ---------------------------------------------------------------------------- reading one file
+
+URL_LIST_SUFFIXES = (".parquet", ".csv", ".tsv")
+
+
+def is_s3(text: str | None) -> bool:
+    return text is not None and text.strip().lower().startswith("s3:")
+
+
+def parse_s3_file(text: str) -> S3Prefix:
+    """Check `s3://BUCKET/KEY` of a URL list: a key that ends in .parquet, .csv or .tsv."""
+    where = parse_s3_url(text)
+    if not where.prefix.lower().endswith(URL_LIST_SUFFIXES):
+        raise ObjectStoreError(
+            f"{where} is not a URL list: name an object ending in .parquet, .csv or .tsv"
+        )
+    return where
+
+
+def download_file(text: str, folder: Path, fs=None) -> Path:
+    """Copy the object `s3://BUCKET/KEY` to `folder`, as `<hash of the URL>-<file name>`,
+    written whole or not at all; returns the local path. Fetched anew each time (the object
+    may have changed); what reads the copy digests it."""
+    where = parse_s3_file(text)
+    fs = fs or filesystem()
+    name = where.prefix.rsplit("/", 1)[-1]
+    path = Path(folder) / f"{hashlib.sha256(str(where).encode()).hexdigest()[:12]}-{name}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.parent / f".{path.name}.part-{uuid.uuid4().hex[:8]}"
+    try:
+        fs.get_file(where.key(), str(partial))
+        partial.replace(path)
+    except FileNotFoundError:
+        raise ObjectStoreError(f"URL list {where} does not exist") from None
+    except Exception as e:
+        raise _store_error("read", where, e) from None
+    finally:
+        partial.unlink(missing_ok=True)
+    return path

@@ -171,12 +171,7 @@ def stop_tree(proc: subprocess.Popen, grace_s: float = GRACE_S) -> None:
     worker would leave it), torchrun gets SIGTERM (it stops its workers), the workers too,
     and whatever is left after `grace_s` gets SIGKILL."""
     tree = _process_tree(proc)
-    for pid, start in tree.items():
-        if _alive(pid, start):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+    _signal_alive(tree, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         if proc.poll() is None:
@@ -184,13 +179,18 @@ def stop_tree(proc: subprocess.Popen, grace_s: float = GRACE_S) -> None:
         if not any(_alive(pid, start) for pid, start in tree.items()):
             break
         time.sleep(0.1)
+    _signal_alive(tree, signal.SIGKILL)
+    proc.wait()
+
+
+def _signal_alive(tree: dict[int, int], sig: int) -> None:
+    """`sig` to every process of `tree` (pid -> start time) that is still the one recorded."""
     for pid, start in tree.items():
         if _alive(pid, start):
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-    proc.wait()
 
 
 def _run_dir(workspace: Workspace, kind: str, name: str, rendezvous: Rendezvous | None) -> Path:

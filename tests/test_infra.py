@@ -321,7 +321,7 @@ def test_compose_file_resolves_and_wires_the_services(tmp_path):
 
     mlflow = services["mlflow"]
     store = _url(mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"])
-    assert (store["scheme"], store["host"]) == ("postgresql", "postgres")
+    assert (store["scheme"], store["host"]) == ("postgresql+psycopg2", "postgres")
     assert store["path"] == f"/{mlflow_db}"
     assert "--serve-artifacts" in mlflow["command"]
     (destination,) = [a for a in mlflow["command"] if a.startswith("--artifacts-destination=")]
@@ -329,7 +329,8 @@ def test_compose_file_resolves_and_wires_the_services(tmp_path):
     assert destination.startswith(f"--artifacts-destination=s3://{worker_env['MLFLOW_BUCKET']}/")
     assert _url(mlflow["environment"]["MLFLOW_S3_ENDPOINT_URL"])["host"] == "s3"
     mlflow_port = next(a.split("=")[1] for a in mlflow["command"] if a.startswith("--port="))
-    assert "marble-home:/marble-home:ro" in mlflow["volumes"]  # workspace artifacts, for the UI
+    # marble's experiments, made through the server, keep their artifacts in S3 too
+    assert "volumes" not in mlflow
 
     worker = services["worker"]
     assert worker["command"][:3] == ["prefect", "worker", "start"]

@@ -255,3 +255,37 @@ def test_up_with_s3_artifacts_keeps_run_artifacts_in_the_bucket(s3, tmp_path):
             down = marble(home, "down", env=env)
     assert down.returncode == 0, down.stderr
     assert_all_stopped(processes)
+
+
+# ---------------------------------------------------------------------------- URL lists on S3
+
+
+def test_an_s3_url_list_must_name_a_list_object(s3, tmp_path):
+    from flows.params import IngestParams, PipelineParams
+
+    for url in ("s3://marble-test/lists/", "s3://marble-test/lists/urls.json", "s3://Bad/x.csv"):
+        with pytest.raises(ValidationError):
+            IngestParams(url_list=url)
+        with pytest.raises(ValidationError):
+            PipelineParams(url_list=url)
+    assert IngestParams(url_list="s3://marble-test/a/urls.PARQUET").url_list.endswith("PARQUET")
+    with pytest.raises(ObjectStoreError, match="URL list s3://marble-test/none.csv does not"):
+        objectstore.download_file("s3://marble-test/none.csv", tmp_path)
+    assert list(tmp_path.iterdir()) == []  # no partial copy left
+
+
+@pytest.mark.slow
+def test_marble_ingest_reads_a_url_list_from_s3(s3, faulty_source, tmp_path):
+    fs = objectstore.filesystem()
+    fs.pipe_file(f"{BUCKET}/lists/urls.parquet", faulty_source.url_list.read_bytes())
+    host = faulty_source.base_url.removeprefix("http://")
+    home = tmp_path / "home"
+    result = marble(home, "ingest", f"s3://{BUCKET}/lists/urls.parquet", "--allow-host", host,
+                    "--processes", "1", "--retries", "0", env=cli_env(tmp_path))  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    start = ("\n" + result.stdout).rindex("\n{")  # the manifest, printed last
+    manifest, _ = json.JSONDecoder().raw_decode(result.stdout[start:])
+    assert sum(manifest["status_counts"].values()) == 120
+    (copy,) = (home / "cache" / "url-lists").iterdir()
+    assert copy.name.endswith("-urls.parquet")
+    assert copy.read_bytes() == faulty_source.url_list.read_bytes()
