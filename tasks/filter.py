@@ -95,7 +95,9 @@ def _scorer(workspace: Workspace, model: str, device: str, weights: str) -> tupl
 
 def _weights_key(workspace: Workspace, model: str) -> str:
     if model.startswith("marble:"):
-        return digest(workspace.checkpoint("clip", model.removeprefix("marble:")))
+        checkpoint = workspace.checkpoint("clip", model.removeprefix("marble:"))
+        if checkpoint.is_dir():  # else the loader names what is missing
+            return digest(checkpoint)
     return model
 
 

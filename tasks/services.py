@@ -34,13 +34,13 @@ from pathlib import Path
 from tasks import database as pg
 from tasks.objectstore import ObjectStoreError, check_writable, parse_s3_url
 from tasks.reaper import proc_stat
-from tasks.workspace import Workspace, atomic_write_bytes
+from tasks.workspace import SERVICES_FILE, Workspace, atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: flows are loaded from here
 PREFECT_FILE = ROOT / "infra" / "prefect.yaml"
 POOL = "marble-process"
 GPU_TAG = "gpu"  # trainings and sweeps on CUDA carry it; its limit is the number of GPUs
-STATE_FILE = "services.json"
+STATE_FILE = SERVICES_FILE
 START_TIMEOUT_S = 180.0  # the Prefect server and MLflow take 15-25 s, longer under load
 GRACE_S = 20.0
 
@@ -257,20 +257,6 @@ def running(workspace: Workspace) -> Services | None:
     if state is not None and any(alive(p) for p in state.processes):
         return state
     return None
-
-
-def tracking_server_url(workspace: Workspace) -> str | None:
-    """The MLflow server of a running `marble up` that keeps its runs in PostgreSQL or its
-    artifacts on S3: where runs made in this workspace outside the worker must go too. (With
-    SQLite and local artifacts, the server and every run share the workspace's files, so
-    this is None.)"""
-    try:
-        state = running(workspace)
-    except ServicesError:
-        return None
-    if state is None or (state.database == "sqlite" and state.artifacts == "workspace"):
-        return None
-    return state.mlflow_url
 
 
 # ---------------------------------------------------------------------------- up and down

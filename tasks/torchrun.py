@@ -3,11 +3,12 @@
     summary = run_torchrun("clip", ClipTrainSpec(), workspace, nproc_per_node=2)
 
 `run_torchrun` writes the spec into a run folder (`logs/torchrun/<kind>-<name>-<id>/` in
-the workspace), starts `torchrun ... -m tasks.torchrun RUN_DIR` in a session of its own,
+the workspace), starts `torchrun ... -m flows.torchrun_rank RUN_DIR` in a session of its own,
 streams its output to `log` and to `RUN_DIR/torchrun.log`, and returns the summary that
-rank 0 wrote beside it, once the checkpoint it names is on disk. Every rank runs this
-module's `main`: it rebuilds the spec and calls the kind's trainer, which joins the process
-group (tasks.trainer.init_distributed); rank 0 writes checkpoints, MLflow and the summary.
+rank 0 wrote beside it, once the checkpoint it names is on disk. Every rank runs
+flows/torchrun_rank.py: it rebuilds the spec and calls the kind's trainer, which joins the
+process group (tasks.trainer.init_distributed); rank 0 writes checkpoints, MLflow and the
+summary.
 
 - One node: `--standalone` with `nproc_per_node` processes; 0 means one per CUDA GPU. On
   CPU the ranks use gloo on loopback (GLOO_SOCKET_IFNAME=lo, OMP_NUM_THREADS=1).
@@ -32,26 +33,21 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tasks import progress
-from tasks.checkpoint import dataclass_from_json, load_config
+from tasks.checkpoint import load_config
 from tasks.reaper import descendants, proc_stat
-from tasks.train_autoencoder import AutoencoderTrainSpec, train_autoencoder
-from tasks.train_clip import ClipTrainSpec, train_clip
-from tasks.train_diffusion import DiffusionTrainSpec, train_diffusion
-from tasks.trainer import TrainConfig, pick_device
+from tasks.trainer import pick_device
 from tasks.workspace import Workspace, atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: ranks import marble from here
-TRAINERS = {
-    "autoencoder": (AutoencoderTrainSpec, train_autoencoder),
-    "clip": (ClipTrainSpec, train_clip),
-    "diffusion": (DiffusionTrainSpec, train_diffusion),
-}
+KINDS = ("autoencoder", "clip", "diffusion")
+# What every rank runs: flows/torchrun_rank.py, which rebuilds the spec and calls the kind's
+# trainer (the trainers are imported there, not by this launcher).
+RANK_ENTRY = ("-m", "flows.torchrun_rank")
 SPEC_FILE, SUMMARY_FILE, LOG_FILE = "spec.json", "summary.json", "torchrun.log"
 PROGRESS = "marble-progress:"  # rank 0's progress lines, passed on to tasks.progress
 RANK_ERROR = "marble-rank-error:"  # a rank's one-line error before it exits
@@ -204,10 +200,8 @@ def _check_launch(kind: str, spec, nproc: int, rendezvous: Rendezvous | None) ->
     """Refuse what cannot run; returns whether the ranks train on CPU."""
     import torch
 
-    if kind not in TRAINERS:
-        raise ValueError(f"unknown training kind {kind!r}; choose from {list(TRAINERS)}")
-    if not isinstance(spec, TRAINERS[kind][0]):
-        raise ValueError(f"a {kind} training needs a {TRAINERS[kind][0].__name__}")
+    if kind not in KINDS:
+        raise ValueError(f"unknown training kind {kind!r}; choose from {list(KINDS)}")
     device = pick_device(spec.train.device)
     if device.type == "cuda":
         if spec.train.device != "auto":
@@ -246,7 +240,7 @@ def run_torchrun(
     (run_dir / SUMMARY_FILE).unlink(missing_ok=True)
     payload = {"kind": kind, "spec": asdict(spec), "workspace": str(workspace.root)}
     atomic_write_bytes(run_dir / SPEC_FILE, json.dumps(payload, indent=2).encode())
-    argv = torchrun_argv(nproc, ["-m", "tasks.torchrun", str(run_dir)], rendezvous)
+    argv = torchrun_argv(nproc, [*RANK_ENTRY, str(run_dir)], rendezvous)
     env = torchrun_env(on_cpu, rendezvous is None)
     log(f"torchrun: {kind}/{spec.name} on {nproc} process(es) per node; log {run_dir / LOG_FILE}")
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
@@ -291,46 +285,3 @@ def run_torchrun(
     summary = json.loads(summary_path.read_text())
     load_config(Path(summary["checkpoint"]))  # the checkpoint rank 0 names is there
     return summary | {"nproc_per_node": nproc, "run_dir": str(run_dir)}
-
-
-# ---------------------------------------------------------------------------- every rank
-
-
-def _spec_from_json(kind: str, values: dict):
-    spec_cls = TRAINERS[kind][0]
-    return spec_cls(**values | {"train": dataclass_from_json(TrainConfig, values["train"])})
-
-
-def main(run_dir: Path) -> int:
-    """What each rank runs: train the spec in `run_dir`; rank 0 writes the summary."""
-    import torch.distributed as dist
-
-    rank = int(os.environ.get("RANK", 0))
-    try:
-        payload = json.loads((run_dir / SPEC_FILE).read_text())
-        kind = payload["kind"]
-        spec = _spec_from_json(kind, payload["spec"])
-
-        def show_progress(name: str, done: int, total: int) -> None:
-            print(f"{PROGRESS} {name} {done} {total}", flush=True)
-
-        with progress.reporting(show_progress):
-            summary = TRAINERS[kind][1](spec, Workspace(Path(payload["workspace"])))
-        world = dist.get_world_size() if dist.is_initialized() else 1
-        if rank == 0:
-            summary = summary | {"world_size": world}
-            atomic_write_bytes(
-                run_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str).encode()
-            )
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        return 0
-    except Exception as e:
-        traceback.print_exc()
-        message = str(e).splitlines()[0] if str(e) else ""
-        print(f"{RANK_ERROR} rank {rank}: {type(e).__name__}: {message}", flush=True)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1])))

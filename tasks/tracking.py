@@ -19,7 +19,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tasks.workspace import Workspace
+from tasks.workspace import SERVICES_FILE, Workspace
+
+SERVER_CHECK_S = 3.0  # how long a tracking server of `marble up` has to answer
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -151,6 +153,31 @@ def external_tracking_uri() -> str | None:
     return os.environ.get("MLFLOW_TRACKING_URI") or None
 
 
+def tracking_server_url(workspace: Workspace) -> str | None:
+    """The MLflow server of a `marble up` for this workspace that keeps runs in PostgreSQL or
+    artifacts on S3, while it answers: where runs made in this workspace outside the worker
+    must go too. Read from the services file `marble up` writes (tasks/services.py). With
+    SQLite and local artifacts, the server and every run share the workspace's files, and
+    this is None."""
+    import json
+    import urllib.request
+
+    try:
+        state = json.loads((workspace.root / SERVICES_FILE).read_text())
+        local = (state.get("database", "sqlite"), state.get("artifacts", "workspace"))
+        url = state["mlflow_url"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if local == ("sqlite", "workspace") or not str(url).startswith("http://127.0.0.1:"):
+        return None
+    no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with no_proxy.open(f"{url}/health", timeout=SERVER_CHECK_S):
+            return url
+    except OSError:  # not running any more: `marble down` or a crash
+        return None
+
+
 def use_tracking_store(workspace: Workspace) -> str:
     """Point MLflow at $MLFLOW_TRACKING_URI when the user set one, else at the MLflow server
     of a `marble up` on PostgreSQL for this workspace (its runs are not in the workspace's
@@ -161,8 +188,6 @@ def use_tracking_store(workspace: Workspace) -> str:
     processes; marble puts the variable back as the user had it, so a child working in
     another workspace, or a later call for another workspace, is not pinned to this one."""
     import mlflow
-
-    from tasks.services import tracking_server_url
 
     user = external_tracking_uri()
     uri = user or tracking_server_url(workspace)

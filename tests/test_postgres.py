@@ -1,7 +1,8 @@
 """`marble up --database postgresql://...` against a throwaway PostgreSQL 15 cluster
-(tests/postgres_helpers.py): the Prefect server and MLflow keep their data there, the
-pipeline's small run through the worker records its flow runs and MLflow runs there, and
-`marble down` leaves no process. A bad URL or a database that cannot be used is refused
+(tests/postgres_helpers.py): the Prefect server and MLflow keep their data there (and, with
+`--artifacts s3://...`, MLflow's artifacts in a local S3 server), the pipeline's small run
+through the worker records its flow runs and MLflow runs there, and `marble down` leaves
+no process. A bad URL or a database that cannot be used is refused
 with one line before anything starts, and the password shows up nowhere."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tasks.database import DatabaseError, parse_url, prepare
 from tasks.services import free_port
 from tasks.workspace import Workspace
 from tests.postgres_helpers import throwaway_cluster, unavailable_reason
+from tests.s3_helpers import BUCKET, moto_s3, objects
 from tests.service_helpers import assert_all_stopped, cli_env, marble, started, wait_final
 
 pytestmark = [
@@ -68,7 +70,14 @@ def _nothing_started(home) -> None:
 # ---------------------------------------------------------------------------- the real thing
 
 
-def test_up_on_postgres_records_the_pipeline_s_runs_there_and_down(tmp_path, cluster, role):
+def test_up_on_postgres_and_s3_records_the_pipeline_s_runs_there_and_down(tmp_path, cluster, role):
+    """One `marble up` for both production stores (each start costs a minute): PostgreSQL
+    for Prefect and MLflow, and S3 (moto's server on 127.0.0.1) for MLflow's artifacts."""
+    with moto_s3(tmp_path):
+        _up_on_postgres_and_s3(tmp_path, role)
+
+
+def _up_on_postgres_and_s3(tmp_path, role):
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -80,8 +89,9 @@ def test_up_on_postgres_records_the_pipeline_s_runs_there_and_down(tmp_path, clu
     env = cli_env(tmp_path)
     mlflow_db = parse_url(role).url(parse_url(role).mlflow_database)  # libpq's URL, no driver
     clock = time.monotonic()
+    artifacts = f"s3://{BUCKET}/mlflow"
     up = marble(home, "up", "--prefect-port", "0", "--mlflow-port", "0", "--database", role,
-                env=env)  # fmt: skip
+                "--artifacts", artifacts, env=env)  # fmt: skip
     up_s = time.monotonic() - clock
     processes = []
     try:
@@ -89,6 +99,7 @@ def test_up_on_postgres_records_the_pipeline_s_runs_there_and_down(tmp_path, clu
         state, processes = started(home)
         masked = role.replace(IN_URL, "***")
         assert state["database"] == masked and f"database:    {masked}" in up.stdout
+        assert state["artifacts"] == artifacts and f"artifacts:   {artifacts}" in up.stdout
         assert "created MLflow's database" in up.stdout
         _assert_hidden(up.stdout, up.stderr, (home / services.STATE_FILE).read_text())
         for process in processes:  # `ps` shows every command line to every user
@@ -123,14 +134,22 @@ def test_up_on_postgres_records_the_pipeline_s_runs_there_and_down(tmp_path, clu
         assert {"marble-train", "marble-evaluate"} <= experiments, mlflow_runs
         assert all(status == "FINISHED" for _, _, status in mlflow_runs), mlflow_runs
         assert not (home / "mlflow.db").exists()  # nothing went to the workspace's SQLite
+        # the runs' artifacts (sample grids, the sweep's summary) are in the bucket
+        stored = objects("mlflow")
+        assert any(key.endswith("/summary.txt") for key in stored), stored
+        assert not (home / "mlartifacts").exists()
 
         # a run made in this process (an in-process flow) while up runs goes there too
         workspace = Workspace(home)
         assert use_tracking_store(workspace) == state["mlflow_url"]
         with Tracker(workspace, "marble-in-process", "here") as tracker:
             tracker.log_metrics({"x": 1.0}, step=0)
+            tracker.log_text("made in this process", "here.txt")
         here = _query(mlflow_db, f"SELECT name FROM runs WHERE run_uuid = '{tracker.run_id}'")
         assert here == [("here",)]
+        assert any(
+            f"/{tracker.run_id}/" in k and k.endswith("/here.txt") for k in objects("mlflow")
+        )
         logs = "".join(p.read_text(errors="replace") for p in (home / "logs").glob("*.log"))
         _assert_hidden(logs)
     finally:
@@ -268,10 +287,12 @@ def test_a_url_without_password_uses_pgpassword(cluster, role, monkeypatch):
 
 def test_services_json_of_an_older_up_still_reads(tmp_path):
     """services.json written before the database was recorded: read as SQLite."""
+    from tasks.tracking import tracking_server_url
+
     workspace = Workspace(tmp_path / "home")
     workspace.root.mkdir()
     record = {"home": str(workspace.root), "prefect_url": "a", "mlflow_url": "b",
               "pool": services.POOL, "processes": [], "deployments": {}}  # fmt: skip
     (workspace.root / services.STATE_FILE).write_text(json.dumps(record))
     assert services.read_state(workspace).database == "sqlite"
-    assert services.tracking_server_url(workspace) is None
+    assert tracking_server_url(workspace) is None

@@ -1,12 +1,12 @@
 """Object storage against a local S3 server (moto's, on 127.0.0.1, started here): `marble
 publish` uploads the workspace's tables with the manifest last, `marble query --source
 s3://...` reads them through DuckDB and gives what the local query gives, a publish that
-dies at any write leaves the previous version readable, and `marble up --artifacts s3://...`
-has MLflow keep run artifacts in the bucket."""
+dies at any write leaves the previous version readable, a URL list is read from the bucket,
+and `marble up` refuses an artifact store it cannot write (tests/test_postgres.py runs it
+with one)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 
 import pyarrow as pa
@@ -20,9 +20,9 @@ from tasks.query import run_query
 from tasks.services import free_port
 from tasks.shapes import FaultRates, ShapesSpec, write_as_raw_shard
 from tasks.workspace import Workspace
-from tests.service_helpers import assert_all_stopped, cli_env, marble, started
+from tests.s3_helpers import BUCKET, moto_s3, objects
+from tests.service_helpers import cli_env, marble
 
-BUCKET = "marble-test"
 QUERIES = (
     "SELECT status, count(*) AS n, sum(length(caption)) AS chars FROM raw GROUP BY ALL ORDER BY 1",
     "SELECT model, metric, value FROM evaluations ORDER BY ALL",
@@ -31,28 +31,8 @@ QUERIES = (
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    """moto's S3 server in a thread on 127.0.0.1 and the AWS settings that point at it (no
-    ~/.aws file is read); yields its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    nowhere = tmp_path_factory.mktemp("aws") / "none"
-    with pytest.MonkeyPatch.context() as env:
-        for name, value in {
-            "AWS_ACCESS_KEY_ID": "marble", "AWS_SECRET_ACCESS_KEY": "marble-secret",
-            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint,
-            "AWS_CONFIG_FILE": str(nowhere), "AWS_SHARED_CREDENTIALS_FILE": str(nowhere),
-            "AWS_MAX_ATTEMPTS": "1",
-        }.items():  # fmt: skip
-            env.setenv(name, value)
-        objectstore.filesystem().mkdir(BUCKET)
-        try:
-            yield endpoint
-        finally:
-            server.stop()
+    with moto_s3(tmp_path_factory.mktemp("aws")) as endpoint:
+        yield endpoint
 
 
 def _evaluations(folder, values: dict[str, float], name: str) -> None:
@@ -82,11 +62,6 @@ def workspace(tmp_path) -> Workspace:
 
 def _results(workspace: Workspace, source=None) -> list:
     return [run_query(workspace, sql, source) for sql in QUERIES]
-
-
-def _objects(prefix: str) -> set[str]:
-    fs = objectstore.filesystem()
-    return {path.removeprefix(f"{BUCKET}/{prefix}/") for path in fs.find(f"{BUCKET}/{prefix}")}
 
 
 # ---------------------------------------------------------------------------- URLs
@@ -123,13 +98,6 @@ def test_good_s3_urls_keep_bucket_and_prefix():
     assert where.key("raw", "f.parquet") == "my.bucket-1/team/run=2026-12-01/raw/f.parquet"
 
 
-def test_the_cli_refuses_a_bad_target_in_one_line(tmp_path):
-    result = marble(tmp_path / "home", "publish", "s3://Bad_Bucket/x", env=cli_env(tmp_path))
-    assert result.returncode == 2
-    (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("marble: error: target: ") and "is not a bucket name" in line, line
-
-
 # ---------------------------------------------------------------------------- publish and query
 
 
@@ -142,7 +110,7 @@ def test_query_on_s3_equals_the_local_query(s3, workspace):
     assert _results(workspace, where) == local
     manifest = json.loads(objectstore.filesystem().cat_file(where.key(MANIFEST)))
     keys = {e["key"] for files in manifest["tables"].values() for e in files}
-    assert _objects("team/a") == keys | {MANIFEST}
+    assert objects("team/a") == keys | {MANIFEST}
 
     # an unchanged workspace uploads nothing; a changed file replaces its object
     again = publish(workspace, where, log=lambda *_: None)
@@ -151,25 +119,31 @@ def test_query_on_s3_equals_the_local_query(s3, workspace):
     changed = publish(workspace, where, log=lambda *_: None)
     assert (changed["uploaded"], changed["reused"], changed["deleted"]) == (1, 3, 1)
     assert _results(workspace, where) == _results(workspace)
-    assert len(_objects("team/a")) == 5  # the replaced file's object is gone
+    assert len(objects("team/a")) == 5  # the replaced file's object is gone
 
 
-def test_the_cli_publishes_and_queries(s3, workspace, tmp_path):
+def test_the_cli_publishes_and_queries(s3, workspace, tmp_path, capsys):
+    from flows.cli import main
+
     env = cli_env(tmp_path)
     target = f"s3://{BUCKET}/cli"
     published = marble(workspace.root, "publish", target, env=env)
     assert published.returncode == 0, published.stderr
     assert json.loads(published.stdout[published.stdout.index("{") :])["uploaded"] == 4
     sql = "SELECT count(*) AS n FROM raw"
-    query = marble(workspace.root, "query", sql, "--source", target, "--format", "csv", env=env)
-    assert query.returncode == 0, query.stderr
-    assert query.stdout.strip().splitlines() == ["n", "60"]
-    nothing = marble(workspace.root, "query", sql, "--source", f"s3://{BUCKET}/none", env=env)
-    assert nothing.returncode == 2
-    assert nothing.stderr.strip() == (
+    home = ["--home", str(workspace.root)]
+    query = ["query", sql, "--format", "csv", "--source"]  # in-process: query starts nothing
+    assert main([*home, *query, target]) == 0
+    assert capsys.readouterr().out.strip().splitlines() == ["n", "60"]
+    assert main([*home, *query, f"s3://{BUCKET}/none"]) == 2
+    assert capsys.readouterr().err.strip() == (
         f"marble: error: nothing is published at s3://{BUCKET}/none (no {MANIFEST}); run "
         "marble publish"
     )
+    bad = marble(workspace.root, "publish", "s3://Bad_Bucket/x", env=env)
+    assert bad.returncode == 2
+    (line,) = bad.stderr.strip().splitlines()
+    assert line.startswith("marble: error: target: ") and "is not a bucket name" in line, line
 
 
 class _Dies:
@@ -192,7 +166,7 @@ def test_a_publish_dying_at_any_write_leaves_the_previous_version(s3, workspace)
     where = parse_s3_url(f"s3://{BUCKET}/crash")
     publish(workspace, where, log=lambda *_: None)
     before = _results(workspace, where)
-    objects = _objects("crash")
+    published = objects("crash")
     # a new version: one file changed, one added
     _evaluations(workspace.evaluations, {"fid": 199.0}, "s1-p0.parquet")
     _evaluations(workspace.evaluations, {"fid": 180.0}, "s2-p0.parquet")
@@ -202,11 +176,11 @@ def test_a_publish_dying_at_any_write_leaves_the_previous_version(s3, workspace)
         with pytest.raises(ObjectStoreError, match="cannot write to s3://marble-test/crash: "):
             publish(workspace, where, log=lambda *_: None, fs=dying)
         assert _results(workspace, where) == before, at  # the old manifest, all it names
-        assert objects <= _objects("crash")
+        assert published <= objects("crash")
     done = publish(workspace, where, log=lambda *_: None, fs=_Dies(objectstore.filesystem(), 99))
     assert done["deleted"] == 1  # the old version of s1-p0
     assert _results(workspace, where) == _results(workspace) != before
-    assert _objects("crash") == {MANIFEST} | {
+    assert objects("crash") == {MANIFEST} | {
         e["key"] for files in objectstore.read_manifest(where)["tables"].values() for e in files
     }
 
@@ -224,37 +198,15 @@ def test_a_store_that_cannot_be_reached_is_one_error(s3, workspace, monkeypatch)
 # ---------------------------------------------------------------------------- MLflow artifacts
 
 
-@pytest.mark.slow
-def test_up_with_s3_artifacts_keeps_run_artifacts_in_the_bucket(s3, tmp_path):
-    from tasks.tracking import Tracker
+def test_up_refuses_an_artifact_store_it_cannot_write_before_starting(s3, tmp_path):
+    """(tests/test_postgres.py runs `marble up --artifacts` and finds the runs' artifacts in
+    the bucket.)"""
+    from tasks import services
 
     home = tmp_path / "home"
-    env = cli_env(tmp_path)
-    missing = marble(home, "up", "--prefect-port", "0", "--mlflow-port", "0",
-                     "--artifacts", "s3://no-such-bucket/mlflow", env=env)  # fmt: skip
-    assert missing.returncode == 2
-    (line,) = missing.stderr.strip().splitlines()
-    assert line.startswith("marble: error: --artifacts: cannot write to s3://no-such-bucket"), line
-    assert not (home / "services.json").exists()
-
-    target = f"s3://{BUCKET}/mlflow"
-    up = marble(home, "up", "--prefect-port", "0", "--mlflow-port", "0", "--artifacts", target,
-                env=env)  # fmt: skip
-    processes = []
-    try:
-        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-        state, processes = started(home)
-        assert state["artifacts"] == target and f"artifacts:   {target}" in up.stdout
-        with Tracker(Workspace(home), "marble-s3", "artifacts") as tracker:
-            tracker.log_text("a sample grid stands here", "grid.txt")
-        stored = [p for p in _objects("mlflow") if p.endswith("/grid.txt")]
-        assert len(stored) == 1 and tracker.run_id in stored[0], _objects("mlflow")
-        assert not (home / "mlartifacts").exists()  # nothing went to the workspace
-    finally:
-        with contextlib.suppress(Exception):
-            down = marble(home, "down", env=env)
-    assert down.returncode == 0, down.stderr
-    assert_all_stopped(processes)
+    with pytest.raises(services.ServicesError, match=r"^--artifacts: cannot write to s3://no-"):
+        services.up(Workspace(home), 0, 0, artifacts="s3://no-such-bucket/mlflow")
+    assert not (home / services.STATE_FILE).exists() and not (home / "logs").exists()
 
 
 # ---------------------------------------------------------------------------- URL lists on S3

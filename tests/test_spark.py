@@ -95,10 +95,11 @@ LOOPBACK = ("0100007F", "0000000000000000FFFF00000100007F", "0000000000000000000
 
 
 class ChildWatch:
-    """Records every process below this one while it runs: pid -> (start time, command
-    line), and the addresses each Java process listens on."""
+    """Records every process below this one that starts while it runs: pid -> (start time,
+    command line), and the addresses each Java process listens on."""
 
     def __init__(self):
+        self.before = set(descendants(os.getpid()))  # e.g. the reaper of an in-process CLI test
         self.seen: dict[int, tuple[int, str]] = {}
         self.java_listening: set[str] = set()
         self._stop = threading.Event()
@@ -107,6 +108,8 @@ class ChildWatch:
     def _poll(self) -> None:
         while not self._stop.is_set():
             for pid, start in descendants(os.getpid()).items():
+                if pid in self.before:
+                    continue
                 cmdline = _cmdline(pid)  # read again: spark-submit execs the JVM
                 if cmdline or pid not in self.seen:
                     self.seen[pid] = (start, cmdline)

@@ -24,7 +24,7 @@ from tasks.train_clip import ClipTrainSpec
 from tasks.train_diffusion import DiffusionTrainSpec
 from tests.training_helpers import make_workspace, tiny_train
 
-ENTRY = ["-m", "tasks.torchrun", "/runs/x"]
+ENTRY = ["-m", "flows.torchrun_rank", "/runs/x"]
 
 
 def _option(argv: list[str], name: str) -> str:
@@ -144,7 +144,7 @@ def test_an_interrupted_task_leaves_no_process(tmp_path):
 
     with pytest.raises(TerminationSignal):
         run_torchrun("clip", spec, workspace, nproc_per_node=2, log=interrupt_once_training)
-    launched = [cmdline for _, cmdline in seen.values() if "tasks.torchrun" in cmdline]
+    launched = [cmdline for _, cmdline in seen.values() if "flows.torchrun_rank" in cmdline]
     assert len(launched) == 3, launched  # torchrun and its two ranks were running
     assert not any(_alive(pid, start) for pid, (start, _) in seen.items())
     assert _left_running(before) == []
@@ -159,11 +159,11 @@ def _cmdline(pid: int) -> str:
 
 
 def test_the_spec_travels_to_the_ranks_unchanged():
-    from tasks.torchrun import _spec_from_json
+    from flows.torchrun_rank import spec_from_json
 
     spec = DiffusionTrainSpec(unet="unet-s", min_snr_gamma=None, train=tiny_train(lr=3e-4))
     spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, betas=(0.8, 0.9)))
-    assert _spec_from_json("diffusion", json.loads(json.dumps(dataclasses.asdict(spec)))) == spec
+    assert spec_from_json("diffusion", json.loads(json.dumps(dataclasses.asdict(spec)))) == spec
 
 
 def test_run_training_launches_torchrun_when_asked_for_processes(tmp_path, monkeypatch):
