@@ -1,5 +1,6 @@
 """Fan-out on Prefect's Dask task runner: the filter's shards and the sweep's grid points on
-a LocalCluster of 2 worker processes (127.0.0.1) give what the sequential run gives."""
+a LocalCluster of 2 worker processes (127.0.0.1), and the shards on an existing cluster
+(`dask_address`), give what the sequential run gives."""
 
 from __future__ import annotations
 
@@ -98,6 +99,26 @@ def _fan_out_runs(name: str) -> list:
     return [r for r in runs if r.state and r.state.is_completed()]
 
 
+@contextlib.contextmanager
+def existing_cluster():
+    """A Dask cluster started outside marble (2 worker processes on 127.0.0.1, reporting to
+    this test's Prefect API): its scheduler's tcp:// address. Closed, workers included, on
+    exit."""
+    from distributed import LocalCluster
+
+    from flows.fanout import current_api_url
+
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+        dashboard_address=None, env={"PREFECT_API_URL": current_api_url()},
+    )  # fmt: skip
+    try:
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        yield cluster.scheduler_address
+    finally:
+        cluster.close()
+
+
 @pytest.mark.slow
 def test_filter_shards_on_dask_equal_the_sequential_run(three_shards, tmp_path, prefect_api):
     from flows.filter import filter_flow
@@ -105,17 +126,25 @@ def test_filter_shards_on_dask_equal_the_sequential_run(three_shards, tmp_path, 
 
     params = FilterParams(model="marble:clip-tiny", keep="top_fraction", top_fraction=0.7)
     results = {}
-    for name, fan in (("sequential", SEQUENTIAL), ("dask", DASK)):
-        workspace = _copy(three_shards, tmp_path / name)
-        summary = filter_flow(params, home=str(workspace.root), fan_out=fan)
-        scores = pq.read_table(workspace.scores / "scores.parquet").sort_by("pair_id")
-        pairs = pq.read_table(workspace.pairs).sort_by("pair_id")
-        results[name] = (summary, scores, pairs)
-    assert len(_fan_out_runs("filter-shards")) == 1  # the dask run went through the subflow
-    (seq, seq_scores, seq_pairs), (dask, dask_scores, dask_pairs) = results.values()
-    assert seq_scores.num_rows == 180 and seq["scored"] == dask["scored"] == 180
-    assert dask_scores.equals(seq_scores)  # every similarity, bit for bit
-    assert dask_pairs.equals(seq_pairs)
+    with existing_cluster() as address:  # what --dask-address points at
+        runners = {
+            "sequential": SEQUENTIAL,
+            "dask": DASK,
+            "address": FanOutParams(task_runner="dask", dask_address=address),
+        }
+        for name, fan in runners.items():
+            workspace = _copy(three_shards, tmp_path / name)
+            summary = filter_flow(params, home=str(workspace.root), fan_out=fan)
+            scores = pq.read_table(workspace.scores / "scores.parquet").sort_by("pair_id")
+            pairs = pq.read_table(workspace.pairs).sort_by("pair_id")
+            results[name] = (summary, scores, pairs)
+    assert len(_fan_out_runs("filter-shards")) == 2  # both dask runs went through the subflow
+    seq, seq_scores, seq_pairs = results.pop("sequential")
+    assert seq_scores.num_rows == 180 and seq["scored"] == 180
+    for dask, dask_scores, dask_pairs in results.values():
+        assert dask["scored"] == 180
+        assert dask_scores.equals(seq_scores)  # every similarity, bit for bit
+        assert dask_pairs.equals(seq_pairs)
     assert dask["threshold"] == seq["threshold"] and dask["kept"] == seq["kept"]
 
 
