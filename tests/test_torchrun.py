@@ -102,10 +102,12 @@ def test_two_gloo_processes_train_a_loadable_checkpoint(tmp_path):
     model, cfg = load_clip(workspace, "clip-tiny")
     assert sum(p.numel() for p in model.parameters()) > 0
     assert load_state(workspace.checkpoint("clip", "clip-tiny"))["step"] == spec.train.steps
-    mlflow.set_tracking_uri(workspace.mlflow_uri)
-    runs = mlflow.search_runs(experiment_names=["marble-train"])
-    assert list(runs["run_id"]) == [summary["run_id"]]  # rank 0 alone tracks
-    assert list(runs["params.world_size"]) == ["2"]
+    # a client of its own: mlflow.set_tracking_uri would pin later tests to this workspace
+    client = mlflow.MlflowClient(tracking_uri=workspace.mlflow_uri)
+    experiment = client.get_experiment_by_name("marble-train")
+    runs = client.search_runs([experiment.experiment_id])
+    assert [r.info.run_id for r in runs] == [summary["run_id"]]  # rank 0 alone tracks
+    assert [r.data.params["world_size"] for r in runs] == ["2"]
     assert any("clip" in line for line in lines)  # the ranks' output was streamed
 
 
