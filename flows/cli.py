@@ -20,7 +20,7 @@ import time
 import types
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal, Union, get_args, get_origin
+from typing import Annotated, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
@@ -57,6 +57,9 @@ def _option_kwargs(annotation, default) -> dict:
     origin = get_origin(annotation)
     if origin in (Union, types.UnionType):  # X | None: an optional X
         annotation = next(a for a in get_args(annotation) if a is not type(None))
+        origin = get_origin(annotation)
+    if origin is Annotated:  # a checked type: its validator runs in the parameter model
+        annotation = get_args(annotation)[0]
         origin = get_origin(annotation)
     if annotation is bool:
         return {"action": argparse.BooleanOptionalAction}

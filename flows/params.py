@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.autoencoder import AE_PRESETS
 from models.clip import CLIP_PRESETS
@@ -60,6 +60,18 @@ def spec_default(spec: type, name: str) -> Any:
 
 
 _DIFFUSION = DiffusionTrainSpec()  # its defaults: the settings time to quality picked
+
+
+def _s3_url(value: str) -> str:
+    return str(parse_s3_url(value))  # an ObjectStoreError (a ValueError) names the problem
+
+
+def _url_list(value: str) -> str:
+    return str(parse_s3_file(value)) if is_s3(value) else value
+
+
+S3Url = Annotated[str, AfterValidator(_s3_url)]  # s3://BUCKET[/PREFIX], checked
+UrlList = Annotated[str, AfterValidator(_url_list)]  # a file, or s3://BUCKET/KEY of one
 
 
 class ShapesParams(BaseModel):
@@ -177,15 +189,10 @@ class IngestOptions(BaseModel):
 class IngestParams(IngestOptions):
     """Download a URL list with img2dataset into data/raw/."""
 
-    url_list: str = Field(
+    url_list: UrlList = Field(
         description="Parquet, CSV or TSV file with a URL and a caption column, or "
         "s3://BUCKET/KEY of one"
     )
-
-    @field_validator("url_list")
-    @classmethod
-    def _s3_list(cls, value: str) -> str:
-        return str(parse_s3_file(value)) if is_s3(value) else value
 
 
 class TrainingParams(BaseModel):
@@ -417,16 +424,11 @@ class QueryParams(BaseModel):
 
     sql: str = Field(description="a query over raw, scores, pairs, evaluations, samples, runs")
     format: QueryFormat = Field("table", description="how to print the result")
-    source: str | None = Field(
+    source: S3Url | None = Field(
         None,
         description="read the Parquet views from what `marble publish` wrote at "
         "s3://BUCKET/PREFIX; default: the workspace's own files",
     )
-
-    @field_validator("source")
-    @classmethod
-    def _s3_source(cls, value: str | None) -> str | None:
-        return None if value is None else str(parse_s3_url(value))
 
 
 class PublishParams(BaseModel):
@@ -434,12 +436,7 @@ class PublishParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    target: str = Field(description="s3://BUCKET[/PREFIX]")
-
-    @field_validator("target")
-    @classmethod
-    def _s3_target(cls, value: str) -> str:
-        return str(parse_s3_url(value))
+    target: S3Url = Field(description="s3://BUCKET[/PREFIX]")
 
 
 class PipelineParams(BaseModel):
@@ -451,7 +448,7 @@ class PipelineParams(BaseModel):
     home: str | None = Field(
         None, description="workspace root; default $MARBLE_HOME or ./marble-home"
     )
-    url_list: str | None = Field(
+    url_list: UrlList | None = Field(
         None,
         description="a URL list (Parquet, CSV, TSV; a file or s3://BUCKET/KEY) to ingest; "
         "empty: the built-in captioned shapes, served on 127.0.0.1",
@@ -461,11 +458,6 @@ class PipelineParams(BaseModel):
     filter: FilterParams = FilterParams()
     training: TrainingParams = TrainingParams()
     fan_out: FanOutParams = FanOutParams()
-
-    @field_validator("url_list")
-    @classmethod
-    def _s3_list(cls, value: str | None) -> str | None:
-        return str(parse_s3_file(value)) if is_s3(value) else value
 
     # A small sweep sized for a CPU laptop (docs/evaluation.md has what each part costs). It
     # shares the filter CLIP as the judge, which never conditions a model under test.
@@ -494,16 +486,11 @@ class UpParams(BaseModel):
         "(MLflow uses DB_mlflow, created if missing); default: SQLite in the workspace",
     )
 
-    artifacts: str | None = Field(
+    artifacts: S3Url | None = Field(
         None,
         description="where the MLflow server stores run artifacts: s3://BUCKET[/PREFIX] "
         "(AWS_* settings: credentials, AWS_ENDPOINT_URL); default: mlartifacts/ in the workspace",
     )
-
-    @field_validator("artifacts")
-    @classmethod
-    def _s3_artifacts(cls, value: str | None) -> str | None:
-        return None if value is None else str(parse_s3_url(value))
 
     @field_validator("database")
     @classmethod

@@ -63,14 +63,17 @@ def descendants(root: int) -> dict[int, int]:
     return found
 
 
-def _alive(pid: int, start: int) -> bool:
-    stat = _stat(pid)
-    return stat is not None and stat[1] == start
+def alive(pid: int, start: int) -> bool:
+    """Whether `pid` is still the process that started at `start` (clock ticks), and not a
+    zombie: a finished process its parent has not waited for cannot be signalled away."""
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] != "Z" and int(fields[19]) == start
 
 
-def _signal_all(known: dict[int, int], sig: int) -> None:
+def signal_alive(known: dict[int, int], sig: int) -> None:
+    """`sig` to every process of `known` (pid -> start time) that is still the one recorded."""
     for pid, start in known.items():
-        if _alive(pid, start):
+        if alive(pid, start):
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
@@ -86,11 +89,11 @@ def watch(pid: int, fd: int) -> None:
         if ready and not os.read(fd, 4096):
             break
     known = {p: s for p, s in known.items() if p != os.getpid()}
-    _signal_all(known, signal.SIGTERM)
+    signal_alive(known, signal.SIGTERM)
     deadline = time.monotonic() + GRACE_S
-    while time.monotonic() < deadline and any(_alive(p, s) for p, s in known.items()):
+    while time.monotonic() < deadline and any(alive(p, s) for p, s in known.items()):
         time.sleep(0.1)
-    _signal_all(known, signal.SIGKILL)
+    signal_alive(known, signal.SIGKILL)
 
 
 def start_reaper() -> None:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from tasks import progress
 from tasks.checkpoint import load_config
-from tasks.reaper import descendants, proc_stat
+from tasks.reaper import alive, descendants, proc_stat, signal_alive
 from tasks.trainer import pick_device
 from tasks.workspace import Workspace, atomic_write_bytes
 
@@ -149,11 +149,6 @@ def _die_with_parent(parent: int):
     return set_death_signal
 
 
-def _alive(pid: int, start: int) -> bool:
-    fields = proc_stat(pid)
-    return fields is not None and fields[0] != "Z" and int(fields[19]) == start
-
-
 def _process_tree(proc: subprocess.Popen) -> dict[int, int]:
     """pid -> start time of torchrun and everything below it now."""
     fields = proc_stat(proc.pid)
@@ -167,26 +162,16 @@ def stop_tree(proc: subprocess.Popen, grace_s: float = GRACE_S) -> None:
     worker would leave it), torchrun gets SIGTERM (it stops its workers), the workers too,
     and whatever is left after `grace_s` gets SIGKILL."""
     tree = _process_tree(proc)
-    _signal_alive(tree, signal.SIGTERM)
+    signal_alive(tree, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         if proc.poll() is None:
             tree |= descendants(proc.pid)
-        if not any(_alive(pid, start) for pid, start in tree.items()):
+        if not any(alive(pid, start) for pid, start in tree.items()):
             break
         time.sleep(0.1)
-    _signal_alive(tree, signal.SIGKILL)
+    signal_alive(tree, signal.SIGKILL)
     proc.wait()
-
-
-def _signal_alive(tree: dict[int, int], sig: int) -> None:
-    """`sig` to every process of `tree` (pid -> start time) that is still the one recorded."""
-    for pid, start in tree.items():
-        if _alive(pid, start):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
 
 def _run_dir(workspace: Workspace, kind: str, name: str, rendezvous: Rendezvous | None) -> Path:

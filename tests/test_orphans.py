@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.reaper import _alive, descendants
+from tasks.reaper import alive, descendants
 
 pytestmark = pytest.mark.slow
 
@@ -57,9 +57,9 @@ def test_sigkill_of_marble_leaves_nothing_it_started(tmp_path):
         os.kill(marble.pid, signal.SIGKILL)
         marble.wait()
         deadline = time.time() + 15
-        while time.time() < deadline and any(_alive(p, s) for p, s in started.items()):
+        while time.time() < deadline and any(alive(p, s) for p, s in started.items()):
             time.sleep(0.2)
-        left = [p for p, s in started.items() if _alive(p, s)]
+        left = [p for p, s in started.items() if alive(p, s)]
         assert not left, f"still running after marble was killed: {left}"
     finally:
         if marble.poll() is None:

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from tasks.ingest import IngestConfig, ingest, raw_shards
-from tasks.reaper import descendants, proc_stat
+from tasks.reaper import alive, descendants
 from tasks.url_list import UrlListError
 from tasks.workspace import Workspace
 
@@ -126,12 +126,11 @@ class ChildWatch:
         self._thread.join()
 
     def still_running(self) -> list[str]:
-        alive = []
-        for pid, (start, cmdline) in self.seen.items():
-            fields = proc_stat(pid)
-            if fields is not None and fields[0] != "Z" and int(fields[19]) == start:
-                alive.append(f"{pid}: {cmdline[:200]}")
-        return alive
+        return [
+            f"{pid}: {cmdline[:200]}"
+            for pid, (start, cmdline) in self.seen.items()
+            if alive(pid, start)
+        ]
 
 
 # ---------------------------------------------------------------------------- the test

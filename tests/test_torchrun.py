@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tasks.reaper import descendants, proc_stat
+from tasks.reaper import alive, descendants
 from tasks.torchrun import (
     Rendezvous,
     TorchrunError,
@@ -75,11 +75,6 @@ def test_a_batch_smaller_than_the_ranks_is_refused(tmp_path):
 
 
 # ---------------------------------------------------------------------------- launching
-
-
-def _alive(pid: int, start: int) -> bool:
-    fields = proc_stat(pid)
-    return fields is not None and fields[0] != "Z" and int(fields[19]) == start
 
 
 def _left_running(before: dict[int, int]) -> list[int]:
@@ -148,7 +143,7 @@ def test_an_interrupted_task_leaves_no_process(tmp_path):
         run_torchrun("clip", spec, workspace, nproc_per_node=2, log=interrupt_once_training)
     launched = [cmdline for _, cmdline in seen.values() if "flows.torchrun_rank" in cmdline]
     assert len(launched) == 3, launched  # torchrun and its two ranks were running
-    assert not any(_alive(pid, start) for pid, (start, _) in seen.items())
+    assert not any(alive(pid, start) for pid, (start, _) in seen.items())
     assert _left_running(before) == []
 
 
