@@ -395,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "unets",
                 "autoencoders",
                 "autoencoder_steps",
+                "image_tower_steps",
                 "clip_steps",
                 "diffusion_steps",
                 "nproc_per_node",

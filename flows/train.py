@@ -17,7 +17,7 @@ from flows.params import TrainingParams
 from tasks.services import GPU_TAG
 from tasks.torchrun import run_torchrun
 from tasks.train_autoencoder import AutoencoderTrainSpec, train_autoencoder
-from tasks.train_clip import ClipTrainSpec, train_clip
+from tasks.train_clip import ClipTrainSpec, image_tower_spec, train_clip
 from tasks.train_diffusion import DiffusionTrainSpec, train_diffusion
 from tasks.trainer import pick_device
 from tasks.workspace import Workspace
@@ -58,7 +58,9 @@ def on_device(task_fn, device: str):
 
 def training_specs(params: TrainingParams):
     """The specs of every model in the grid, in the order they must be trained: each kind's
-    own recipe (its spec's defaults) with the grid's step counts, seed and device."""
+    own recipe (its spec's defaults) with the grid's step counts, seed and device. With
+    `image_tower_steps`, the CLIPs start with the shared image tower and every text encoder
+    trains against it locked."""
     common = {"seed": params.seed, "device": params.device}
 
     def recipe(spec, **changes):
@@ -68,7 +70,16 @@ def training_specs(params: TrainingParams):
         recipe(AutoencoderTrainSpec(preset=p), steps=params.autoencoder_steps)
         for p in params.autoencoders
     ]
-    clips = [recipe(ClipTrainSpec(preset=p), steps=params.clip_steps) for p in params.text_encoders]
+    clips = []
+    image_tower = ""
+    if params.image_tower_steps:  # one image tower, trained first, locked under every text tower
+        tower = recipe(image_tower_spec(), steps=params.image_tower_steps)
+        clips.append(tower)
+        image_tower = tower.name
+    clips += [
+        recipe(ClipTrainSpec(preset=p, image_tower=image_tower), steps=params.clip_steps)
+        for p in params.text_encoders
+    ]
     diffusions = [
         recipe(
             DiffusionTrainSpec(

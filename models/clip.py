@@ -11,7 +11,7 @@ and including it.
 
 Presets (`CLIP_PRESETS`; parameter counts in `PARAM_COUNTS`).  The text tower is the sweep
 axis, so the vision tower is the same in all three: ViT, 2 layers, width 128, 4 heads, patch
-4; image_size 32 by default, change it with `dataclasses.replace`, which changes only the
+8 (16 patches of a 32 px image); image_size 32 by default, change it with `dataclasses.replace`, which changes only the
 vision position table.  Most of each text tower's parameters are its 49,408-row token table.
 
 | preset     | E   | text D | layers | heads |
@@ -42,7 +42,7 @@ class ClipConfig:
     text_layers: int  # text transformer depth
     text_heads: int  # text attention heads
     image_size: int = 32  # square input side, pixels
-    patch_size: int = 4  # ViT patch side, pixels
+    patch_size: int = 8  # ViT patch side, pixels
     vision_width: int = 128  # ViT width
     vision_layers: int = 2  # ViT depth
     vision_heads: int = 4  # ViT attention heads
@@ -63,9 +63,9 @@ CLIP_PRESETS: dict[str, ClipConfig] = {
 }
 
 PARAM_COUNTS: dict[str, int] = {
-    "clip-tiny": 7_169_537,
-    "clip-small": 11_745_409,
-    "clip-base": 17_905_665,
+    "clip-tiny": 7_181_825,
+    "clip-small": 11_757_697,
+    "clip-base": 17_917_953,
 }
 
 # ----------------------------------------------------------------------------

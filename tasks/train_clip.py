@@ -4,6 +4,11 @@ Checkpoint: checkpoints/clip/<name>/ (model + ema safetensors, config.json holdi
 ClipConfig). Validation: image->text and text->image retrieval R@1 / R@5 on the val split
 (eval/retrieval.py).
 
+The grid's text encoders train against one shared image tower (`image_tower_spec`, trained
+first, whole) copied in and locked: LiT (Zhai et al. 2022). Its image features are computed
+once, so a step runs the text tower alone, and the text encoders differ only in their text
+towers.
+
 The judge CLIP (`judge_clip_spec`) scores generated images in evaluation: the largest preset,
 trained on the kept pairs with its own seed, so it is never a text encoder under test.
 
@@ -21,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from eval.retrieval import retrieval_metrics
-from models.clip import CLIP_PRESETS, build_clip, clip_loss, make_tokenizer
-from tasks.checkpoint import CheckpointDir
+from models.clip import CLIP_PRESETS, ClipConfig, build_clip, clip_loss, make_tokenizer
+from tasks.checkpoint import CheckpointDir, digest, load_clip
 from tasks.pairs import ParquetPairs, load_split_pairs, pairs_digest
 from tasks.plots import to_float
 from tasks.tracking import training_tracker
@@ -32,6 +37,7 @@ from tasks.workspace import Workspace
 KIND = "clip"
 FILTER_PREFIX = "filter-"
 JUDGE_PREFIX = "judge-"
+IMAGE_TOWER_PREFIX = "image-"
 JUDGE_SEED = 1  # the conditioning CLIPs train with seed 0 by default
 FILTER_CLIP_PRESET = "clip-tiny"
 FILTER_CLIP_EPOCHS = 8.0  # passes over the raw pairs (312 steps of 128 on 5,000 pairs)
@@ -42,6 +48,9 @@ class ClipTrainSpec:
     preset: str = "clip-tiny"  # key of CLIP_PRESETS
     raw_pairs: bool = False  # the filter CLIP: train on every raw pair (both splits)
     prefix: str = ""  # checkpoint name prefix, e.g. "filter-"
+    # LiT: the name of a CLIP checkpoint whose image tower is copied and locked; only the
+    # text tower (and the temperature) trains. Empty: both towers train from scratch.
+    image_tower: str = ""
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             steps=600, batch_size=128, lr=1e-3, weight_decay=0.1, ema_decay=0.0
@@ -79,6 +88,13 @@ def filter_clip_spec(
     )
 
 
+def image_tower_spec() -> ClipTrainSpec:
+    """The shared image tower: a whole CLIP of the smallest preset on the kept pairs (its own
+    text tower is a by-product); the grid's text encoders then train against its image
+    tower, locked, so they differ only in their text towers."""
+    return ClipTrainSpec(preset=list(CLIP_PRESETS)[0], prefix=IMAGE_TOWER_PREFIX)
+
+
 def judge_clip_spec(steps: int | None = None, preset: str | None = None) -> ClipTrainSpec:
     """The judge CLIP: the largest preset (by default), the default recipe, its own seed."""
     recipe = ClipTrainSpec().train
@@ -86,6 +102,34 @@ def judge_clip_spec(steps: int | None = None, preset: str | None = None) -> Clip
         preset=preset or list(CLIP_PRESETS)[-1],
         prefix=JUDGE_PREFIX,
         train=dataclasses.replace(recipe, steps=steps or recipe.steps, seed=JUDGE_SEED),
+    )
+
+
+def lit_config(preset: ClipConfig, image_tower: ClipConfig) -> ClipConfig:
+    """The preset's text tower on a locked image tower: the shared embedding width and every
+    vision field come from the image tower's config."""
+    vision = {k: getattr(image_tower, k) for k in ("embed_dim", "image_size", "patch_size")}
+    vision |= {
+        k: getattr(image_tower, k) for k in ("vision_width", "vision_layers", "vision_heads")
+    }
+    return dataclasses.replace(preset, **vision)
+
+
+def _lock_image_tower(model, locked) -> None:
+    """Copy `locked`'s image tower into `model` and freeze it: LiT (Zhai et al. 2022)."""
+    model.visual.load_state_dict(locked.visual.state_dict())
+    model.visual.requires_grad_(False)
+
+
+@torch.no_grad()
+def _image_features(model, images: torch.Tensor, device, batch: int = 512) -> torch.Tensor:
+    """Unit-norm features of a locked image tower, (N, E), computed once."""
+    model.visual.eval()
+    return torch.cat(
+        [
+            model.encode_image(to_float(images[k : k + batch]).to(device), normalize=True)
+            for k in range(0, len(images), batch)
+        ]
     )
 
 
@@ -97,11 +141,22 @@ def train_clip(spec: ClipTrainSpec, workspace: Workspace, log=print) -> dict:
     if spec.raw_pairs:  # every raw pair; the val retrieval figures are then in-sample
         train_images = torch.cat([train_images, val_images])
         train_captions = train_captions + val_captions
+    device = pick_device(spec.train.device)
+    inputs = {"pairs": pairs_digest(data)}
     cfg = dataclasses.replace(CLIP_PRESETS[spec.preset], image_size=train_images.shape[1])
+    locked = None
+    if spec.image_tower:  # a missing tower is one error naming it, before training starts
+        locked, locked_cfg = load_clip(workspace, spec.image_tower, device)
+        if locked_cfg.image_size != train_images.shape[1]:
+            raise ValueError(
+                f"image tower {spec.image_tower!r} takes {locked_cfg.image_size} px images; "
+                f"the pairs are {train_images.shape[1]} px"
+            )
+        cfg = lit_config(cfg, locked_cfg)
+        inputs["image_tower"] = digest(workspace.checkpoint(KIND, spec.image_tower))
     tokenizer = make_tokenizer(cfg)
     train_tokens = tokenizer(train_captions)  # (N, L), once
     val_tokens = tokenizer(val_captions[:512])
-    device = pick_device(spec.train.device)
     info = init_distributed(device)
     checkpoint = CheckpointDir(workspace.checkpoint(KIND, spec.name))
     config = {
@@ -110,15 +165,26 @@ def train_clip(spec: ClipTrainSpec, workspace: Workspace, log=print) -> dict:
         "clip": asdict(cfg),
         "raw_pairs": spec.raw_pairs,
     }
+    if locked is not None:
+        config["image_tower"] = spec.image_tower
 
     torch.manual_seed(spec.train.seed)
     model = build_clip(cfg)
+    features = None
+    if locked is not None:
+        _lock_image_tower(model, locked)
+        features = _image_features(model.to(device), train_images, device)
+        del locked
 
     def loss_fn(net, step, micro, g):
         per_micro = spec.train.batch_size // spec.train.grad_accum
         idx = rank_slice(torch.randperm(len(train_images), generator=g)[:per_micro], info)
-        images = to_float(train_images[idx]).to(device)
-        image_f, text_f, logit_scale = net(images, train_tokens[idx].to(device))[:3]
+        tokens = train_tokens[idx].to(device)
+        if features is None:
+            image_f, text_f, logit_scale = net(to_float(train_images[idx]).to(device), tokens)[:3]
+        else:  # the locked tower's features; the forward runs the text tower alone
+            _, text_f, logit_scale = net(None, tokens)[:3]
+            image_f = features[idx.to(features.device)]
         return clip_loss(image_f, text_f, logit_scale, info.rank, info.world), len(idx)
 
     def validate(ema, step):
@@ -129,7 +195,7 @@ def train_clip(spec: ClipTrainSpec, workspace: Workspace, log=print) -> dict:
     tracker = training_tracker(workspace, KIND, spec.name)
     result = train(
         model, loss_fn, spec.train, checkpoint, config, tracker, validate, log=log, desc=KIND,
-        inputs={"pairs": pairs_digest(data)},
+        inputs=inputs,
     )  # fmt: skip
     if result.trained_now and info.is_main:
         with tracker(result.run_id) as t:

@@ -91,6 +91,8 @@ def browser_page(tmp_path):
 
 
 def test_run_pipeline_from_the_prefect_form_and_read_it_in_mlflow(tmp_path, browser_page):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
     page = browser_page
     home, env = tmp_path / "home", cli_env(tmp_path)
     up = marble(home, "up", "--prefect-port", "0", "--mlflow-port", "0", env=env)
@@ -121,16 +123,24 @@ def test_run_pipeline_from_the_prefect_form_and_read_it_in_mlflow(tmp_path, brow
             ("Shapes", "N"): "200",
             ("Shapes", "Port"): str(free_port()),
             ("Training", "Autoencoder Steps"): "3",
+            ("Training", "Image Tower Steps"): "3",
             ("Training", "Clip Steps"): "3",
             ("Training", "Diffusion Steps"): "3",
             ("Evaluation", "Num Samples"): "6",
             ("Evaluation", "Bootstrap"): "5",
         }
+        for close in page.locator(".p-toast__close-btn").all():  # the refusal's toast stays
+            close.click()  # until closed, and may cover the Submit button
         for (section, label), value in small.items():
             _field(page, section, label).fill(value)
         page.screenshot(path=SHOTS / "prefect-custom-run-form.png", full_page=True)
         page.get_by_role("button", name="Submit").click()
-        page.get_by_text("scheduled to start").last.wait_for()  # the toast of the new run
+        try:
+            page.get_by_text("scheduled to start").last.wait_for()  # the toast of the new run
+        except PlaywrightTimeoutError:
+            page.screenshot(path=SHOTS / "prefect-submit-failed.png", full_page=True)
+            said = page.locator(".p-toast__message").all_inner_texts()
+            raise AssertionError(f"Submit created no run; the UI said: {said}") from None
         page.get_by_text("View run").last.click()
         page.wait_for_url(re.compile(r".*/flow-run/[0-9a-f-]+$"))
         run_id = page.url.rstrip("/").split("/")[-1]

@@ -21,6 +21,7 @@ SMALL = {  # the built-in data with tiny budgets: every stage runs, in about a m
         "text_encoders": ["clip-tiny"],
         "unets": ["unet-xs"],
         "autoencoder_steps": 3,
+        "image_tower_steps": 3,
         "clip_steps": 3,
         "diffusion_steps": 3,
     },

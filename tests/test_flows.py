@@ -48,7 +48,7 @@ def test_main_job_end_to_end(tmp_path):
         port = s.getsockname()[1]
     job = (
         f"{marble} --home {home} run --n 200 --port {port} --text-encoders clip-tiny --unets unet-s "
-        "--autoencoder-steps 3 --clip-steps 3 --diffusion-steps 3 "
+        "--autoencoder-steps 3 --image-tower-steps 3 --clip-steps 3 --diffusion-steps 3 "
         "--num-samples 6 --guidance-scales 3 --bootstrap 5"
     )
     if _netns_available():
@@ -97,7 +97,8 @@ def test_a_run_killed_mid_training_resumes_where_it_stopped(tmp_path):
     argv = [
         str(marble), "--home", str(home), "run", "--n", "200", "--port", str(free_port()),
         "--text-encoders", "clip-tiny", "--unets", "unet-xs", "--autoencoder-steps", "3",
-        "--clip-steps", "3", "--diffusion-steps", "250", "--num-samples", "4",
+        "--image-tower-steps", "3", "--clip-steps", "3", "--diffusion-steps", "250",
+        "--num-samples", "4",
         "--guidance-scales", "3", "--bootstrap", "5",
     ]  # fmt: skip
     ckpt = home / "checkpoints" / "diffusion" / "clip-tiny_unet-xs_kl-f4" / "config.json"

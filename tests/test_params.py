@@ -32,7 +32,7 @@ from tasks.ingest import IngestConfig
 from tasks.keep_rules import KEEP_RULES
 from tasks.shapes import ShapesSpec
 from tasks.train_autoencoder import AutoencoderTrainSpec
-from tasks.train_clip import ClipTrainSpec
+from tasks.train_clip import ClipTrainSpec, image_tower_spec
 from tasks.train_diffusion import DiffusionTrainSpec
 
 
@@ -73,7 +73,9 @@ def test_flow_parameter_defaults_are_the_task_defaults():
 
 def test_grid_specs_use_each_kinds_own_recipe():
     """The grid changes only step counts, seed and device of each trainer's defaults."""
-    params = TrainingParams(autoencoder_steps=7, clip_steps=8, diffusion_steps=9, seed=3)
+    params = TrainingParams(
+        autoencoder_steps=7, image_tower_steps=5, clip_steps=8, diffusion_steps=9, seed=3
+    )
     autoencoders, clips, diffusions = training_specs(params)
 
     def expected(spec, steps):
@@ -81,7 +83,12 @@ def test_grid_specs_use_each_kinds_own_recipe():
         return dataclasses.replace(spec, train=train)
 
     assert autoencoders == [expected(AutoencoderTrainSpec(preset="kl-f4"), 7)]
-    assert clips == [expected(ClipTrainSpec(preset=p), 8) for p in params.text_encoders]
+    tower = expected(image_tower_spec(), 5)  # first: every text encoder trains against it
+    assert clips == [tower] + [
+        expected(ClipTrainSpec(preset=p, image_tower=tower.name), 8) for p in params.text_encoders
+    ]
+    own = training_specs(params.model_copy(update={"image_tower_steps": 0}))[1]
+    assert own == [expected(ClipTrainSpec(preset=p), 8) for p in params.text_encoders]
     assert len(diffusions) == 4
     for spec in diffusions:
         base = DiffusionTrainSpec(text_encoder=spec.text_encoder, unet=spec.unet)

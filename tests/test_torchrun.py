@@ -10,6 +10,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 from tasks.reaper import alive, descendants
 from tasks.torchrun import (
@@ -105,6 +106,13 @@ def test_two_gloo_processes_train_a_loadable_checkpoint(tmp_path):
     assert [r.data.params["world_size"] for r in runs] == ["2"]
     assert any("clip" in line for line in lines)  # the ranks' output was streamed
 
+    # a text tower against that CLIP's locked image tower (LiT) under DDP: the tower unchanged
+    lit = dataclasses.replace(spec, preset="clip-small", image_tower="clip-tiny")
+    run_torchrun("clip", lit, workspace, nproc_per_node=2, log=lambda line: None)
+    small, _ = load_clip(workspace, "clip-small")
+    tower = model.visual.state_dict()
+    assert all(torch.equal(v, tower[k]) for k, v in small.visual.state_dict().items())
+
 
 @pytest.mark.slow
 def test_failed_ranks_give_one_error_with_the_exit_code(tmp_path):
@@ -177,12 +185,17 @@ def test_run_training_launches_torchrun_when_asked_for_processes(tmp_path, monke
     monkeypatch.setattr(flows.train, "torchrun_task", fake_torchrun_task)
     params = TrainingParams(
         autoencoders=["kl-f4"], text_encoders=["clip-tiny"], unets=["unet-xs"],
-        autoencoder_steps=7, clip_steps=8, diffusion_steps=9, device="cpu", nproc_per_node=2,
+        autoencoder_steps=7, image_tower_steps=6, clip_steps=8, diffusion_steps=9, device="cpu",
+        nproc_per_node=2,
     )  # fmt: skip
     out = flows.train.run_training(params, make_workspace(tmp_path / "home", n=8))
     assert calls == [
         ("autoencoder", "kl-f4", 7, 2),
+        ("clip", "image-clip-tiny", 6, 2),
         ("clip", "clip-tiny", 8, 2),
         ("diffusion", "clip-tiny_unet-xs_kl-f4", 9, 2),
     ]
-    assert list(out) == ["autoencoder/kl-f4", "clip/clip-tiny", "diffusion/clip-tiny_unet-xs_kl-f4"]
+    assert list(out) == [
+        "autoencoder/kl-f4", "clip/image-clip-tiny", "clip/clip-tiny",
+        "diffusion/clip-tiny_unet-xs_kl-f4",
+    ]  # fmt: skip

@@ -3,6 +3,7 @@ and what lands in MLflow."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -17,10 +18,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from models.clip import CLIP_PRESETS, build_clip
 from tasks.checkpoint import CheckpointDir, load_config, load_pipeline, load_state
 from tasks.tracking import Tracker, training_tracker
 from tasks.train_autoencoder import AutoencoderTrainSpec, train_autoencoder
-from tasks.train_clip import ClipTrainSpec, train_clip
+from tasks.train_clip import ClipTrainSpec, lit_config, train_clip
 from tasks.train_diffusion import DiffusionTrainSpec, train_diffusion
 from tasks.trainer import NonFiniteLossError, TrainConfig, train
 from tasks.workspace import Workspace
@@ -95,6 +97,52 @@ def test_other_settings_on_an_existing_checkpoint_are_refused(trained):
     workspace, _ = trained
     with pytest.raises(ValueError, match="other settings"):
         train_clip(ClipTrainSpec(train=tiny_train(ema_decay=0.0, lr=5e-3)), workspace)
+
+
+def test_lit_trains_the_text_tower_against_the_locked_image_tower(trained, tmp_path):
+    """A text encoder with `image_tower`: its image tower is the named CLIP's, bit for bit,
+    frozen through training; the text tower trains and adopts the tower's embedding width;
+    a new image tower counts as new inputs (training again), and a missing one is one error."""
+    workspace, s = trained
+    spec = ClipTrainSpec(
+        preset="clip-small", image_tower="clip-tiny", train=tiny_train(ema_decay=0.0)
+    )
+    summary = train_clip(spec, workspace)
+    lit = load_file(workspace.checkpoints / "clip" / "clip-small" / "ema.safetensors")
+    tower = load_file(workspace.checkpoints / "clip" / "clip-tiny" / "ema.safetensors")
+    visual = [k for k in tower if k.startswith("visual.")]
+    assert visual and all(torch.equal(lit[k], tower[k]) for k in visual)
+    config = load_config(workspace.checkpoints / "clip" / "clip-small")
+    assert config["image_tower"] == "clip-tiny"
+    assert config["clip"]["embed_dim"] == 128 and config["clip"]["text_width"] == 192
+    torch.manual_seed(spec.train.seed)  # the weights the training started from
+    cfg = lit_config(dataclasses.replace(CLIP_PRESETS["clip-small"]), CLIP_PRESETS["clip-tiny"])
+    start = build_clip(cfg).state_dict()
+    assert not torch.equal(start["text_projection"], lit["text_projection"])  # text trained
+    assert not torch.equal(start[visual[0]], lit[visual[0]])  # the tower was copied in
+    assert train_clip(spec, workspace)["skipped"]  # the same inputs: nothing to do
+
+    other = copy_tower_with_noise(workspace, "clip-tiny", "other-tower")
+    lines: list[str] = []
+    moved = train_clip(dataclasses.replace(spec, image_tower=other), workspace, log=lines.append)
+    assert "skipped" not in moved and moved["run_id"] != summary["run_id"]
+    assert any("changed; training again from scratch" in line for line in lines)
+
+    with pytest.raises(ValueError, match=r"no clip checkpoint 'nope'"):
+        train_clip(dataclasses.replace(spec, preset="clip-base", image_tower="nope"), workspace)
+    assert not (workspace.checkpoints / "clip" / "clip-base").exists()
+
+
+def copy_tower_with_noise(workspace, name: str, new: str) -> str:
+    """A copy of CLIP checkpoint `name` as `new`, its weights nudged: another image tower."""
+    from safetensors.torch import save_file
+
+    src, dst = workspace.checkpoints / "clip" / name, workspace.checkpoints / "clip" / new
+    shutil.copytree(src, dst)
+    for weights in ("model", "ema"):
+        tensors = load_file(dst / f"{weights}.safetensors")
+        save_file({k: v + 1e-3 for k, v in tensors.items()}, dst / f"{weights}.safetensors")
+    return new
 
 
 def test_mlflow_run_contents(trained):
