@@ -129,8 +129,6 @@ def test_run_pipeline_from_the_prefect_form_and_read_it_in_mlflow(tmp_path, brow
             ("Evaluation", "Num Samples"): "6",
             ("Evaluation", "Bootstrap"): "5",
         }
-        for close in page.locator(".p-toast__close-btn").all():  # the refusal's toast stays
-            close.click()  # until closed, and may cover the Submit button
         for (section, label), value in small.items():
             _field(page, section, label).fill(value)
         page.screenshot(path=SHOTS / "prefect-custom-run-form.png", full_page=True)
