@@ -31,20 +31,23 @@ from pathlib import Path
 
 import torch
 
+from eval.attributes import COLOURS, SHAPES, parse_caption
 from models.clip import CLIP_PRESETS, build_clip, clip_loss, encode_text_tokens, make_tokenizer
 from tasks.pairs import load_split_pairs
 from tasks.plots import to_float
+from tasks.train_clip import image_features, lock_image_tower
 from tasks.workspace import Workspace
 
-SHAPE_WORDS = ("circle", "square", "triangle")
-COLOUR_SWAP = {"red": "blue", "blue": "red", "green": "yellow", "yellow": "green",
-               "purple": "orange", "orange": "purple"}  # fmt: skip
+SHAPE_WORDS = SHAPES
+SHAPE_RE = r"\b(" + "|".join(SHAPES) + r")\b"
+_COLOURS = list(COLOURS)
+COLOUR_SWAP = {c: _COLOURS[(k + 1) % len(_COLOURS)] for k, c in enumerate(_COLOURS)}
 
 
 def single_object(caption: str) -> str | None:
-    words = re.findall(r"[a-z]+", caption)
-    shapes = [w for w in words if w in SHAPE_WORDS]
-    return shapes[0] if len(shapes) == 1 else None
+    """The shape of a one-object caption, else None."""
+    objects = parse_caption(caption).objects
+    return objects[0].shape if len(objects) == 1 else None
 
 
 @torch.no_grad()
@@ -52,9 +55,7 @@ def probe(model, tokenizer, images, captions) -> dict:
     model.eval()
     idx = [k for k, c in enumerate(captions) if single_object(c)]
     shape = [single_object(captions[k]) for k in idx]
-    variants = [
-        [re.sub(r"\b(circle|square|triangle)\b", s, captions[k]) for s in SHAPE_WORDS] for k in idx
-    ]
+    variants = [[re.sub(SHAPE_RE, s, captions[k]) for s in SHAPE_WORDS] for k in idx]
     image_f = model.encode_image(to_float(images[idx]), normalize=True)  # (N, E)
     text_f = model.encode_text(tokenizer(sum(variants, [])), normalize=True)
     text_f = text_f.view(len(idx), len(SHAPE_WORDS), -1)  # (N, 3, E)
@@ -94,14 +95,8 @@ def run(recipe: str, steps: list[int], data, preset: str, locked=None, seed=0, l
     torch.manual_seed(seed)
     model = build_clip(cfg)
     if locked is not None:  # LiT: the locked tower's image features, computed once
-        model.visual.load_state_dict(locked.visual.state_dict())
-        model.requires_grad_(False)
-        for name, p in model.named_parameters():
-            if not name.startswith("visual"):
-                p.requires_grad_(True)
-        with torch.no_grad():
-            features = torch.cat([model.encode_image(to_float(images[k : k + 512]), normalize=True)
-                                  for k in range(0, len(images), 512)])  # fmt: skip
+        lock_image_tower(model, locked)
+        features = image_features(model, images, "cpu")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1)
     warmup = 50
@@ -126,7 +121,7 @@ def run(recipe: str, steps: list[int], data, preset: str, locked=None, seed=0, l
         t_train += time.perf_counter() - t0
         if step in steps:
             row = {"recipe": recipe, "preset": preset, "step": step,
-                   "s_per_step": t_train / step, "loss": float(loss)}  # fmt: skip
+                   "s_per_step": t_train / step, "loss": loss.item()}  # fmt: skip
             row |= probe(model, tokenizer, val_images, val_captions)
             log(json.dumps(row))
             rows.append(row)

@@ -11,8 +11,8 @@ and including it.
 
 Presets (`CLIP_PRESETS`; parameter counts in `PARAM_COUNTS`).  The text tower is the sweep
 axis, so the vision tower is the same in all three: ViT, 2 layers, width 128, 4 heads, patch
-8 (16 patches of a 32 px image); image_size 32 by default, change it with `dataclasses.replace`, which changes only the
-vision position table.  Most of each text tower's parameters are its 49,408-row token table.
+8 (16 patches of a 32 px image); image_size 32 by default, change it with
+`dataclasses.replace`, which changes only the vision position table.  Most of each text tower's parameters are its 49,408-row token table.
 
 | preset     | E   | text D | layers | heads |
 | ---------- | --- | ------ | ------ | ----- |

@@ -1,4 +1,5 @@
-"""Train a CLIP (image and text towers) from scratch on the pairs with open_clip's loss.
+"""Train a CLIP from scratch on the pairs with open_clip's loss: both towers, or a text tower
+on another CLIP's locked image tower.
 
 Checkpoint: checkpoints/clip/<name>/ (model + ema safetensors, config.json holding the
 ClipConfig). Validation: image->text and text->image retrieval R@1 / R@5 on the val split
@@ -108,21 +109,20 @@ def judge_clip_spec(steps: int | None = None, preset: str | None = None) -> Clip
 def lit_config(preset: ClipConfig, image_tower: ClipConfig) -> ClipConfig:
     """The preset's text tower on a locked image tower: the shared embedding width and every
     vision field come from the image tower's config."""
-    vision = {k: getattr(image_tower, k) for k in ("embed_dim", "image_size", "patch_size")}
-    vision |= {
-        k: getattr(image_tower, k) for k in ("vision_width", "vision_layers", "vision_heads")
-    }
-    return dataclasses.replace(preset, **vision)
+    fields = ("embed_dim", "image_size", "patch_size", "vision_width", "vision_layers")
+    return dataclasses.replace(
+        preset, **{k: getattr(image_tower, k) for k in (*fields, "vision_heads")}
+    )
 
 
-def _lock_image_tower(model, locked) -> None:
+def lock_image_tower(model, locked) -> None:
     """Copy `locked`'s image tower into `model` and freeze it: LiT (Zhai et al. 2022)."""
     model.visual.load_state_dict(locked.visual.state_dict())
     model.visual.requires_grad_(False)
 
 
 @torch.no_grad()
-def _image_features(model, images: torch.Tensor, device, batch: int = 512) -> torch.Tensor:
+def image_features(model, images: torch.Tensor, device, batch: int = 512) -> torch.Tensor:
     """Unit-norm features of a locked image tower, (N, E), computed once."""
     model.visual.eval()
     return torch.cat(
@@ -153,6 +153,8 @@ def train_clip(spec: ClipTrainSpec, workspace: Workspace, log=print) -> dict:
                 f"the pairs are {train_images.shape[1]} px"
             )
         cfg = lit_config(cfg, locked_cfg)
+        # the tower's weights digest is the input; config["image_tower"] (its name, below)
+        # shares the key, so a renamed copy of the same tower is not a change of settings
         inputs["image_tower"] = digest(workspace.checkpoint(KIND, spec.image_tower))
     tokenizer = make_tokenizer(cfg)
     train_tokens = tokenizer(train_captions)  # (N, L), once
@@ -172,8 +174,8 @@ def train_clip(spec: ClipTrainSpec, workspace: Workspace, log=print) -> dict:
     model = build_clip(cfg)
     features = None
     if locked is not None:
-        _lock_image_tower(model, locked)
-        features = _image_features(model.to(device), train_images, device)
+        lock_image_tower(model, locked)
+        features = image_features(model.to(device), train_images, device)
         del locked
 
     def loss_fn(net, step, micro, g):
