@@ -1,6 +1,9 @@
-"""Fan-out of independent tasks (the filter's shards, the sweep's grid points).
+"""Fan-out of independent tasks (the filter's shards, a wave of trainings, the sweep's grid
+points).
 
     fan_out(task, calls, params, name) -> [task(*args) for args in calls]
+    run_jobs([(task, args), ...], params, name) -> [task(*args) for task, args in jobs]
+    with shared_cluster(params) as params: ...  # one local cluster for several fan-outs
 
 `sequential` runs each call as a task run in the flow's own process, one after another.
 `dask` runs them as one subflow on Prefect's Dask task runner: a `LocalCluster` of worker
@@ -8,11 +11,14 @@ processes on 127.0.0.1 (one thread each, no dashboard), or an existing scheduler
 `dask_address`. Local workers report their task runs to the flow's own Prefect API (also the
 temporary one of an in-process run), not each to a server of its own. Workers of an external
 cluster must see the same workspace path and have PREFECT_API_URL set by whoever runs them.
+`shared_cluster` starts the local cluster once for a whole flow (the pipeline's filter,
+trainings and sweep), so its workers import torch once rather than at every fan-out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 from prefect import Task, flow
 from prefect.client.orchestration import get_client
@@ -26,33 +32,58 @@ def current_api_url() -> str:
         return str(client.api_url)
 
 
+def local_cluster_kwargs(params: FanOutParams) -> dict:
+    """A LocalCluster of `dask_workers` processes on 127.0.0.1, one thread each (Dask sets
+    OMP_NUM_THREADS=1 in them, so torch runs one thread per worker), reporting to this
+    flow's Prefect API."""
+    return {
+        "n_workers": params.dask_workers,
+        "threads_per_worker": 1,
+        "processes": True,
+        "host": "127.0.0.1",
+        "dashboard_address": None,
+        "env": {"PREFECT_API_URL": current_api_url()},
+    }
+
+
 def dask_runner(params: FanOutParams):
     from prefect_dask import DaskTaskRunner
 
     if params.dask_address is not None:
         return DaskTaskRunner(address=params.dask_address)
     return DaskTaskRunner(
-        cluster_class="distributed.LocalCluster",
-        cluster_kwargs={
-            "n_workers": params.dask_workers,
-            "threads_per_worker": 1,
-            "processes": True,
-            "host": "127.0.0.1",
-            "dashboard_address": None,
-            "env": {"PREFECT_API_URL": current_api_url()},
-        },
+        cluster_class="distributed.LocalCluster", cluster_kwargs=local_cluster_kwargs(params)
     )
 
 
-def fan_out(task: Task, calls: Sequence[tuple], params: FanOutParams, name: str) -> list:
-    """task(*args) for every args in calls, results in the order of calls; on Dask as the
-    subflow `name`, so the UI shows the fanned-out runs together."""
-    if params.task_runner == "sequential" or not calls:
-        return [task(*args) for args in calls]
+@contextlib.contextmanager
+def shared_cluster(params: FanOutParams) -> Iterator[FanOutParams]:
+    """Inside a flow: `params` pointing at one local cluster that lives until the block ends,
+    when it asks for a local Dask cluster; otherwise `params` as they are."""
+    if params.task_runner != "dask" or params.dask_address is not None:
+        yield params
+        return
+    from distributed import LocalCluster
+
+    with LocalCluster(**local_cluster_kwargs(params)) as cluster:
+        yield params.model_copy(update={"dask_address": cluster.scheduler_address})
+
+
+def run_jobs(jobs: Sequence[tuple[Task, tuple]], params: FanOutParams, name: str) -> list:
+    """task(*args) for every (task, args) in jobs, results in the order of jobs: in this
+    process one after another, or on Dask as the subflow `name`, so the UI shows the
+    fanned-out runs together."""
+    if params.task_runner == "sequential" or not jobs:
+        return [task(*args) for task, args in jobs]
 
     @flow(name=name, task_runner=dask_runner(params), log_prints=True)
     def fanned_out() -> list:
-        futures = [task.submit(*args) for args in calls]
+        futures = [task.submit(*args) for task, args in jobs]
         return [future.result() for future in futures]
 
     return fanned_out()
+
+
+def fan_out(task: Task, calls: Sequence[tuple], params: FanOutParams, name: str) -> list:
+    """task(*args) for every args in calls (see run_jobs)."""
+    return run_jobs([(task, args) for args in calls], params, name)

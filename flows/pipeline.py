@@ -15,6 +15,7 @@ import time
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
+from flows import fanout
 from flows.artifacts import sweep_artifacts
 from flows.evaluate import run_evaluation
 from flows.filter import run_filter
@@ -55,18 +56,17 @@ def pipeline_flow(params: PipelineParams = PipelineParams()) -> dict:
         f"ingest: {manifest['total_status_counts']} in {manifest['raw_dir']} "
         f"({manifest['attempted']} fetched by the run that wrote it)"
     )
-    kept = _timed(stages, "filter", run_filter, params.filter, workspace, params.fan_out)
-    dropped = kept.get("wrong_dropped_recall", "-")
-    print(
-        f"filter: kept {kept['kept']} of {kept['scored']} pairs ({dropped} of wrong captions dropped)"
-    )
-    t0 = time.perf_counter()
-    trained = run_training(params.training, workspace)
-    stages.update(trained)
-    print(f"training: {len(trained)} models in {time.perf_counter() - t0:.0f} s")
-    evaluated = _timed(
-        stages, "evaluate", run_evaluation, params.evaluation, workspace, params.fan_out
-    )
+    with fanout.shared_cluster(params.fan_out) as fan:  # one Dask cluster for every fan-out
+        kept = _timed(stages, "filter", run_filter, params.filter, workspace, fan)
+        dropped = kept.get("wrong_dropped_recall", "-")
+        print(
+            f"filter: kept {kept['kept']} of {kept['scored']} pairs ({dropped} of wrong captions dropped)"
+        )
+        t0 = time.perf_counter()
+        trained = run_training(params.training, workspace, fan)
+        stages.update(trained)
+        print(f"training: {len(trained)} models in {time.perf_counter() - t0:.0f} s")
+        evaluated = _timed(stages, "evaluate", run_evaluation, params.evaluation, workspace, fan)
     keep = ("sweep_id", "mlflow_run_id", "lines", "best", "stage_s")
     stages["evaluate"] = {k: stages["evaluate"].get(k) for k in keep} | {
         "plot": str(evaluated["plot"])

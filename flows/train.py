@@ -1,7 +1,12 @@
 """Flow `train`: autoencoders, CLIP encoders and the diffusion grid, in dependency order.
 
 Each model is one Prefect task (one MLflow run); a rerun resumes unfinished trainings and
-skips finished ones.
+skips finished ones. The trainings come in waves, each needing only the waves before it:
+the autoencoders with the shared image tower (or with the whole CLIPs, without one), the
+text towers, the diffusion grid. A wave's trainings run one after another, or at once on
+Dask workers of one thread each (`FanOutParams`): on a CPU, two one-thread trainings get
+more steps per second out of two cores than one two-thread training does
+(docs/performance.md#make-run).
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ import time
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from flows import fanout
 from flows.artifacts import with_progress
-from flows.params import TrainingParams
+from flows.params import FanOutParams, TrainingParams
 from tasks.services import GPU_TAG
 from tasks.torchrun import run_torchrun
 from tasks.train_autoencoder import AutoencoderTrainSpec, train_autoencoder
@@ -23,29 +29,39 @@ from tasks.trainer import pick_device
 from tasks.workspace import Workspace
 
 
+def timed(train, *args) -> dict:
+    """train(*args)'s summary with the seconds it took, as `stage_s`."""
+    t0 = time.perf_counter()
+    summary = train(*args)
+    return summary | {"stage_s": round(time.perf_counter() - t0, 1)}
+
+
 @task(name="train-autoencoder", cache_policy=NO_CACHE, task_run_name="autoencoder-{spec.name}")
 @with_progress("training")
 def autoencoder_task(spec: AutoencoderTrainSpec, workspace: Workspace) -> dict:
-    return train_autoencoder(spec, workspace)
+    return timed(train_autoencoder, spec, workspace)
 
 
 @task(name="train-clip", cache_policy=NO_CACHE, task_run_name="clip-{spec.name}")
 @with_progress("training")
 def clip_task(spec: ClipTrainSpec, workspace: Workspace) -> dict:
-    return train_clip(spec, workspace)
+    return timed(train_clip, spec, workspace)
 
 
 @task(name="train-diffusion", cache_policy=NO_CACHE, task_run_name="diffusion-{spec.name}")
 @with_progress("training")
 def diffusion_task(spec: DiffusionTrainSpec, workspace: Workspace) -> dict:
-    return train_diffusion(spec, workspace)
+    return timed(train_diffusion, spec, workspace)
 
 
 @task(name="train-torchrun", cache_policy=NO_CACHE, task_run_name="torchrun-{kind}-{spec.name}")
 @with_progress("training")
 def torchrun_task(kind: str, spec, workspace: Workspace, nproc_per_node: int) -> dict:
     """One training under torchrun with `nproc_per_node` processes (0: one per GPU)."""
-    return run_torchrun(kind, spec, workspace, nproc_per_node)
+    return timed(run_torchrun, kind, spec, workspace, nproc_per_node)
+
+
+TASKS = {"autoencoder": autoencoder_task, "clip": clip_task, "diffusion": diffusion_task}
 
 
 def on_device(task_fn, device: str):
@@ -102,29 +118,58 @@ def training_specs(params: TrainingParams):
     return autoencoders, clips, diffusions
 
 
-def run_training(params: TrainingParams, workspace: Workspace) -> dict[str, dict]:
-    """Train the whole grid (call inside a flow); returns summaries keyed by model."""
+def training_waves(params: TrainingParams) -> list[tuple[str, list[tuple[str, object]]]]:
+    """The grid's (kind, spec) trainings in waves, each named: a wave needs only the models
+    of the waves before it. The diffusion wave lists the models of one U-Net together, so
+    trainings that run at once are of like cost."""
     autoencoders, clips, diffusions = training_specs(params)
+    towers = clips[:1] if params.image_tower_steps else clips
+    waves = [
+        ("train-encoders", [("autoencoder", s) for s in autoencoders] + [("clip", s) for s in towers]),
+        ("train-text-towers", [("clip", s) for s in clips[len(towers) :]]),
+        ("train-diffusion-grid", [
+            ("diffusion", s) for s in sorted(diffusions, key=lambda s: params.unets.index(s.unet))
+        ]),
+    ]  # fmt: skip
+    return [(name, wave) for name, wave in waves if wave]
+
+
+def run_training(
+    params: TrainingParams, workspace: Workspace, fan: FanOutParams = FanOutParams()
+) -> dict[str, dict]:
+    """Train the whole grid (call inside a flow), wave by wave; under torchrun one model at
+    a time, since each takes every process it is given. Returns summaries keyed by model."""
     out: dict[str, dict] = {}
-    for kind, specs, fn in (
-        ("autoencoder", autoencoders, autoencoder_task),
-        ("clip", clips, clip_task),
-        ("diffusion", diffusions, diffusion_task),
-    ):
-        for spec in specs:
-            t0 = time.perf_counter()
-            if params.nproc_per_node == 1:
-                summary = on_device(fn, spec.train.device)(spec, workspace)
-            else:
-                summary = on_device(torchrun_task, spec.train.device)(
-                    kind, spec, workspace, params.nproc_per_node
+    for name, wave in training_waves(params):
+        if params.nproc_per_node == 1:
+            jobs = [
+                (on_device(TASKS[kind], spec.train.device), (spec, workspace))
+                for kind, spec in wave
+            ]
+            runner = fan
+        else:
+            jobs = [
+                (
+                    on_device(torchrun_task, spec.train.device),
+                    (kind, spec, workspace, params.nproc_per_node),
                 )
-            out[f"{kind}/{spec.name}"] = {**summary, "stage_s": round(time.perf_counter() - t0, 1)}
-            print(f"trained {kind}/{spec.name} in {out[f'{kind}/{spec.name}']['stage_s']} s")
+                for kind, spec in wave
+            ]
+            runner = FanOutParams()
+        t0 = time.perf_counter()
+        for (kind, spec), summary in zip(wave, fanout.run_jobs(jobs, runner, name), strict=True):
+            out[f"{kind}/{spec.name}"] = summary
+            print(f"trained {kind}/{spec.name} in {summary['stage_s']} s")
+        print(f"{name}: {len(wave)} models in {time.perf_counter() - t0:.0f} s")
     return out
 
 
 @flow(name="train", log_prints=True)
-def train_flow(params: TrainingParams = TrainingParams(), home: str | None = None) -> dict:
+def train_flow(
+    params: TrainingParams = TrainingParams(),
+    home: str | None = None,
+    fan_out: FanOutParams = FanOutParams(),
+) -> dict:
     """Train autoencoders, CLIP encoders, then every (autoencoder, text encoder, U-Net) model."""
-    return run_training(params, Workspace.from_env(home))
+    with fanout.shared_cluster(fan_out) as fan:
+        return run_training(params, Workspace.from_env(home), fan)

@@ -189,3 +189,65 @@ def test_sweep_points_on_dask_equal_the_sequential_run(grid, tmp_path, prefect_a
     assert len(_fan_out_runs("sweep-points")) == 1
     assert len({(m, g) for m, g, _ in values["sequential"]}) == 2
     assert values["dask"] == values["sequential"]
+
+
+def test_training_waves_follow_the_dependencies():
+    from flows.params import TrainingParams
+    from flows.train import training_waves
+
+    params = TrainingParams(text_encoders=["clip-tiny", "clip-small"], unets=["unet-xs", "unet-s"])
+    waves = training_waves(params)
+    assert [name for name, _ in waves] == [
+        "train-encoders", "train-text-towers", "train-diffusion-grid"
+    ]  # fmt: skip
+    names = [[f"{kind}/{spec.name}" for kind, spec in wave] for _, wave in waves]
+    assert names[0] == ["autoencoder/kl-f4", "clip/image-clip-tiny"]
+    assert names[1] == ["clip/clip-tiny", "clip/clip-small"]
+    assert names[2] == [  # one U-Net's models together: what runs at once costs alike
+        "diffusion/clip-tiny_unet-xs_kl-f4", "diffusion/clip-small_unet-xs_kl-f4",
+        "diffusion/clip-tiny_unet-s_kl-f4", "diffusion/clip-small_unet-s_kl-f4",
+    ]  # fmt: skip
+    whole = training_waves(params.model_copy(update={"image_tower_steps": 0}))
+    assert [name for name, _ in whole] == ["train-encoders", "train-diffusion-grid"]
+    assert [f"{kind}/{spec.name}" for kind, spec in whole[0][1]] == [
+        "autoencoder/kl-f4", "clip/clip-tiny", "clip/clip-small"
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def kept_pairs(three_shards, tmp_path_factory) -> Workspace:
+    """Filtered pairs and no checkpoints: what the training waves start from."""
+    from tasks.filter import FilterConfig, filter_pairs
+
+    workspace = _copy(three_shards, tmp_path_factory.mktemp("kept") / "home")
+    cfg = FilterConfig(model="marble:clip-tiny", workers=0, keep="top_fraction", top_fraction=0.9)
+    filter_pairs(cfg, workspace, log=lambda *_: None)
+    shutil.rmtree(workspace.checkpoints)
+    return workspace
+
+
+@pytest.mark.slow
+def test_training_waves_on_dask_equal_the_sequential_run(kept_pairs, tmp_path, prefect_api):
+    """The train flow on one shared local cluster trains every model of the grid to the same
+    weights, bit for bit, as one process does; each wave shows as its own subflow."""
+    from flows.params import TrainingParams
+    from flows.train import train_flow
+
+    params = TrainingParams(
+        text_encoders=["clip-tiny"], unets=["unet-xs", "unet-s"], autoencoder_steps=3,
+        image_tower_steps=3, clip_steps=3, diffusion_steps=3, diffusion_batch_size=16,
+    )  # fmt: skip
+    weights = {}
+    for name, fan in (("sequential", SEQUENTIAL), ("dask", DASK)):
+        workspace = _copy(kept_pairs, tmp_path / name)
+        with one_thread():  # as in the workers (see the sweep's test)
+            summaries = train_flow(params, home=str(workspace.root), fan_out=fan)
+        assert len(summaries) == 5 and all(s["stage_s"] > 0 for s in summaries.values())
+        weights[name] = {
+            str(f.relative_to(workspace.checkpoints)): f.read_bytes()
+            for f in sorted(workspace.checkpoints.rglob("*.safetensors"))
+        }
+    for wave in ("train-encoders", "train-text-towers", "train-diffusion-grid"):
+        assert len(_fan_out_runs(wave)) == 1, wave  # the dask run's; the sequential has none
+    assert len(weights["sequential"]) >= 5
+    assert weights["dask"] == weights["sequential"]
