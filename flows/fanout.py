@@ -18,6 +18,7 @@ trainings and sweep), so its workers import torch once rather than at every fan-
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Sequence
 
 from prefect import Task, flow
@@ -32,40 +33,41 @@ def current_api_url() -> str:
         return str(client.api_url)
 
 
-def local_cluster_kwargs(params: FanOutParams) -> dict:
-    """A LocalCluster of `dask_workers` processes on 127.0.0.1, one thread each (Dask sets
-    OMP_NUM_THREADS=1 in them, so torch runs one thread per worker), reporting to this
-    flow's Prefect API."""
-    return {
-        "n_workers": params.dask_workers,
-        "threads_per_worker": 1,
-        "processes": True,
-        "host": "127.0.0.1",
-        "dashboard_address": None,
-        "env": {"PREFECT_API_URL": current_api_url()},
-    }
-
-
-def dask_runner(params: FanOutParams):
-    from prefect_dask import DaskTaskRunner
-
-    if params.dask_address is not None:
-        return DaskTaskRunner(address=params.dask_address)
-    return DaskTaskRunner(
-        cluster_class="distributed.LocalCluster", cluster_kwargs=local_cluster_kwargs(params)
-    )
+# The environment Dask's nanny gives a worker before starting it: one OpenMP / BLAS thread.
+# Dask's own default also sets MALLOC_TRIM_THRESHOLD_=65536, with which glibc hands freed
+# memory straight back to the kernel; torch's CPU tensors are then mapped and faulted in
+# anew at every step, which made two one-thread U-Net trainings side by side step at 230
+# instead of 410 img/s each here (docs/performance.md#make-run). Workers keep glibc's default.
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
 @contextlib.contextmanager
 def shared_cluster(params: FanOutParams) -> Iterator[FanOutParams]:
-    """Inside a flow: `params` pointing at one local cluster that lives until the block ends,
-    when it asks for a local Dask cluster; otherwise `params` as they are."""
+    """Inside a flow: `params` pointing at a local cluster that lives until the block ends,
+    when they ask for a local Dask cluster: `dask_workers` processes on 127.0.0.1, one
+    thread each (WORKER_ENV), reporting to this flow's Prefect API. Otherwise `params` as
+    they are."""
     if params.task_runner != "dask" or params.dask_address is not None:
         yield params
         return
+    import dask
     from distributed import LocalCluster
 
-    with LocalCluster(**local_cluster_kwargs(params)) as cluster:
+    environ = dict(os.environ)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_ENV}):
+        cluster = LocalCluster(
+            n_workers=params.dask_workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            env={"PREFECT_API_URL": current_api_url()},
+        )
+    # The nanny runs in this process and sets WORKER_ENV in its environment to pass it on;
+    # this process's own later children (torchrun, img2dataset) should not inherit it.
+    os.environ.clear()
+    os.environ.update(environ)
+    with cluster:
         yield params.model_copy(update={"dask_address": cluster.scheduler_address})
 
 
@@ -75,13 +77,16 @@ def run_jobs(jobs: Sequence[tuple[Task, tuple]], params: FanOutParams, name: str
     fanned-out runs together."""
     if params.task_runner == "sequential" or not jobs:
         return [task(*args) for task, args in jobs]
+    from prefect_dask import DaskTaskRunner
 
-    @flow(name=name, task_runner=dask_runner(params), log_prints=True)
-    def fanned_out() -> list:
-        futures = [task.submit(*args) for task, args in jobs]
-        return [future.result() for future in futures]
+    with shared_cluster(params) as params:
 
-    return fanned_out()
+        @flow(name=name, task_runner=DaskTaskRunner(address=params.dask_address), log_prints=True)
+        def fanned_out() -> list:
+            futures = [task.submit(*args) for task, args in jobs]
+            return [future.result() for future in futures]
+
+        return fanned_out()
 
 
 def fan_out(task: Task, calls: Sequence[tuple], params: FanOutParams, name: str) -> list:

@@ -12,6 +12,7 @@ torch but not mlflow); on, the default, tracks; any other value is refused.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import sqlite3
 import subprocess
@@ -19,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tasks.workspace import SERVICES_FILE, Workspace
+from tasks.workspace import SERVICES_FILE, Workspace, atomic_write_bytes
 
 SERVER_CHECK_S = 3.0  # how long a tracking server of `marble up` has to answer
 
@@ -211,29 +212,60 @@ def follow_moved_workspace(workspace: Workspace) -> None:
     """MLflow stores absolute artifact locations. When the workspace has been moved or
     copied since its store was written, rewrite every path into the old folder as the same
     path into this one (SQLite, in place), so nothing is read from or written to the old
-    location; the marker file records the folder the store now points into."""
+    location; the marker file records the folder the store now points into.
+
+    Trainings that run at once (Dask workers) may all find the marker stale: one rewrites
+    the store under a lock, the others wait for it and then find the marker current."""
     marker = workspace.root / WORKSPACE_MARKER
-    store = workspace.root / "mlflow.db"
     here = str(workspace.root)
-    previous = marker.read_text().strip() if marker.exists() else None
-    if previous and previous != here and store.exists():
-        pairs = [  # as a path and as a file URI (which quotes some characters)
-            (f"{previous}/", f"{here}/"),
-            (Path(previous).as_uri() + "/", workspace.root.as_uri() + "/"),
+    if _read_marker(marker) == here:
+        return
+    workspace.root.mkdir(parents=True, exist_ok=True)
+    with _store_lock(workspace):
+        previous = _read_marker(marker)
+        store = workspace.root / "mlflow.db"
+        if previous and previous != here and store.exists():
+            _rewrite_paths(store, previous, workspace.root)
+        if previous != here:
+            atomic_write_bytes(marker, here.encode())
+
+
+def _read_marker(marker: Path) -> str | None:
+    return marker.read_text().strip() if marker.exists() else None
+
+
+@contextlib.contextmanager
+def _store_lock(workspace: Workspace):
+    """An exclusive flock that waits for its holder (the workspace's output locks refuse
+    at once instead); the system drops it when the holder dies."""
+    folder = workspace.root / ".locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / "mlflow-store.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _rewrite_paths(store: Path, previous: str, root: Path) -> None:
+    """Every text value in the SQLite store that names the folder `previous` (as a path or
+    as a file URI, which quotes some characters) names `root` instead, in one transaction."""
+    pairs = [(f"{previous}/", f"{root}/"), (Path(previous).as_uri() + "/", root.as_uri() + "/")]
+    with contextlib.closing(sqlite3.connect(store, timeout=60)) as db, db:
+        db.execute("BEGIN IMMEDIATE")  # the write lock first: no reader to upgrade from
+        tables = [
+            name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         ]
-        with contextlib.closing(sqlite3.connect(store)) as db, db:
-            for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
-                columns = [row[1] for row in db.execute(f'PRAGMA table_info("{table}")')]
-                for column in columns:
-                    for old, new in pairs:
-                        db.execute(
-                            f'UPDATE "{table}" SET "{column}" = REPLACE("{column}", ?, ?) '
-                            f'WHERE typeof("{column}") = \'text\' AND instr("{column}", ?) > 0',
-                            (old, new, old),
-                        )
-    if previous != here:
-        workspace.root.mkdir(parents=True, exist_ok=True)
-        marker.write_text(here)
+        for table in tables:
+            columns = [row[1] for row in db.execute(f'PRAGMA table_info("{table}")')]
+            for column in columns:
+                for old, new in pairs:
+                    db.execute(
+                        f'UPDATE "{table}" SET "{column}" = REPLACE("{column}", ?, ?) '
+                        f'WHERE typeof("{column}") = \'text\' AND instr("{column}", ?) > 0',
+                        (old, new, old),
+                    )
 
 
 def training_tracker(workspace: Workspace, kind: str, name: str):

@@ -251,3 +251,33 @@ def test_training_waves_on_dask_equal_the_sequential_run(kept_pairs, tmp_path, p
         assert len(_fan_out_runs(wave)) == 1, wave  # the dask run's; the sequential has none
     assert len(weights["sequential"]) >= 5
     assert weights["dask"] == weights["sequential"]
+
+
+@pytest.mark.slow
+def test_local_workers_run_one_thread_with_glibc_malloc_defaults(prefect_api):
+    """One OpenMP thread per worker, and not Dask's MALLOC_TRIM_THRESHOLD_ (it halved a
+    training step's speed); this process's own environment is left as it was."""
+    import os
+
+    from distributed import Client
+
+    from flows.fanout import shared_cluster
+
+    def worker_env():
+        import torch
+
+        return (
+            os.environ.get("OMP_NUM_THREADS"),
+            "MALLOC_TRIM_THRESHOLD_" in os.environ,
+            torch.get_num_threads(),
+        )
+
+    before = dict(os.environ)
+    with shared_cluster(DASK) as fan:
+        assert fan.dask_address.startswith("tcp://127.0.0.1:")
+        assert dict(os.environ) == before
+        with Client(fan.dask_address) as client:
+            envs = client.run(worker_env)
+    assert list(envs.values()) == [("1", False, 1)] * 2
+    with shared_cluster(SEQUENTIAL) as fan:
+        assert fan is SEQUENTIAL  # nothing to start

@@ -40,3 +40,36 @@ def test_a_copied_workspace_writes_only_into_itself(tmp_path):
     for name in mlflow.MlflowClient().search_registered_models():  # the first model's paths too
         for version in name.latest_versions:
             assert str(original.root) not in (version.source or "")
+
+
+def _follow(root: str, barrier) -> None:
+    from pathlib import Path
+
+    from tasks.tracking import follow_moved_workspace
+
+    barrier.wait()
+    follow_moved_workspace(Workspace(Path(root)))
+
+
+def test_processes_that_find_a_copied_store_at_once_rewrite_it_once(tmp_path):
+    """Dask workers starting their trainings together in a copied workspace: every one
+    goes on, and the store names only the copy."""
+    import multiprocessing
+    import sqlite3
+
+    original = make_workspace(tmp_path / "original")
+    train_clip(ClipTrainSpec(train=tiny_train(ema_decay=0.0)), original)
+    copy = tmp_path / "copy"
+    shutil.copytree(original.root, copy)
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    procs = [ctx.Process(target=_follow, args=(str(copy), barrier)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * 4
+    with sqlite3.connect(copy / "mlflow.db") as db:
+        dump = "\n".join(db.iterdump())
+    assert str(copy) in dump and str(original.root) not in dump
+    assert (copy / ".marble-workspace").read_text() == str(copy)
