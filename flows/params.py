@@ -383,8 +383,9 @@ class EvaluateParams(BaseModel):
 
 
 class FanOutParams(BaseModel):
-    """Where the filter's shards and the sweep's grid points run: one after another in the
-    flow's process, or fanned out over Dask workers (Prefect's Dask task runner)."""
+    """Where the filter's shards, each wave of trainings and the sweep's grid points run:
+    one after another in the flow's process, or fanned out over Dask workers (Prefect's
+    Dask task runner)."""
 
     model_config = ConfigDict(extra="forbid")
 

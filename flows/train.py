@@ -4,8 +4,8 @@ Each model is one Prefect task (one MLflow run); a rerun resumes unfinished trai
 skips finished ones. The trainings come in waves, each needing only the waves before it:
 the autoencoders with the shared image tower (or with the whole CLIPs, without one), the
 text towers, the diffusion grid. A wave's trainings run one after another, or at once on
-Dask workers of one thread each (`FanOutParams`): on a CPU, two one-thread trainings get
-more steps per second out of two cores than one two-thread training does
+Dask workers (`FanOutParams`). Running them at once is for machines with cores or GPUs to
+spare: on a 2-core CPU two one-thread trainings took longer than the same two in turn
 (docs/performance.md#make-run).
 """
 

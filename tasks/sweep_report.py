@@ -6,8 +6,9 @@ decoder), one preset apart. At matched guidance, the change in each metric from 
 to the larger is read off the paired bootstrap replicates (every point of a sweep uses the
 same resamples of the same prompts and seeds), so its interval is the interval of the
 difference itself. At matched CLIP score, each curve's FID is interpolated along guidance at
-the CLIP scores both curves reach (no interval). The axis whose step lowers FID most wins;
-the summary says whether that step's interval excludes zero.
+the CLIP scores both curves reach (no interval). The axis whose step lowers FID most wins
+(or, where no step lowers it, the summary says so); each step's line says whether its
+interval excludes zero.
 """
 
 from __future__ import annotations
@@ -140,7 +141,13 @@ def summary_lines(rows: list[dict]) -> tuple[list[str], dict]:
             )
     if by_axis:
         winner = min(by_axis, key=by_axis.get)
-        lines.append(f"largest FID reduction per size step: {winner} ({by_axis[winner]:+.2f})")
+        if by_axis[winner] < 0:
+            lines.append(f"largest FID reduction per size step: {winner} ({by_axis[winner]:+.2f})")
+        else:
+            lines.append(
+                f"no size step lowered FID on average (smallest rise: {winner}, "
+                f"{by_axis[winner]:+.2f})"
+            )
     else:
         lines.append("no two models differ by one size step on one axis: no size effects")
     best = min(

@@ -5,6 +5,7 @@ a LocalCluster of 2 worker processes (127.0.0.1), and the shards on an existing 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 
 import pyarrow.parquet as pq
@@ -103,15 +104,20 @@ def _fan_out_runs(name: str) -> list:
 def existing_cluster():
     """A Dask cluster started outside marble (2 worker processes on 127.0.0.1, reporting to
     this test's Prefect API): its scheduler's tcp:// address. Closed, workers included, on
-    exit."""
+    exit. This process's environment is restored after the start: the nannies write Dask's
+    worker settings (MALLOC_TRIM_THRESHOLD_ among them) into it, where later tests' clusters
+    would inherit them, as if the cluster ran in this process."""
     from distributed import LocalCluster
 
     from flows.fanout import current_api_url
 
+    environ = dict(os.environ)
     cluster = LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
         dashboard_address=None, env={"PREFECT_API_URL": current_api_url()},
     )  # fmt: skip
+    os.environ.clear()
+    os.environ.update(environ)
     try:
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
         yield cluster.scheduler_address
@@ -254,12 +260,12 @@ def test_training_waves_on_dask_equal_the_sequential_run(kept_pairs, tmp_path, p
 
 
 @pytest.mark.slow
-def test_local_workers_run_one_thread_with_glibc_malloc_defaults(prefect_api):
+def test_local_workers_run_one_thread_with_glibc_malloc_defaults(prefect_api, monkeypatch):
     """One OpenMP thread per worker, and not Dask's MALLOC_TRIM_THRESHOLD_ (it halved a
     training step's speed); this process's own environment is left as it was."""
-    import os
-
     from distributed import Client
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)  # a user's own setting passes on
 
     from flows.fanout import shared_cluster
 

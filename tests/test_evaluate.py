@@ -225,3 +225,34 @@ def test_a_rerun_with_the_same_inputs_skips_every_point(swept):
     new = sorted(p.name for p in workspace.evaluations.glob("*.parquet"))
     assert [f for f in new if f not in files] == [f"{again['sweep_id']}-reference.parquet"]
     assert again["best"] == first["best"]
+
+
+@pytest.mark.parametrize(
+    ("text_change", "unet_change", "verdict"),
+    [
+        (-3.0, -1.0, "largest FID reduction per size step: text_encoder (-3.00)"),
+        (2.0, -1.0, "largest FID reduction per size step: unet (-1.00)"),
+        (2.0, 1.0, "no size step lowered FID on average (smallest rise: unet, +1.00)"),
+    ],
+)
+def test_the_summary_names_the_axis_that_lowers_fid_or_says_none_does(
+    text_change, unet_change, verdict
+):
+    from tasks.sweep_report import summary_lines
+
+    def point(text, unet, fid):
+        common = {"text_encoder": text, "unet": unet, "autoencoder": "kl-f4", "guidance_scale": 4.0}
+        return [
+            common | {"model": f"{text}_{unet}", "metric": "fid", "value": fid,
+                      "ci_low": fid - 1, "ci_high": fid + 1, "replicates": [fid] * 5},
+            common | {"model": f"{text}_{unet}", "metric": "clip_score", "value": 60.0,
+                      "ci_low": 59.0, "ci_high": 61.0, "replicates": [60.0] * 5},
+        ]  # fmt: skip
+
+    rows = [
+        *point("clip-tiny", "unet-xs", 100.0),
+        *point("clip-small", "unet-xs", 100.0 + text_change),
+        *point("clip-tiny", "unet-s", 100.0 + unet_change),
+    ]
+    lines, _ = summary_lines(rows)
+    assert verdict in lines

@@ -180,7 +180,7 @@ def test_run_training_launches_torchrun_when_asked_for_processes(tmp_path, monke
 
     def fake_torchrun_task(kind, spec, workspace, nproc_per_node):
         calls.append((kind, spec.name, spec.train.steps, nproc_per_node))
-        return {"kind": kind, "name": spec.name}
+        return {"kind": kind, "name": spec.name, "stage_s": 0.1}
 
     monkeypatch.setattr(flows.train, "torchrun_task", fake_torchrun_task)
     params = TrainingParams(
