@@ -10,7 +10,9 @@ Images: built-in shapes renders (real) and the same scenes with noise added (gen
 Both FIDs must agree; the script prints both, the img/s of each and their ratio. The
 projection uses the measured extraction rate, the `sqrtm` time of one 2,048-dim FID, and a
 sampling rate (`--sampling-img-s`, from bench/sampling.py). Needs the installed FID weights
-(make install) and torchmetrics (a dev dependency). Run it on an otherwise idle machine.
+(make install), or `--random-weights` where they are not (a GPU machine: the speeds and the
+agreement do not depend on the weights), and torchmetrics. Run it on an otherwise idle
+machine.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -43,6 +46,21 @@ class _FromPixels(torch.nn.Module):
         return self.network(x.float() / 127.5 - 1.0)
 
 
+def random_inception(calibration: np.ndarray, device: torch.device) -> torch.nn.Module:
+    """The FID network as torchvision initialises it (seeded), its batch-norm statistics
+    taken from `calibration`: with the initial ones (mean 0, variance 1) its features die
+    out, and every FID is 0."""
+    torch.manual_seed(0)
+    with mock.patch.object(torch.nn.Module, "load_state_dict", lambda *a, **k: None):
+        network = build_fid_inception({})
+    for module in network.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # the plain average over the calibration batch
+    inception_features(network.to(device).train(), calibration, device, len(calibration))
+    return network.eval()
+
+
 def images(n: int, seed: int, noise: float) -> np.ndarray:
     rng = np.random.default_rng(seed)
     out = np.stack([render_scene(sample_scene(seed, i, 0.25)[0], 32, seed, i) for i in range(n)])
@@ -57,14 +75,22 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--sampling-img-s", type=float, default=45.0)
     parser.add_argument("--grid", default="4x13", help="models x guidance scales of the nightly")
+    parser.add_argument(
+        "--random-weights", action="store_true",
+        help="the network with seeded random weights, for a machine without the FID weights: "
+        "the speeds and the agreement hold, the values are not FIDs",
+    )  # fmt: skip
     args = parser.parse_args()
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
-    network = build_fid_inception(load_fid_state_dict()[0]).to(device)
     real, fake = images(args.n, 7, 0.0), images(args.n, 7, 40.0)
+    if args.random_weights:
+        network = random_inception(np.concatenate([real[:16], fake[:16]]), device)
+    else:
+        network = build_fid_inception(load_fid_state_dict()[0]).to(device)
     inception_features(network, real[:2], device)  # warm-up
 
     t0 = time.perf_counter()
@@ -109,6 +135,7 @@ def main() -> None:
         "device": where, "marble_img_s": marble_rate, "torchmetrics_img_s": theirs_rate,
         "fid_marble": ours, "fid_torchmetrics": theirs, "sqrtm_s": sqrtm_s,
         "projected_point_s": point_s, "projected_grid_s": models * guidance * point_s,
+        "random_weights": args.random_weights,
     }))  # fmt: skip
 
 

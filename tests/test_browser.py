@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -63,15 +64,22 @@ def _wait_for_final_state(url: str, timeout_s: float = 600) -> dict:
 
 
 @pytest.fixture
-def browser_page(tmp_path):
+def browser_page(monkeypatch):
     if not Path(CHROMIUM).exists():
         pytest.skip(
             "no chromium to drive: `apt-get install -y --no-install-recommends chromium` "
             "(make test tries it) failed or is not allowed on this machine"
         )
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    os.environ["TMPDIR"] = str(tmp_path)  # Playwright keeps its browser profile there
     SHOTS.mkdir(parents=True, exist_ok=True)
+    # Playwright keeps its browser profile in TMPDIR and chromium its singleton socket, whose
+    # path must fit a unix socket's 108 bytes: a short folder of its own, not tmp_path.
+    with tempfile.TemporaryDirectory(prefix="pw-", dir="/tmp") as short:
+        monkeypatch.setenv("TMPDIR", short)
+        yield from _launched_page(sync_api)
+
+
+def _launched_page(sync_api):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
