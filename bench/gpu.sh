@@ -12,8 +12,9 @@
 #   bash bench/gpu.sh OUT_DIR [WHEEL_DIR] [PARTS]     PARTS: comma list, default eager,compiled,ttq
 #
 # WHEEL_DIR holds wheels the machine lacks (diffusers, importlib_metadata, open_clip_torch,
-# ftfy, wcwidth; pytorch-fid for eval); they are installed into a scratch folder, never into the system. Each
-# benchmark has its own time limit, so one that hangs (a compile) cannot eat the others.
+# ftfy, wcwidth; pytorch-fid for eval); they are installed into a scratch folder, never into
+# the system. Each benchmark has its own time limit, so one that hangs (a compile) cannot eat
+# the others.
 set -uo pipefail
 out=${1:?usage: bench/gpu.sh OUT_DIR [WHEEL_DIR] [PARTS]}
 wheels=${2:-}

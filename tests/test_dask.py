@@ -265,9 +265,9 @@ def test_local_workers_run_one_thread_with_glibc_malloc_defaults(prefect_api, mo
     training step's speed); this process's own environment is left as it was."""
     from distributed import Client
 
-    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)  # a user's own setting passes on
-
     from flows.fanout import shared_cluster
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)  # a user's own setting passes on
 
     def worker_env():
         import torch
