@@ -42,6 +42,20 @@ WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THRE
 
 
 @contextlib.contextmanager
+def environ_kept() -> Iterator[None]:
+    """This process's environment as it was on entry, again on exit. A LocalCluster's
+    nannies run in the process that starts them and write the workers' settings into its
+    environment to pass them on; its later children (torchrun, img2dataset, the next
+    cluster) should not inherit them."""
+    environ = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+
+
+@contextlib.contextmanager
 def shared_cluster(params: FanOutParams) -> Iterator[FanOutParams]:
     """Inside a flow: `params` pointing at a local cluster that lives until the block ends,
     when they ask for a local Dask cluster: `dask_workers` processes on 127.0.0.1, one
@@ -53,8 +67,7 @@ def shared_cluster(params: FanOutParams) -> Iterator[FanOutParams]:
     import dask
     from distributed import LocalCluster
 
-    environ = dict(os.environ)
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_ENV}):
+    with environ_kept(), dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_ENV}):
         cluster = LocalCluster(
             n_workers=params.dask_workers,
             threads_per_worker=1,
@@ -63,10 +76,6 @@ def shared_cluster(params: FanOutParams) -> Iterator[FanOutParams]:
             dashboard_address=None,
             env={"PREFECT_API_URL": current_api_url()},
         )
-    # The nanny runs in this process and sets WORKER_ENV in its environment to pass it on;
-    # this process's own later children (torchrun, img2dataset) should not inherit it.
-    os.environ.clear()
-    os.environ.update(environ)
     with cluster:
         yield params.model_copy(update={"dask_address": cluster.scheduler_address})
 

@@ -104,20 +104,17 @@ def _fan_out_runs(name: str) -> list:
 def existing_cluster():
     """A Dask cluster started outside marble (2 worker processes on 127.0.0.1, reporting to
     this test's Prefect API): its scheduler's tcp:// address. Closed, workers included, on
-    exit. This process's environment is restored after the start: the nannies write Dask's
-    worker settings (MALLOC_TRIM_THRESHOLD_ among them) into it, where later tests' clusters
-    would inherit them, as if the cluster ran in this process."""
+    exit. Its start leaves this process's environment as it was (Dask's worker settings,
+    MALLOC_TRIM_THRESHOLD_ among them, would pass on to later tests' clusters)."""
     from distributed import LocalCluster
 
-    from flows.fanout import current_api_url
+    from flows.fanout import current_api_url, environ_kept
 
-    environ = dict(os.environ)
-    cluster = LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-        dashboard_address=None, env={"PREFECT_API_URL": current_api_url()},
-    )  # fmt: skip
-    os.environ.clear()
-    os.environ.update(environ)
+    with environ_kept():
+        cluster = LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+            dashboard_address=None, env={"PREFECT_API_URL": current_api_url()},
+        )  # fmt: skip
     try:
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
         yield cluster.scheduler_address
