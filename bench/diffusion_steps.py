@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 from eval.detector import attribute_scores
-from tasks.plots import to_uint8
-from tasks.shapes import sample_scene
-from tasks.train_diffusion import DiffusionTrainSpec, train_diffusion
-from tasks.workspace import Workspace
+from tasks.shapes.render import sample_scene
+from tasks.store.images import to_uint8
+from tasks.store.workspace import Workspace
+from tasks.train.diffusion import DiffusionTrainSpec, train_diffusion
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROMPT_SEED = 99  # fresh scenes: the built-in data uses seed 0, the sweep's held-out set another

@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT))
 import tasks  # noqa: E402,F401  (telemetry off before Prefect is imported)
 from flows import fanout  # noqa: E402
 from flows.params import EvaluateParams, FanOutParams, FilterParams  # noqa: E402
-from tasks.shapes import FaultRates, ShapesSpec, write_as_raw_shard  # noqa: E402
-from tasks.trainer import TrainConfig  # noqa: E402
-from tasks.workspace import Workspace  # noqa: E402
+from tasks.shapes.render import FaultRates, ShapesSpec, write_as_raw_shard  # noqa: E402
+from tasks.store.workspace import Workspace  # noqa: E402
+from tasks.train.trainer import TrainConfig  # noqa: E402
 
 FILTER_MODEL = "marble:clip-tiny"
 
@@ -45,10 +45,10 @@ def few_steps(steps: int) -> TrainConfig:
 def build_workspace(root: Path, shards: int, pairs: int) -> Workspace:
     """Raw shards of built-in pairs, a filter CLIP, kept pairs, an autoencoder and two
     diffusion models (untimed)."""
-    from tasks.filter import FilterConfig, filter_pairs
-    from tasks.train_autoencoder import AutoencoderTrainSpec, train_autoencoder
-    from tasks.train_clip import ClipTrainSpec, train_clip
-    from tasks.train_diffusion import DiffusionTrainSpec, train_diffusion
+    from tasks.filter.score import FilterConfig, filter_pairs
+    from tasks.train.autoencoder import AutoencoderTrainSpec, train_autoencoder
+    from tasks.train.clip import ClipTrainSpec, train_clip
+    from tasks.train.diffusion import DiffusionTrainSpec, train_diffusion
 
     workspace = Workspace(root)
     workspace.raw.mkdir(parents=True)

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tasks  # noqa: E402,F401
 from eval.frechet import GaussianStats, frechet_distance  # noqa: E402
 from eval.inception import build_fid_inception, clean_resize, inception_features  # noqa: E402
-from tasks.fid_weights import load_fid_state_dict  # noqa: E402
-from tasks.shapes import render_scene, sample_scene  # noqa: E402
+from tasks.evaluate.fid_weights import load_fid_state_dict  # noqa: E402
+from tasks.shapes.render import render_scene, sample_scene  # noqa: E402
 
 
 class _FromPixels(torch.nn.Module):

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tasks  # noqa: E402,F401
 from eval.clip_embedder import ClipEmbedder  # noqa: E402
 from models.clip import CLIP_PRESETS, build_clip, make_tokenizer  # noqa: E402
-from tasks.filter import FilterConfig, score_raw_pairs  # noqa: E402
-from tasks.shapes import FaultRates, ShapesSpec, write_as_raw_shard  # noqa: E402
+from tasks.filter.score import FilterConfig, score_raw_pairs  # noqa: E402
+from tasks.shapes.render import FaultRates, ShapesSpec, write_as_raw_shard  # noqa: E402
 
 
 def main() -> None:

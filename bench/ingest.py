@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import tasks  # noqa: F401  (offline defaults)
-from tasks.ingest import IngestConfig, ingest
-from tasks.shapes import FaultRates, ShapesSpec
-from tasks.shapes_server import serve_shapes
-from tasks.workspace import Workspace
+from tasks.ingest.download import IngestConfig, ingest
+from tasks.shapes.render import FaultRates, ShapesSpec
+from tasks.shapes.server import serve_shapes
+from tasks.store.workspace import Workspace
 
 
 def main() -> None:

@@ -33,10 +33,10 @@ import torch
 
 from eval.attributes import COLOURS, SHAPES, parse_caption
 from models.clip import CLIP_PRESETS, build_clip, clip_loss, encode_text_tokens, make_tokenizer
-from tasks.pairs import load_split_pairs
-from tasks.plots import to_float
-from tasks.train_clip import image_features, lock_image_tower
-from tasks.workspace import Workspace
+from tasks.store.images import to_float
+from tasks.store.pairs import load_split_pairs
+from tasks.store.workspace import Workspace
+from tasks.train.clip import image_features, lock_image_tower
 
 SHAPE_WORDS = SHAPES
 SHAPE_RE = r"\b(" + "|".join(SHAPES) + r")\b"

@@ -31,12 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tasks  # noqa: E402,F401
 from eval.detector import attribute_scores  # noqa: E402
 from models.diffusion import TIMESTEP_SAMPLINGS  # noqa: E402
-from tasks.plots import save_grid, to_uint8  # noqa: E402
-from tasks.shapes import FaultRates, ShapesSpec, sample_scene, write_as_raw_shard  # noqa: E402
-from tasks.train_autoencoder import AutoencoderTrainSpec, train_autoencoder  # noqa: E402
-from tasks.train_clip import ClipTrainSpec, train_clip  # noqa: E402
-from tasks.train_diffusion import DiffusionTrainSpec, train_diffusion  # noqa: E402
-from tasks.workspace import Workspace  # noqa: E402
+from tasks.shapes.render import FaultRates, ShapesSpec, sample_scene, write_as_raw_shard  # noqa: E402
+from tasks.store.images import save_grid, to_uint8  # noqa: E402
+from tasks.store.workspace import Workspace  # noqa: E402
+from tasks.train.autoencoder import AutoencoderTrainSpec, train_autoencoder  # noqa: E402
+from tasks.train.clip import ClipTrainSpec, train_clip  # noqa: E402
+from tasks.train.diffusion import DiffusionTrainSpec, train_diffusion  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

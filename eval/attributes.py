@@ -2,7 +2,7 @@
 
 This module is the single definition of what the built-in data can depict, and so the label
 space of the attribute-accuracy metric: the attribute detector (`eval/detector.py`) reads
-images back against it, and the renderer (`tasks/shapes.py`) draws from it, so both always
+images back against it, and the renderer (`tasks/shapes/render.py`) draws from it, so both always
 agree on what "a large red circle on the left" looks like. It sits in eval/ beside the
 detector because eval/ may import nothing from tasks/; the renderer's import of it follows
 the arrow tasks -> eval.

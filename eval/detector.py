@@ -1,6 +1,6 @@
 """Pixel-level attribute detector: read a captioned-shapes image back into a `Scene`.
 
-`detect_scene` inverts the renderer in `tasks/shapes.py` with plain image statistics (no
+`detect_scene` inverts the renderer in `tasks/shapes/render.py` with plain image statistics (no
 learning, no file I/O), so images a text-to-image model generates can be scored against
 their captions. Geometry is in fractions of the image side, so any size from 16 px works.
 How each part of the scene is read:

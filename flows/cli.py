@@ -140,7 +140,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     evaluation = PipelineParams().evaluation
     changes = {name: getattr(args, name) for name in args.evaluation_fields}
-    from tasks.objectstore import is_s3
+    from tasks.store.objectstore import is_s3
 
     url_list = args.url_list
     if url_list is not None and not is_s3(url_list):
@@ -154,7 +154,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         fan_out=build_model(FanOutParams, args, args.fan_out_fields),
     )
     if url_list is not None and not is_s3(url_list):  # a bad list fails before Prefect starts
-        from tasks.url_list import read_url_list
+        from tasks.ingest.url_list import read_url_list
 
         read_url_list(Path(url_list), params.ingest.url_col, params.ingest.caption_col)
     t0 = time.perf_counter()
@@ -178,8 +178,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from flows.ingest import ingest_config, ingest_flow
     from flows.params import IngestParams
-    from tasks.objectstore import is_s3
-    from tasks.url_list import read_url_list
+    from tasks.ingest.url_list import read_url_list
+    from tasks.store.objectstore import is_s3
 
     params = build_model(IngestParams, args, args.fields)
     ingest_config(params)  # bad settings and a bad list fail here, before Prefect starts
@@ -193,8 +193,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 def _cmd_shapes_serve(args: argparse.Namespace) -> int:
     from flows.params import ShapesParams
-    from tasks.shapes_server import serve_shapes
-    from tasks.workspace import Workspace
+    from tasks.shapes.server import serve_shapes
+    from tasks.store.workspace import Workspace
 
     params = build_model(ShapesParams, args, args.fields)
     spec = params.to_spec()
@@ -236,9 +236,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_query(args: argparse.Namespace) -> int:
     from flows.params import QueryParams
-    from tasks.objectstore import parse_s3_url
-    from tasks.query import format_result, run_query
-    from tasks.workspace import Workspace
+    from tasks.store.objectstore import parse_s3_url
+    from tasks.store.query import format_result, run_query
+    from tasks.store.workspace import Workspace
 
     params = build_model(QueryParams, args, args.fields)
     source = None if params.source is None else parse_s3_url(params.source)
@@ -249,8 +249,8 @@ def _cmd_query(args: argparse.Namespace) -> int:
 
 def _cmd_publish(args: argparse.Namespace) -> int:
     from flows.params import PublishParams
-    from tasks.objectstore import parse_s3_url, publish
-    from tasks.workspace import Workspace
+    from tasks.store.objectstore import parse_s3_url, publish
+    from tasks.store.workspace import Workspace
 
     params = build_model(PublishParams, args, args.fields)
     summary = publish(Workspace.from_env(args.home), parse_s3_url(params.target))
@@ -262,8 +262,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     import torch
 
     from flows.params import UpParams
-    from tasks import services
-    from tasks.workspace import Workspace
+    from tasks.runtime import services
+    from tasks.store.workspace import Workspace
 
     params = build_model(UpParams, args, args.fields)
     workspace = Workspace.from_env(args.home)
@@ -290,8 +290,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
-    from tasks import services
-    from tasks.workspace import Workspace
+    from tasks.runtime import services
+    from tasks.store.workspace import Workspace
 
     workspace = Workspace.from_env(args.home)
     try:
@@ -308,10 +308,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
     from flows.params import TrainModelParams
-    from tasks.train_autoencoder import AutoencoderTrainSpec, train_autoencoder
-    from tasks.train_clip import ClipTrainSpec, train_clip
-    from tasks.train_diffusion import DiffusionTrainSpec, train_diffusion
-    from tasks.workspace import Workspace
+    from tasks.store.workspace import Workspace
+    from tasks.train.autoencoder import AutoencoderTrainSpec, train_autoencoder
+    from tasks.train.clip import ClipTrainSpec, train_clip
+    from tasks.train.diffusion import DiffusionTrainSpec, train_diffusion
 
     params = build_model(TrainModelParams, args, args.fields)
     workspace = Workspace.from_env(args.home)
@@ -506,14 +506,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # torchrun manages its ranks; the services of `up` outlive it on purpose (`down` ends them)
     if args.command not in ("query", "up", "down") and "LOCAL_RANK" not in os.environ:
-        from tasks.reaper import start_reaper
+        from tasks.runtime.reaper import start_reaper
 
         start_reaper()  # whatever this run starts ends with it, even after kill -9
     if not args.debug:
         _quiet_prefect_tracebacks()
     try:
         if args.command != "query":  # every other command writes into the workspace
-            from tasks.workspace import Workspace
+            from tasks.store.workspace import Workspace
 
             Workspace.from_env(args.home).ensure_writable()
         return args.func(args)

@@ -17,11 +17,11 @@ from flows import fanout
 from flows.artifacts import sweep_artifacts, with_progress
 from flows.params import EvaluateParams, FanOutParams
 from flows.train import clip_task, on_device
-from tasks import nightly
-from tasks.evaluate import SweepPlan, SweepSpec, evaluate_point, finish_sweep, plan_sweep
-from tasks.tracking import Tracker
-from tasks.train_clip import judge_clip_spec
-from tasks.workspace import Workspace
+from tasks.evaluate import nightly
+from tasks.evaluate.sweep import SweepPlan, SweepSpec, evaluate_point, finish_sweep, plan_sweep
+from tasks.store.tracking import Tracker
+from tasks.store.workspace import Workspace
+from tasks.train.clip import judge_clip_spec
 
 
 @task(name="plan-sweep", cache_policy=NO_CACHE)

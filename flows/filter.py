@@ -15,9 +15,9 @@ from prefect.cache_policies import NO_CACHE
 from flows import fanout
 from flows.params import FanOutParams, FilterParams
 from flows.train import clip_task, on_device
-from tasks.filter import FilterConfig, filter_pairs, score_shard
-from tasks.train_clip import filter_clip_spec
-from tasks.workspace import Workspace
+from tasks.filter.score import FilterConfig, filter_pairs, score_shard
+from tasks.store.workspace import Workspace
+from tasks.train.clip import filter_clip_spec
 
 
 @task(name="score-shard", cache_policy=NO_CACHE, task_run_name="score-{shard.name}")

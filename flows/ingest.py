@@ -9,10 +9,10 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.params import IngestParams
-from tasks.ingest import IngestConfig, ingest
-from tasks.objectstore import download_file, is_s3
-from tasks.url_list import UrlListError
-from tasks.workspace import Workspace
+from tasks.ingest.download import IngestConfig, ingest
+from tasks.ingest.url_list import UrlListError
+from tasks.store.objectstore import download_file, is_s3
+from tasks.store.workspace import Workspace
 
 
 def _retry_unless_bad_input(task, task_run, state) -> bool:

@@ -20,15 +20,15 @@ from models.clip import CLIP_PRESETS
 from models.diffusion import BETA_SCHEDULES, PREDICTION_TYPES, TIMESTEP_SAMPLINGS
 from models.sampling import SAMPLERS
 from models.unet import UNET_PRESETS
-from tasks.evaluate import SweepSpec
-from tasks.filter import FilterConfig
-from tasks.ingest import IngestConfig
-from tasks.keep_rules import KEEP_RULES
-from tasks.objectstore import is_s3, parse_s3_file, parse_s3_url
-from tasks.query import FORMATS
-from tasks.shapes import DEFAULT_FAULT_RATE, FaultRates, ShapesSpec
-from tasks.train_autoencoder import AutoencoderTrainSpec
-from tasks.train_clip import (
+from tasks.evaluate.sweep import SweepSpec
+from tasks.filter.keep_rules import KEEP_RULES
+from tasks.filter.score import FilterConfig
+from tasks.ingest.download import IngestConfig
+from tasks.shapes.render import DEFAULT_FAULT_RATE, FaultRates, ShapesSpec
+from tasks.store.objectstore import is_s3, parse_s3_file, parse_s3_url
+from tasks.store.query import FORMATS
+from tasks.train.autoencoder import AutoencoderTrainSpec
+from tasks.train.clip import (
     FILTER_CLIP_EPOCHS,
     FILTER_CLIP_PRESET,
     FILTER_PREFIX,
@@ -36,8 +36,8 @@ from tasks.train_clip import (
     ClipTrainSpec,
     judge_clip_spec,
 )
-from tasks.train_diffusion import DiffusionTrainSpec
-from tasks.trainer import TrainConfig
+from tasks.train.diffusion import DiffusionTrainSpec
+from tasks.train.trainer import TrainConfig
 
 AutoencoderPreset = Literal[tuple(AE_PRESETS)]
 ClipPreset = Literal[tuple(CLIP_PRESETS)]
@@ -445,7 +445,7 @@ class QueryParams(BaseModel):
 
 
 class PublishParams(BaseModel):
-    """Upload the workspace's Parquet tables to S3, the manifest last (tasks/objectstore.py)."""
+    """Upload the workspace's Parquet tables to S3, the manifest last (tasks/store/objectstore.py)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -508,7 +508,7 @@ class UpParams(BaseModel):
     @field_validator("database")
     @classmethod
     def _postgres_url(cls, value: str | None) -> str | None:
-        from tasks.database import parse_url
+        from tasks.runtime.database import parse_url
 
         if value is not None:
             parse_url(value)  # a ValueError names the problem, the password masked

@@ -22,8 +22,8 @@ from flows.filter import run_filter
 from flows.ingest import download_pairs, ingest_config, local_url_list
 from flows.params import IngestParams, PipelineParams
 from flows.train import run_training
-from tasks.shapes_server import serve_shapes
-from tasks.workspace import Workspace
+from tasks.shapes.server import serve_shapes
+from tasks.store.workspace import Workspace
 
 
 def _ingest(params: PipelineParams, workspace: Workspace) -> dict:

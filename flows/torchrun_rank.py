@@ -1,4 +1,4 @@
-"""What every torchrun rank runs (tasks/torchrun.py launches it):
+"""What every torchrun rank runs (tasks/train/torchrun.py launches it):
 
     python -m torch.distributed.run ... -m flows.torchrun_rank RUN_DIR
 
@@ -17,14 +17,14 @@ import traceback
 from pathlib import Path
 
 import tasks  # noqa: F401  (offline defaults before anything imports Prefect or MLflow)
-from tasks import progress
-from tasks.checkpoint import dataclass_from_json
-from tasks.torchrun import PROGRESS, RANK_ERROR, SPEC_FILE, SUMMARY_FILE
-from tasks.train_autoencoder import AutoencoderTrainSpec, train_autoencoder
-from tasks.train_clip import ClipTrainSpec, train_clip
-from tasks.train_diffusion import DiffusionTrainSpec, train_diffusion
-from tasks.trainer import TrainConfig
-from tasks.workspace import Workspace, atomic_write_bytes
+from tasks.runtime import progress
+from tasks.store.checkpoint import dataclass_from_json
+from tasks.store.workspace import Workspace, atomic_write_bytes
+from tasks.train.autoencoder import AutoencoderTrainSpec, train_autoencoder
+from tasks.train.clip import ClipTrainSpec, train_clip
+from tasks.train.diffusion import DiffusionTrainSpec, train_diffusion
+from tasks.train.torchrun import PROGRESS, RANK_ERROR, SPEC_FILE, SUMMARY_FILE
+from tasks.train.trainer import TrainConfig
 
 TRAINERS = {
     "autoencoder": (AutoencoderTrainSpec, train_autoencoder),

@@ -1,7 +1,7 @@
 #!/bin/sh
 # The one-shot `setup` service of infra/compose.yaml, run from the marble image in
 # /opt/marble once the Prefect server and the S3 store are healthy. It does what `marble up`
-# does for its own server (tasks/services.py), against the compose services:
+# does for its own server (tasks/runtime/services.py), against the compose services:
 #   1. the MLflow artifact bucket (MLflow does not create it);
 #   2. the process work pool $MARBLE_POOL and the `gpu` tag's concurrency limit;
 #   3. the deployments of infra/prefect.yaml on that pool.

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 import tasks  # noqa: F401  (offline defaults before anything imports Prefect or MLflow)
-from tasks.shapes import FaultRates, ShapesSpec
-from tasks.shapes_server import serve_shapes
-from tasks.workspace import Workspace
+from tasks.shapes.render import FaultRates, ShapesSpec
+from tasks.shapes.server import serve_shapes
+from tasks.store.workspace import Workspace
 
 
 @pytest.fixture

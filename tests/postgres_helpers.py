@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.reaper import proc_stat
-from tasks.services import free_port, start_time
+from tasks.runtime.reaper import proc_stat
+from tasks.runtime.services import free_port, start_time
 
 SUPERUSER = "postgres"
 START_TIMEOUT_S = 60

@@ -20,7 +20,7 @@ def moto_s3(scratch: Path) -> Iterator[str]:
     BUCKET; yields the endpoint URL. Everything is undone on exit."""
     from moto.server import ThreadedMotoServer
 
-    from tasks import objectstore
+    from tasks.store import objectstore
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -48,7 +48,7 @@ def moto_s3(scratch: Path) -> Iterator[str]:
 
 def objects(prefix: str) -> set[str]:
     """Keys under BUCKET/prefix, relative to it."""
-    from tasks import objectstore
+    from tasks.store import objectstore
 
     fs = objectstore.filesystem()
     return {path.removeprefix(f"{BUCKET}/{prefix}/") for path in fs.find(f"{BUCKET}/{prefix}")}

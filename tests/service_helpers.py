@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from tasks.services import Process, alive
+from tasks.runtime.services import Process, alive
 
 
 def marble(home: Path, *args: str, env: dict) -> subprocess.CompletedProcess:

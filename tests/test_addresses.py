@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.addresses import (
+from tasks.ingest.addresses import (
     AddressRefused,
     address_refusal,
     literal_refusal,
@@ -13,7 +13,7 @@ from tasks.addresses import (
     parse_address,
     resolve_checked,
 )
-from tasks.url_list import refusal_reason
+from tasks.ingest.url_list import refusal_reason
 
 # Each forbidden class, each in several spellings the resolver accepts.
 SPELLINGS = {

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.services import ROOT, free_port
+from tasks.runtime.services import ROOT, free_port
 from tests.service_helpers import assert_all_stopped, cli_env, marble, started
 
 pytestmark = pytest.mark.slow

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.checkpoint import CheckpointNotFoundError, digest, load_config
-from tasks.trainer import TrainConfig, settings_digest
-from tasks.workspace import Workspace
+from tasks.store.checkpoint import CheckpointNotFoundError, digest, load_config
+from tasks.store.workspace import Workspace
+from tasks.train.trainer import TrainConfig, settings_digest
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ import io
 import pytest
 
 from flows.cli import main
-from tasks.shapes import FaultRates, ShapesSpec, write_as_raw_shard
-from tasks.workspace import Workspace
+from tasks.shapes.render import FaultRates, ShapesSpec, write_as_raw_shard
+from tasks.store.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 

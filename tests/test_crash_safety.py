@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.workspace import WorkspaceBusyError, atomic_dir, output_lock, recover_dir
+from tasks.store.workspace import WorkspaceBusyError, atomic_dir, output_lock, recover_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,7 +21,7 @@ SWAP_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    import tasks.workspace as ws
+    import tasks.store.workspace as ws
     out, point, exchange = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "exchange"
 
     def die():
@@ -104,7 +104,7 @@ def test_a_second_writer_stops_with_one_line_naming_the_first(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys, time
-            from tasks.workspace import output_lock
+            from tasks.store.workspace import output_lock
             with output_lock({str(tmp_path)!r}, "raw"):
                 print("locked", flush=True)
                 time.sleep(60)

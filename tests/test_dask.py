@@ -13,12 +13,12 @@ import pytest
 from pydantic import ValidationError
 
 from flows.params import FanOutParams
-from tasks.shapes import FaultRates, ShapesSpec, build_table, write_as_raw_shard
-from tasks.shapes_server import write_source_tables
-from tasks.train_autoencoder import AutoencoderTrainSpec, train_autoencoder
-from tasks.train_clip import ClipTrainSpec, train_clip
-from tasks.train_diffusion import DiffusionTrainSpec, train_diffusion
-from tasks.workspace import Workspace
+from tasks.shapes.render import FaultRates, ShapesSpec, build_table, write_as_raw_shard
+from tasks.shapes.server import write_source_tables
+from tasks.store.workspace import Workspace
+from tasks.train.autoencoder import AutoencoderTrainSpec, train_autoencoder
+from tasks.train.clip import ClipTrainSpec, train_clip
+from tasks.train.diffusion import DiffusionTrainSpec, train_diffusion
 from tests.training_helpers import tiny_train
 
 DASK = FanOutParams(task_runner="dask", dask_workers=2)
@@ -155,7 +155,7 @@ def test_filter_shards_on_dask_equal_the_sequential_run(three_shards, tmp_path, 
 def grid(three_shards, tmp_path_factory) -> Workspace:
     """Kept pairs, an autoencoder and two diffusion models (U-Nets xs and s on clip-tiny), a
     few steps each; the flow trains its judge (6 steps)."""
-    from tasks.filter import FilterConfig, filter_pairs
+    from tasks.filter.score import FilterConfig, filter_pairs
 
     workspace = _copy(three_shards, tmp_path_factory.mktemp("grid") / "home")
     cfg = FilterConfig(model="marble:clip-tiny", workers=0, keep="top_fraction", top_fraction=0.9)
@@ -220,7 +220,7 @@ def test_training_waves_follow_the_dependencies():
 @pytest.fixture(scope="module")
 def kept_pairs(three_shards, tmp_path_factory) -> Workspace:
     """Filtered pairs and no checkpoints: what the training waves start from."""
-    from tasks.filter import FilterConfig, filter_pairs
+    from tasks.filter.score import FilterConfig, filter_pairs
 
     workspace = _copy(three_shards, tmp_path_factory.mktemp("kept") / "home")
     cfg = FilterConfig(model="marble:clip-tiny", workers=0, keep="top_fraction", top_fraction=0.9)

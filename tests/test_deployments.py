@@ -10,7 +10,7 @@ import urllib.request
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.services import free_port
+from tasks.runtime.services import free_port
 from tests.service_helpers import assert_all_stopped, cli_env, marble, started, wait_final
 
 pytestmark = pytest.mark.slow

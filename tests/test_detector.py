@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from eval.attributes import BACKGROUNDS, COLOURS, Scene, ShapeObject
 from eval.detector import ATTRIBUTES, attribute_scores, detect_scene, scene_matches
-from tasks.shapes import render_scene, sample_scene
+from tasks.shapes.render import render_scene, sample_scene
 
 N_SCENES = 2000
 TWO_OBJECT_FRACTION = 0.25

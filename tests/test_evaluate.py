@@ -10,16 +10,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.cli import main
-from tasks.evaluate import SweepSpec, build_prompts, image_seed, run_sweep
-from tasks.filter import FilterConfig, filter_pairs
-from tasks.query import QueryError, run_query
-from tasks.shapes import FaultRates, ShapesSpec, build_table, write_as_raw_shard
-from tasks.shapes_server import write_source_tables
-from tasks.tracking import use_tracking_store
-from tasks.train_autoencoder import AutoencoderTrainSpec, train_autoencoder
-from tasks.train_clip import ClipTrainSpec, judge_clip_spec, train_clip
-from tasks.train_diffusion import DiffusionTrainSpec, train_diffusion
-from tasks.workspace import Workspace
+from tasks.evaluate.sweep import SweepSpec, build_prompts, image_seed, run_sweep
+from tasks.filter.score import FilterConfig, filter_pairs
+from tasks.shapes.render import FaultRates, ShapesSpec, build_table, write_as_raw_shard
+from tasks.shapes.server import write_source_tables
+from tasks.store.query import QueryError, run_query
+from tasks.store.tracking import use_tracking_store
+from tasks.store.workspace import Workspace
+from tasks.train.autoencoder import AutoencoderTrainSpec, train_autoencoder
+from tasks.train.clip import ClipTrainSpec, judge_clip_spec, train_clip
+from tasks.train.diffusion import DiffusionTrainSpec, train_diffusion
 from tests.training_helpers import tiny_train
 
 pytestmark = pytest.mark.slow
@@ -238,7 +238,7 @@ def test_a_rerun_with_the_same_inputs_skips_every_point(swept):
 def test_the_summary_names_the_axis_that_lowers_fid_or_says_none_does(
     text_change, unet_change, verdict
 ):
-    from tasks.sweep_report import summary_lines
+    from tasks.evaluate.report import summary_lines
 
     def point(text, unet, fid):
         common = {"text_encoder": text, "unet": unet, "autoencoder": "kl-f4", "guidance_scale": 4.0}

@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tasks.fetch_proxy import FetchPolicy, declared_pixels, vetting_proxy
-from tasks.ingest import IngestConfig, ingest
+from tasks.ingest.download import IngestConfig, ingest
+from tasks.ingest.fetch_proxy import FetchPolicy, declared_pixels, vetting_proxy
 
 
 def _png(width: int, height: int) -> bytes:
@@ -195,7 +195,7 @@ def test_oversized_bodies_are_refused_or_cut_off():
 def test_the_proxy_environment_is_for_the_download_process_only(monkeypatch):
     import os
 
-    from tasks.fetch_proxy import proxy_environment
+    from tasks.ingest.fetch_proxy import proxy_environment
 
     monkeypatch.setenv("no_proxy", "*")
     monkeypatch.delenv("http_proxy", raising=False)

@@ -89,7 +89,7 @@ def test_a_run_killed_mid_training_resumes_where_it_stopped(tmp_path):
     import signal
     import time
 
-    from tasks.services import free_port
+    from tasks.runtime.services import free_port
 
     home = tmp_path / "home"
     marble = Path(sys.executable).with_name("marble")

@@ -152,7 +152,9 @@ def dockerfile_problems(text: str) -> list[str]:
         if not _all(chain, "ENTRYPOINT"):
             problems.append(f"{target}: no ENTRYPOINT")
         built = [_chain(stages, source) for source in _copied_from(chain[-1]) if source in stages]
-        if not any("python -m tasks.fid_weights" in run for c in built for run in _all(c, "RUN")):
+        if not any(
+            "python -m tasks.evaluate.fid_weights" in run for c in built for run in _all(c, "RUN")
+        ):
             problems.append(f"{target}: the FID weights are not fetched in its build")
     names = list(stages)
     for position, stage in enumerate(stages.values()):
@@ -192,7 +194,7 @@ BROKEN_DOCKERFILES = {  # a change to the real file (its first or last match) ->
                   "cpu: pipes a download into a shell"),
     "telemetry on": ("last", "DO_NOT_TRACK=true", "DO_NOT_TRACK=false",
                      "cuda: DO_NOT_TRACK is 'false', not true"),
-    "no weights": ("first", "&& /opt/venv/bin/python -m tasks.fid_weights", "",
+    "no weights": ("first", "&& /opt/venv/bin/python -m tasks.evaluate.fid_weights", "",
                    "cpu: the FID weights are not fetched in its build"),
     "no cuda stage": ("first", "AS cuda\n", "AS gpu\n", "no stage 'cuda'"),
 }  # fmt: skip

@@ -10,10 +10,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-import tasks.ingest as ingest_mod
-from tasks.ingest import IngestConfig, ingest, raw_shards, read_raw_index
-from tasks.url_list import UrlListError, refusal_reason
-from tasks.workspace import Workspace
+import tasks.ingest.download as ingest_mod
+from tasks.ingest.download import IngestConfig, ingest, raw_shards, read_raw_index
+from tasks.ingest.url_list import UrlListError, refusal_reason
+from tasks.store.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 
@@ -230,7 +230,7 @@ def test_two_ingests_at_once_lose_nothing(faulty_source, tmp_path, workspace):
     import time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from tasks.workspace import WorkspaceBusyError
+    from tasks.store.workspace import WorkspaceBusyError
 
     image = _png_bytes()
 
@@ -253,8 +253,8 @@ def test_two_ingests_at_once_lose_nothing(faulty_source, tmp_path, workspace):
     pq.write_table(pa.table({"url": urls, "caption": [f"slow {k}" for k in range(8)]}), first)
     pq.write_table(pq.read_table(faulty_source.url_list).slice(0, 10), second)
     script = (
-        "import sys; from pathlib import Path; from tasks.ingest import IngestConfig, ingest; "
-        "from tasks.workspace import Workspace; "
+        "import sys; from pathlib import Path; from tasks.ingest.download import IngestConfig, ingest; "
+        "from tasks.store.workspace import Workspace; "
         f"ingest(IngestConfig(url_list=Path({str(first)!r}), allowed_hosts=({slow_host!r},), "
         f"processes=1, threads=1), Workspace(Path({str(workspace.root)!r})))"
     )

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tasks.keep_rules import (
+from tasks.filter.keep_rules import (
     KEEP_RULES,
     equal_posterior_point,
     fit_two_gaussians,

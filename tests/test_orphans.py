@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.reaper import alive, descendants
+from tasks.runtime.reaper import alive, descendants
 
 pytestmark = pytest.mark.slow
 

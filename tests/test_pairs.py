@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from tasks.pairs import PairsError, ParquetPairs, load_all_pairs
-from tasks.plots import to_float
+from tasks.store.images import to_float
+from tasks.store.pairs import PairsError, ParquetPairs, load_all_pairs
 
 
 def _png(colour) -> bytes:

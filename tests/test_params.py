@@ -26,14 +26,14 @@ from models.clip import CLIP_PRESETS
 from models.diffusion import BETA_SCHEDULES, PREDICTION_TYPES, TIMESTEP_SAMPLINGS
 from models.sampling import SAMPLERS
 from models.unet import UNET_PRESETS
-from tasks.evaluate import SweepSpec
-from tasks.filter import FilterConfig
-from tasks.ingest import IngestConfig
-from tasks.keep_rules import KEEP_RULES
-from tasks.shapes import ShapesSpec
-from tasks.train_autoencoder import AutoencoderTrainSpec
-from tasks.train_clip import ClipTrainSpec, image_tower_spec
-from tasks.train_diffusion import DiffusionTrainSpec
+from tasks.evaluate.sweep import SweepSpec
+from tasks.filter.keep_rules import KEEP_RULES
+from tasks.filter.score import FilterConfig
+from tasks.ingest.download import IngestConfig
+from tasks.shapes.render import ShapesSpec
+from tasks.train.autoencoder import AutoencoderTrainSpec
+from tasks.train.clip import ClipTrainSpec, image_tower_spec
+from tasks.train.diffusion import DiffusionTrainSpec
 
 
 def _choices(model, field: str) -> tuple:

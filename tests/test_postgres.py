@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks import services
-from tasks.database import DatabaseError, parse_url, prepare
-from tasks.services import free_port
-from tasks.workspace import Workspace
+from tasks.runtime import services
+from tasks.runtime.database import DatabaseError, parse_url, prepare
+from tasks.runtime.services import free_port
+from tasks.store.workspace import Workspace
 from tests.postgres_helpers import throwaway_cluster, unavailable_reason
 from tests.s3_helpers import BUCKET, moto_s3, objects
 from tests.service_helpers import assert_all_stopped, cli_env, marble, started, wait_final
@@ -82,7 +82,7 @@ def _up_on_postgres_and_s3(tmp_path, role):
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from tasks.tracking import Tracker, use_tracking_store
+    from tasks.store.tracking import Tracker, use_tracking_store
     from tests.test_deployments import SMALL
 
     home = tmp_path / "home"
@@ -287,7 +287,7 @@ def test_a_url_without_password_uses_pgpassword(cluster, role, monkeypatch):
 
 def test_services_json_of_an_older_up_still_reads(tmp_path):
     """services.json written before the database was recorded: read as SQLite."""
-    from tasks.tracking import tracking_server_url
+    from tasks.store.tracking import tracking_server_url
 
     workspace = Workspace(tmp_path / "home")
     workspace.root.mkdir()

@@ -14,12 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from tasks import objectstore
-from tasks.objectstore import MANIFEST, ObjectStoreError, parse_s3_url, publish
-from tasks.query import run_query
-from tasks.services import free_port
-from tasks.shapes import FaultRates, ShapesSpec, write_as_raw_shard
-from tasks.workspace import Workspace
+from tasks.runtime.services import free_port
+from tasks.shapes.render import FaultRates, ShapesSpec, write_as_raw_shard
+from tasks.store import objectstore
+from tasks.store.objectstore import MANIFEST, ObjectStoreError, parse_s3_url, publish
+from tasks.store.query import run_query
+from tasks.store.workspace import Workspace
 from tests.s3_helpers import BUCKET, moto_s3, objects
 from tests.service_helpers import cli_env, marble
 
@@ -201,7 +201,7 @@ def test_a_store_that_cannot_be_reached_is_one_error(s3, workspace, monkeypatch)
 def test_up_refuses_an_artifact_store_it_cannot_write_before_starting(s3, tmp_path):
     """(tests/test_postgres.py runs `marble up --artifacts` and finds the runs' artifacts in
     the bucket.)"""
-    from tasks import services
+    from tasks.runtime import services
 
     home = tmp_path / "home"
     with pytest.raises(services.ServicesError, match=r"^--artifacts: cannot write to s3://no-"):

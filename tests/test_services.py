@@ -11,8 +11,9 @@ import time
 import pytest
 
 from flows.params import UpParams
-from tasks import nightly, services
-from tasks.workspace import Workspace
+from tasks.evaluate import nightly
+from tasks.runtime import services
+from tasks.store.workspace import Workspace
 
 # Like Prefect's worker: ignores SIGTERM, ends on the second SIGINT; it also starts a child
 # in its group, which must end with it.
@@ -81,7 +82,7 @@ def test_second_up_refuses_while_one_runs(tmp_path):
 
 
 def test_two_ups_at_once_cannot_both_start(tmp_path):
-    from tasks.workspace import WorkspaceBusyError
+    from tasks.store.workspace import WorkspaceBusyError
 
     workspace = Workspace(tmp_path / "home")
     workspace.root.mkdir()

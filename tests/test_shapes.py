@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from eval.attributes import BACKGROUNDS, CAPTION_TEMPLATES, COLOURS, POSITIONS, parse_caption
-from tasks.shapes import (
+from tasks.shapes.render import (
     FAULT_KINDS,
     FaultRates,
     ShapesSpec,

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tasks.ids import pair_id
-from tasks.shapes import build_table
+from tasks.shapes.render import build_table
+from tasks.store.ids import pair_id
 from tests.conftest import FAULTY_SPEC
 
 
@@ -65,8 +65,8 @@ def test_not_found_redirect_slow(faulty_source):
 
 
 def test_server_stops_on_exit(tmp_path):
-    from tasks.shapes import ShapesSpec
-    from tasks.shapes_server import serve_shapes
+    from tasks.shapes.render import ShapesSpec
+    from tasks.shapes.server import serve_shapes
 
     with serve_shapes(ShapesSpec(n=3), tmp_path) as source:
         assert _get(f"{source.base_url}/shapes/0/0.png").status == 200

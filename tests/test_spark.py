@@ -19,10 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tasks.ingest import IngestConfig, ingest, raw_shards
-from tasks.reaper import alive, descendants
-from tasks.url_list import UrlListError
-from tasks.workspace import Workspace
+from tasks.ingest.download import IngestConfig, ingest, raw_shards
+from tasks.ingest.url_list import UrlListError
+from tasks.runtime.reaper import alive, descendants
+from tasks.store.workspace import Workspace
 
 # a redirect from an allowed host to each of these is a hop the proxy must refuse
 FORBIDDEN_SPELLINGS = ("127.0.0.1", "localhost", "0x7f000001")

@@ -12,8 +12,10 @@ import sys
 import pytest
 import torch
 
-from tasks.reaper import alive, descendants
-from tasks.torchrun import (
+from tasks.runtime.reaper import alive, descendants
+from tasks.train.clip import ClipTrainSpec
+from tasks.train.diffusion import DiffusionTrainSpec
+from tasks.train.torchrun import (
     Rendezvous,
     TorchrunError,
     resolve_nproc,
@@ -21,8 +23,6 @@ from tasks.torchrun import (
     torchrun_argv,
     torchrun_env,
 )
-from tasks.train_clip import ClipTrainSpec
-from tasks.train_diffusion import DiffusionTrainSpec
 from tests.training_helpers import make_workspace, tiny_train
 
 ENTRY = ["-m", "flows.torchrun_rank", "/runs/x"]
@@ -87,7 +87,7 @@ def _left_running(before: dict[int, int]) -> list[int]:
 def test_two_gloo_processes_train_a_loadable_checkpoint(tmp_path):
     import mlflow
 
-    from tasks.checkpoint import load_clip, load_state
+    from tasks.store.checkpoint import load_clip, load_state
 
     workspace = make_workspace(tmp_path / "home")
     spec = ClipTrainSpec(train=tiny_train(device="cpu"))

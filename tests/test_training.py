@@ -19,13 +19,13 @@ import torch
 from safetensors.torch import load_file
 
 from models.clip import CLIP_PRESETS, build_clip
-from tasks.checkpoint import CheckpointDir, load_config, load_pipeline, load_state
-from tasks.tracking import Tracker, training_tracker
-from tasks.train_autoencoder import AutoencoderTrainSpec, train_autoencoder
-from tasks.train_clip import ClipTrainSpec, lit_config, train_clip
-from tasks.train_diffusion import DiffusionTrainSpec, train_diffusion
-from tasks.trainer import NonFiniteLossError, TrainConfig, train
-from tasks.workspace import Workspace
+from tasks.store.checkpoint import CheckpointDir, load_config, load_pipeline, load_state
+from tasks.store.tracking import Tracker, training_tracker
+from tasks.store.workspace import Workspace
+from tasks.train.autoencoder import AutoencoderTrainSpec, train_autoencoder
+from tasks.train.clip import ClipTrainSpec, lit_config, train_clip
+from tasks.train.diffusion import DiffusionTrainSpec, train_diffusion
+from tasks.train.trainer import NonFiniteLossError, TrainConfig, train
 from tests.training_helpers import make_workspace, tiny_train
 
 pytestmark = pytest.mark.slow
@@ -79,7 +79,7 @@ def test_rerun_of_a_finished_training_is_a_no_op(trained):
 def test_new_data_trains_again_from_scratch(tmp_path):
     """A finished checkpoint trained on other pairs is out of date: the same spec trains
     again (a new MLflow run), where the same pairs make it a no-op."""
-    from tasks.shapes import FaultRates, ShapesSpec, write_as_raw_shard
+    from tasks.shapes.render import FaultRates, ShapesSpec, write_as_raw_shard
 
     workspace = make_workspace(tmp_path, n=120)
     spec = ClipTrainSpec(train=tiny_train(ema_decay=0.0))
@@ -220,7 +220,7 @@ def _null_tracker(workspace):
 
 def test_ema_update_closed_form():
     """ema <- d * ema + (1 - d) * model: from 0 towards 1 with d = 0.9, 0.1 then 0.19."""
-    from tasks.trainer import ema_decay_at, update_ema
+    from tasks.train.trainer import ema_decay_at, update_ema
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     ema = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
@@ -286,9 +286,9 @@ RESUME_SCRIPT = textwrap.dedent(
     import sys, torch
     from pathlib import Path
     import tasks
-    from tasks.workspace import Workspace
-    from tasks.train_diffusion import DiffusionTrainSpec, train_diffusion
-    from tasks.trainer import TrainConfig
+    from tasks.store.workspace import Workspace
+    from tasks.train.diffusion import DiffusionTrainSpec, train_diffusion
+    from tasks.train.trainer import TrainConfig
     torch.set_num_threads(1)
     cfg = TrainConfig(steps=16, batch_size=8, lr=1e-3, warmup_steps=2, log_every=4, ckpt_every=2)
     train_diffusion(DiffusionTrainSpec(autoencoder="identity", train=cfg), Workspace(Path(sys.argv[1])))
@@ -371,9 +371,9 @@ DDP_SCRIPT = textwrap.dedent(
     from pathlib import Path
     import tasks
     from models.autoencoder import AE_PRESETS, autoencoder_loss, build_autoencoder
-    from tasks.trainer import TrainConfig, init_distributed, rank_slice, train, pick_device
-    from tasks.tracking import Tracker
-    from tasks.checkpoint import CheckpointDir
+    from tasks.train.trainer import TrainConfig, init_distributed, rank_slice, train, pick_device
+    from tasks.store.tracking import Tracker
+    from tasks.store.checkpoint import CheckpointDir
     torch.manual_seed(0)
     model = build_autoencoder(AE_PRESETS["kl-f4"])
     data = torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(1)).clamp(-1, 1)
@@ -404,7 +404,7 @@ CLIP_DDP_SCRIPT = textwrap.dedent(
     import torch.distributed as dist
     import tasks
     from models.clip import CLIP_PRESETS, build_clip, clip_loss, make_tokenizer
-    from tasks.trainer import init_distributed, pick_device, rank_slice
+    from tasks.train.trainer import init_distributed, pick_device, rank_slice
     info = init_distributed(pick_device("cpu"))
     cfg = CLIP_PRESETS["clip-tiny"]
     images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from tasks.train_clip import ClipTrainSpec, train_clip
-from tasks.workspace import Workspace
+from tasks.store.workspace import Workspace
+from tasks.train.clip import ClipTrainSpec, train_clip
 from tests.training_helpers import make_workspace, tiny_train
 
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ def test_a_copied_workspace_writes_only_into_itself(tmp_path):
 def _follow(root: str, barrier) -> None:
     from pathlib import Path
 
-    from tasks.tracking import follow_moved_workspace
+    from tasks.store.tracking import follow_moved_workspace
 
     barrier.wait()
     follow_moved_workspace(Workspace(Path(root)))

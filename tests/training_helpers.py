@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.shapes import FaultRates, ShapesSpec, write_as_raw_shard
-from tasks.trainer import TrainConfig
-from tasks.workspace import Workspace
+from tasks.shapes.render import FaultRates, ShapesSpec, write_as_raw_shard
+from tasks.store.workspace import Workspace
+from tasks.train.trainer import TrainConfig
 
 
 def make_workspace(root: Path, n: int = 160, seed: int = 0) -> Workspace:

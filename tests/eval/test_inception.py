@@ -15,8 +15,8 @@ from eval.inception import (
     inception_features,
     tf_port_to_pytorch_fid,
 )
-from tasks import fid_weights
-from tasks.fid_weights import FidWeightsError, load_fid_state_dict
+from tasks.evaluate import fid_weights
+from tasks.evaluate.fid_weights import FidWeightsError, load_fid_state_dict
 
 
 def _random_tf_port(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -3,7 +3,7 @@
 A URL's host is an address in any spelling the resolver accepts (dotted IPv4 and its numeric
 forms: decimal `2130706433`, hex `0x7f000001`, octal `0177.0.0.1`, shortened `127.1`; IPv6
 in brackets, with a zone) or a name. Names are resolved, and every address they resolve to
-is checked; the fetch then connects to an address that was checked (tasks/fetch_proxy.py),
+is checked; the fetch then connects to an address that was checked (tasks/ingest/fetch_proxy.py),
 so a second look-up cannot answer differently.
 
 An address is refused unless it is globally routable unicast: loopback, private, link-local

@@ -7,7 +7,7 @@ latents from the cached posteriors. Captions are dropped (replaced by the empty 
 states) with probability `cond_dropout`, which is what classifier-free guidance needs.
 
 Checkpoint: checkpoints/diffusion/<text>_<unet>_<autoencoder>/ with model/ema safetensors
-and a config.json that names (and digests) the encoders, so `tasks.checkpoint.load_pipeline`
+and a config.json that names (and digests) the encoders, so `tasks.store.checkpoint.load_pipeline`
 rebuilds the whole text-to-image pipeline from it.
 """
 
@@ -38,12 +38,19 @@ from models.diffusion import (
 )
 from models.pipeline import TextToImage
 from models.unet import UNET_PRESETS, UNet, UNetConfig
-from tasks.checkpoint import CheckpointDir, digest, load_conditioning, text_to_image
-from tasks.pairs import load_split_pairs, pairs_digest
-from tasks.plots import save_grid, to_float, to_uint8
-from tasks.tracking import training_tracker
-from tasks.trainer import TrainConfig, init_distributed, one_writer, pick_device, rank_slice, train
-from tasks.workspace import Workspace
+from tasks.store.checkpoint import CheckpointDir, digest, load_conditioning, text_to_image
+from tasks.store.images import save_grid, to_float, to_uint8
+from tasks.store.pairs import load_split_pairs, pairs_digest
+from tasks.store.tracking import training_tracker
+from tasks.store.workspace import Workspace
+from tasks.train.trainer import (
+    TrainConfig,
+    init_distributed,
+    one_writer,
+    pick_device,
+    rank_slice,
+    train,
+)
 
 KIND = "diffusion"
 

@@ -2,10 +2,10 @@
 
     ingest(IngestConfig(url_list=...), workspace) -> IngestManifest
 
-1. Read and vet the list (tasks/url_list.py): refused rows are counted, never fetched.
+1. Read and vet the list (tasks/ingest/url_list.py): refused rows are counted, never fetched.
 2. Skip pairs already downloaded successfully: a rerun fetches only what is missing
    (new pairs and earlier failures).
-3. Download the rest with img2dataset, through the vetting proxy (tasks/fetch_proxy.py),
+3. Download the rest with img2dataset, through the vetting proxy (tasks/ingest/fetch_proxy.py),
    into a staging folder of its own (`data/.raw.staging-<key>`, keyed by the pairs and the
    settings) in img2dataset's incremental mode: after a crash, a rerun of the same work
    resumes the unfinished shards.
@@ -32,12 +32,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks import addresses, fetch_proxy, url_list
-from tasks.addresses import normalise_host_port
-from tasks.fetch_proxy import REFUSED, FetchPolicy, proxy_environment, vetting_proxy
-from tasks.stages import files_digest, inputs_digest, source_digest
-from tasks.url_list import MAX_CAPTION_CHARS, UrlListError, read_url_list, vet_url_list
-from tasks.workspace import Workspace, atomic_dir, atomic_write_bytes
+from tasks.ingest import addresses, fetch_proxy, url_list
+from tasks.ingest.addresses import normalise_host_port
+from tasks.ingest.fetch_proxy import REFUSED, FetchPolicy, proxy_environment, vetting_proxy
+from tasks.ingest.url_list import MAX_CAPTION_CHARS, UrlListError, read_url_list, vet_url_list
+from tasks.store.stages import files_digest, inputs_digest, source_digest
+from tasks.store.workspace import Workspace, atomic_dir, atomic_write_bytes
 
 
 def _allowed_host(text: str) -> str:
@@ -191,7 +191,7 @@ def _download(cfg: IngestConfig, urls, captions, ids, staging: Path, env: dict) 
     )
     args_path = staging / "download.json"
     atomic_write_bytes(args_path, json.dumps(arguments).encode())
-    command = [sys.executable, "-m", "tasks.img2dataset_run", str(args_path)]
+    command = [sys.executable, "-m", "tasks.ingest.img2dataset_run", str(args_path)]
     if cfg.distributor == "pyspark":
         command += ["--spark-master", cfg.spark_master or f"local[{cfg.processes}]"]
     result = subprocess.run(command, env=env)

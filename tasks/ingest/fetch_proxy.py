@@ -7,7 +7,7 @@ worker it starts, whatever the distributor). marble's own process keeps its envi
 its own HTTP clients (Prefect's API, MLflow) never go through the proxy. For each request,
 and so for every redirect hop (urllib follows redirects with a new request), the proxy:
 
-1. resolves the host once and checks every address (tasks/addresses.py), then connects to
+1. resolves the host once and checks every address (tasks/ingest/addresses.py), then connects to
    the checked address itself, so DNS cannot answer a second look-up differently;
 2. refuses a body whose declared length exceeds `max_body_bytes`, and cuts one that grows
    past it (the client sees a truncated response, which fails);
@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 from PIL import Image, UnidentifiedImageError
 
-from tasks.addresses import AddressRefused, Resolver, resolve_checked, system_resolver
+from tasks.ingest.addresses import AddressRefused, Resolver, resolve_checked, system_resolver
 
 REFUSED = "marble-refused"
 SNIFF_BYTES = 1 << 20  # enough for any image header (a JPEG's SOF can sit behind EXIF)

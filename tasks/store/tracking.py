@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tasks.workspace import SERVICES_FILE, Workspace, atomic_write_bytes
+from tasks.store.workspace import SERVICES_FILE, Workspace, atomic_write_bytes
 
 SERVER_CHECK_S = 3.0  # how long a tracking server of `marble up` has to answer
 
@@ -157,7 +157,7 @@ def external_tracking_uri() -> str | None:
 def tracking_server_url(workspace: Workspace) -> str | None:
     """The MLflow server of a `marble up` for this workspace that keeps runs in PostgreSQL or
     artifacts on S3, while it answers: where runs made in this workspace outside the worker
-    must go too. Read from the services file `marble up` writes (tasks/services.py). With
+    must go too. Read from the services file `marble up` writes (tasks/runtime/services.py). With
     SQLite and local artifacts, the server and every run share the workspace's files, and
     this is None."""
     import json

@@ -8,7 +8,7 @@ The Parquet views read the files in place (a glob per folder); `runs` is read th
 MLflow's own API from the workspace's tracking store (no DuckDB extension is needed, none is
 downloaded). A view whose folder is empty does not exist yet, and saying so is the error.
 
-With `source` (an s3:// prefix `marble publish` wrote, tasks/objectstore.py) the Parquet
+With `source` (an s3:// prefix `marble publish` wrote, tasks/store/objectstore.py) the Parquet
 views read the files its manifest lists, through s3fs registered with DuckDB (DuckDB's own
 httpfs extension is never loaded: it would be downloaded).
 """
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import duckdb
 
-from tasks.objectstore import S3Prefix, filesystem, published_tables, workspace_tables
-from tasks.tracking import external_tracking_uri, use_tracking_store
-from tasks.workspace import Workspace
+from tasks.store.objectstore import S3Prefix, filesystem, published_tables, workspace_tables
+from tasks.store.tracking import external_tracking_uri, use_tracking_store
+from tasks.store.workspace import Workspace
 
 FORMATS = ("table", "csv", "json")
 

@@ -2,7 +2,7 @@
 
 A trainer supplies a model, a `loss_fn(model, step, micro, generator) -> (loss, n_images)`
 that draws its own batch from `generator`, the checkpoint folder to resume from and write to
-(`tasks.checkpoint.CheckpointDir`) and a factory of MLflow runs (`tasks.tracking`); this
+(`tasks.store.checkpoint.CheckpointDir`) and a factory of MLflow runs (`tasks.store.tracking`); this
 module itself touches no file. The generator is seeded by (seed, step, micro)
 alone, so the data order and every noise draw are functions of the step number: a run
 killed at any point and resumed from its last checkpoint ends bit-identical (on CPU) to an
@@ -39,15 +39,15 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from tasks.progress import report
-from tasks.stages import inputs_digest
+from tasks.runtime.progress import report
+from tasks.store.stages import inputs_digest
 
 LossFn = Callable[[nn.Module, int, int, torch.Generator], tuple[Tensor, int]]
 ValidateFn = Callable[[nn.Module, int], dict[str, float]]
 
 
 class Checkpoint(Protocol):
-    """Where a training resumes from and writes to (tasks.checkpoint.CheckpointDir)."""
+    """Where a training resumes from and writes to (tasks.store.checkpoint.CheckpointDir)."""
 
     path: Path
 
@@ -59,7 +59,7 @@ class Checkpoint(Protocol):
 
 
 class Run(Protocol):
-    """One tracked run (tasks.tracking.Tracker), used as a context manager."""
+    """One tracked run (tasks.store.tracking.Tracker), used as a context manager."""
 
     run_id: str | None
 

@@ -1,4 +1,4 @@
-"""Measuring for an evaluation sweep (tasks/evaluate.py runs it): one point (sample, extract
+"""Measuring for an evaluation sweep (tasks/evaluate/sweep.py runs it): one point (sample, extract
 features as images come off the sampler, turn them into metrics with bootstrap replicates,
 metric rows and per-image rows), and the reference side (cached statistics of the real
 images, where real images stand with the judge, reconstructions of them)."""
@@ -24,8 +24,8 @@ from eval.detector import scene_matches
 from eval.frechet import FrechetToReference, GaussianStats, frechet_distance
 from eval.inception import inception_features
 from eval.retrieval import recall_at_1
-from tasks.plots import to_float, to_uint8
-from tasks.progress import report
+from tasks.runtime.progress import report
+from tasks.store.images import to_float, to_uint8
 
 
 @dataclass(frozen=True)

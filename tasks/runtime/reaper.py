@@ -9,7 +9,7 @@ one of them). When the pipe reports end of file, marble has ended, however it en
 watcher then sends SIGTERM to every recorded descendant still running, and SIGKILL to what
 is left after `GRACE_S`.
 
-    python -m tasks.reaper PID FD     (what start_reaper runs)
+    python -m tasks.runtime.reaper PID FD     (what start_reaper runs)
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def start_reaper() -> None:
         return
     read_end, write_end = os.pipe()  # both close-on-exec: no child inherits marble's end
     subprocess.Popen(
-        [sys.executable, "-m", "tasks.reaper", str(os.getpid()), str(read_end)],
+        [sys.executable, "-m", "tasks.runtime.reaper", str(os.getpid()), str(read_end)],
         pass_fds=(read_end,),
         start_new_session=True,  # out of marble's process group: a Ctrl-C does not stop it
         stdin=subprocess.DEVNULL,

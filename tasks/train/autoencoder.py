@@ -17,11 +17,12 @@ import torch
 
 from eval.reconstruction import psnr
 from models.autoencoder import AE_PRESETS, autoencoder_loss, build_autoencoder, with_latent_stats
-from tasks.checkpoint import CheckpointDir
-from tasks.pairs import load_split_pairs, pairs_digest
-from tasks.plots import save_grid, to_float, to_uint8
-from tasks.tracking import training_tracker
-from tasks.trainer import (
+from tasks.store.checkpoint import CheckpointDir
+from tasks.store.images import save_grid, to_float, to_uint8
+from tasks.store.pairs import load_split_pairs, pairs_digest
+from tasks.store.tracking import training_tracker
+from tasks.store.workspace import Workspace, atomic_dir, atomic_write_bytes
+from tasks.train.trainer import (
     FINISHED,
     TrainConfig,
     init_distributed,
@@ -30,7 +31,6 @@ from tasks.trainer import (
     rank_slice,
     train,
 )
-from tasks.workspace import Workspace, atomic_dir, atomic_write_bytes
 
 KIND = "autoencoder"
 

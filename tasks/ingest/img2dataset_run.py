@@ -1,9 +1,9 @@
 """Run img2dataset with keyword arguments read from a JSON file.
 
-    python -m tasks.img2dataset_run ARGS.json [--spark-master MASTER]
+    python -m tasks.ingest.img2dataset_run ARGS.json [--spark-master MASTER]
 
 Ingest downloads in a process of its own (this one), started with an environment that sends
-every fetch through the vetting proxy (tasks/fetch_proxy.py); img2dataset's workers inherit
+every fetch through the vetting proxy (tasks/ingest/fetch_proxy.py); img2dataset's workers inherit
 it. marble's own process, and its own HTTP clients, keep their environment.
 
 With the pyspark distributor this process is Spark's driver: it starts a SparkSession on
@@ -34,7 +34,7 @@ def spark_session(master: str, processes: int, scratch: Path):
     os.environ["SPARK_LOCAL_DIRS"] = str(scratch / "local")  # shuffle and scratch files
     from pyspark.sql import SparkSession
 
-    from tasks.fetch_proxy import PROXY_VARIABLES
+    from tasks.ingest.fetch_proxy import PROXY_VARIABLES
 
     builder = (
         SparkSession.builder.master(master)
@@ -91,7 +91,7 @@ def main(args_path: str, spark_master: str | None = None) -> None:
 
 
 if __name__ == "__main__":  # img2dataset's workers are spawned: they import this module
-    parser = argparse.ArgumentParser(prog="python -m tasks.img2dataset_run")
+    parser = argparse.ArgumentParser(prog="python -m tasks.ingest.img2dataset_run")
     parser.add_argument("args_path", help="JSON file of img2dataset.download's arguments")
     parser.add_argument("--spark-master", help="Spark master (pyspark distributor only)")
     options = parser.parse_args()

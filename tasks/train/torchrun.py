@@ -7,7 +7,7 @@ the workspace), starts `torchrun ... -m flows.torchrun_rank RUN_DIR` in a sessio
 streams its output to `log` and to `RUN_DIR/torchrun.log`, and returns the summary that
 rank 0 wrote beside it, once the checkpoint it names is on disk. Every rank runs
 flows/torchrun_rank.py: it rebuilds the spec and calls the kind's trainer, which joins the
-process group (tasks.trainer.init_distributed); rank 0 writes checkpoints, MLflow and the
+process group (tasks.train.trainer.init_distributed); rank 0 writes checkpoints, MLflow and the
 summary.
 
 - One node: `--standalone` with `nproc_per_node` processes; 0 means one per CUDA GPU. On
@@ -37,11 +37,11 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tasks import progress
-from tasks.checkpoint import load_config
-from tasks.reaper import alive, descendants, proc_stat, signal_alive
-from tasks.trainer import pick_device
-from tasks.workspace import Workspace, atomic_write_bytes
+from tasks.runtime import progress
+from tasks.runtime.reaper import alive, descendants, proc_stat, signal_alive
+from tasks.store.checkpoint import load_config
+from tasks.store.workspace import Workspace, atomic_write_bytes
+from tasks.train.trainer import pick_device
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: ranks import marble from here
 KINDS = ("autoencoder", "clip", "diffusion")
@@ -49,7 +49,7 @@ KINDS = ("autoencoder", "clip", "diffusion")
 # trainer (the trainers are imported there, not by this launcher).
 RANK_ENTRY = ("-m", "flows.torchrun_rank")
 SPEC_FILE, SUMMARY_FILE, LOG_FILE = "spec.json", "summary.json", "torchrun.log"
-PROGRESS = "marble-progress:"  # rank 0's progress lines, passed on to tasks.progress
+PROGRESS = "marble-progress:"  # rank 0's progress lines, passed on to tasks.runtime.progress
 RANK_ERROR = "marble-rank-error:"  # a rank's one-line error before it exits
 TAIL_LINES = 30
 GRACE_S = 10.0  # torchrun's own shutdown of its workers on SIGTERM, before SIGKILL

@@ -7,7 +7,7 @@ A checkpoint is a folder `checkpoints/<kind>/<name>/` (`Workspace.checkpoint`) h
     state.pt               optimizer, scheduler, step, RNG states, MLflow run id
                            (torch.save; loaded with weights_only=True)
 
-The folder is written to a temporary sibling and renamed into place (tasks.workspace),
+The folder is written to a temporary sibling and renamed into place (tasks.store.workspace),
 so a kill at any moment leaves either the previous checkpoint or the new one.
 
 Loaders take a workspace and a checkpoint name and return modules in eval mode, frozen,
@@ -36,7 +36,7 @@ from models.clip import ClipConfig, TextConditioner, build_clip, make_tokenizer
 from models.diffusion import make_alphas_cumprod
 from models.pipeline import TextToImage
 from models.unet import UNet, UNetConfig
-from tasks.workspace import Workspace, atomic_dir
+from tasks.store.workspace import Workspace, atomic_dir
 
 # pretrained open_clip models that name no normalisation use OpenAI's
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -116,7 +116,7 @@ def dataclass_from_json(cls, values: dict[str, Any]):
 
 @dataclass(frozen=True)
 class CheckpointDir:
-    """One checkpoint folder, as the training loop reads and writes it (tasks.trainer)."""
+    """One checkpoint folder, as the training loop reads and writes it (tasks.train.trainer)."""
 
     path: Path
 

@@ -8,9 +8,9 @@ Filter model, by `FilterConfig.model`:
   weights it raises an error naming what was looked for and how to get it.
 - "marble:<checkpoint name>": a CLIP trained by marble (checkpoints/clip/<name>/), such as
   the filter CLIP that the `filter` flow trains on the raw pairs first
-  (`tasks.train_clip.filter_clip_spec`) when the user names no model.
+  (`tasks.train.clip.filter_clip_spec`) when the user names no model.
 
-Keep rule, by `FilterConfig.keep`: a name in `tasks.keep_rules.KEEP_RULES`.
+Keep rule, by `FilterConfig.keep`: a name in `tasks.filter.keep_rules.KEEP_RULES`.
 
 Writes, each atomically (temporary folder, then rename):
 - data/scores/scores.parquet: pair_id, caption, similarity, filter_model, kept, for every
@@ -38,22 +38,22 @@ from torch.utils.data import DataLoader
 
 from eval import clip_embedder
 from eval.clip_embedder import ClipEmbedder
-from tasks import keep_rules
-from tasks.checkpoint import digest, load_clip_embedder
-from tasks.ids import split_of
-from tasks.keep_rules import KEEP_RULES
-from tasks.pairs import ParquetPairs, shard_paths
-from tasks.stages import files_digest, inputs_digest, recorded, source_digest, write_record
-from tasks.tracking import Tracker
-from tasks.trainer import pick_device
-from tasks.workspace import Workspace, atomic_dir
+from tasks.filter import keep_rules
+from tasks.filter.keep_rules import KEEP_RULES
+from tasks.store.checkpoint import digest, load_clip_embedder
+from tasks.store.ids import split_of
+from tasks.store.pairs import ParquetPairs, shard_paths
+from tasks.store.stages import files_digest, inputs_digest, recorded, source_digest, write_record
+from tasks.store.tracking import Tracker
+from tasks.store.workspace import Workspace, atomic_dir
+from tasks.train.trainer import pick_device
 
 KeepRule = Literal[tuple(KEEP_RULES)]
 
 
 @dataclass(frozen=True)
 class FilterConfig:
-    model: str  # "openclip:ARCH:TAG_OR_FILE" or "marble:NAME" (tasks.checkpoint)
+    model: str  # "openclip:ARCH:TAG_OR_FILE" or "marble:NAME" (tasks.store.checkpoint)
     keep: KeepRule = "mixture"
     threshold: float = 0.28  # for keep="threshold"
     top_fraction: float = 0.3  # for keep="top_fraction"

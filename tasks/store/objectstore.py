@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tasks.workspace import Workspace
+from tasks.store.workspace import Workspace
 
 MANIFEST = "marble-manifest.json"
 MANIFEST_VERSION = 1

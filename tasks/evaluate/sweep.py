@@ -46,21 +46,10 @@ from eval.bootstrap import resample_counts
 from eval.inception import RESIZE_MODE, build_fid_inception
 from eval.reconstruction import psnr_per_image
 from models.sampling import SAMPLERS
-from tasks import sweep_point, sweep_report
-from tasks.checkpoint import (
-    digest,
-    load_autoencoder,
-    load_clip_embedder,
-    load_config,
-    load_pipeline,
-)
-from tasks.fid_weights import load_fid_state_dict
-from tasks.ids import pair_id
-from tasks.pairs import ParquetPairs, decode_image
-from tasks.plots import save_grid, to_float
-from tasks.shapes import render_scene, sample_scene
-from tasks.stages import inputs_digest, source_digest
-from tasks.sweep_point import (
+from tasks.evaluate import point as sweep_point
+from tasks.evaluate import report as sweep_report
+from tasks.evaluate.fid_weights import load_fid_state_dict
+from tasks.evaluate.point import (
     PointSettings,
     batched,
     generate_and_measure,
@@ -71,9 +60,21 @@ from tasks.sweep_point import (
     reference_statistics,
     sample_columns,
 )
-from tasks.tracking import Tracker, code_version
-from tasks.trainer import pick_device
-from tasks.workspace import Workspace
+from tasks.shapes.render import render_scene, sample_scene
+from tasks.store.checkpoint import (
+    digest,
+    load_autoencoder,
+    load_clip_embedder,
+    load_config,
+    load_pipeline,
+)
+from tasks.store.ids import pair_id
+from tasks.store.images import save_grid, to_float
+from tasks.store.pairs import ParquetPairs, decode_image
+from tasks.store.stages import inputs_digest, source_digest
+from tasks.store.tracking import Tracker, code_version
+from tasks.store.workspace import Workspace
+from tasks.train.trainer import pick_device
 
 _MEASURING_CODE = (sys.modules[__name__], sweep_point, frechet, cmmd, clip_score, inception)
 IMAGEN_GUIDANCE = (1.0, 1.25, 1.5, 1.75, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)
@@ -90,7 +91,7 @@ class SweepSpec:
     num_samples: int = 10_000  # images per point (FID-10K)
     prompt_set: Literal["auto", "val", "heldout"] = "auto"  # auto: heldout on built-in data
     judge: str = "marble:judge-clip-base"  # "marble:NAME" or "openclip:ARCH:TAG"
-    fid_weights: str | None = None  # a weights file; default: tasks.fid_weights' places
+    fid_weights: str | None = None  # a weights file; default: tasks.evaluate.fid_weights' places
     bootstrap: int = 100  # replicates per interval
     batch_size: int = 250
     seed: int = 0  # of the bootstrap resamples

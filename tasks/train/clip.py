@@ -28,12 +28,19 @@ import torch
 
 from eval.retrieval import retrieval_metrics
 from models.clip import CLIP_PRESETS, ClipConfig, build_clip, clip_loss, make_tokenizer
-from tasks.checkpoint import CheckpointDir, digest, load_clip
-from tasks.pairs import ParquetPairs, load_split_pairs, pairs_digest
-from tasks.plots import to_float
-from tasks.tracking import training_tracker
-from tasks.trainer import TrainConfig, init_distributed, one_writer, pick_device, rank_slice, train
-from tasks.workspace import Workspace
+from tasks.store.checkpoint import CheckpointDir, digest, load_clip
+from tasks.store.images import to_float
+from tasks.store.pairs import ParquetPairs, load_split_pairs, pairs_digest
+from tasks.store.tracking import training_tracker
+from tasks.store.workspace import Workspace
+from tasks.train.trainer import (
+    TrainConfig,
+    init_distributed,
+    one_writer,
+    pick_device,
+    rank_slice,
+    train,
+)
 
 KIND = "clip"
 FILTER_PREFIX = "filter-"

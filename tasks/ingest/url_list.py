@@ -3,7 +3,7 @@
 Bad input gets one `UrlListError` that names the problem. Rows that are readable but must
 not be fetched are *refused*: counted with their reason, never downloaded, never stored: a
 non-http(s) scheme, credentials in the URL, an address that is not globally routable in any
-spelling (tasks/addresses.py; names are checked when the download resolves them), no URL or
+spelling (tasks/ingest/addresses.py; names are checked when the download resolves them), no URL or
 caption, a caption longer than the limit, a duplicate.
 """
 
@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.addresses import literal_refusal, normalise_host_port
-from tasks.ids import pair_id
+from tasks.ingest.addresses import literal_refusal, normalise_host_port
+from tasks.store.ids import pair_id
 
 MAX_CAPTION_CHARS = 1000
 

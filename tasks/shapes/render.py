@@ -190,7 +190,7 @@ def write_as_raw_shard(spec: ShapesSpec, path, base_url: str = "http://127.0.0.1
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tasks.ids import pair_id
+    from tasks.store.ids import pair_id
 
     table = build_table(spec)
     urls = [f"{base_url}/shapes/{spec.seed}/{i}.png" for i in range(spec.n)]

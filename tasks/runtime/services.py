@@ -1,7 +1,7 @@
 """The local services behind `marble up` / `marble down`: a Prefect server (SQLite in the
 workspace), a worker of a process work pool, and the MLflow UI, all on 127.0.0.1.
 
-With `database` (a PostgreSQL URL, tasks/database.py) the Prefect server and MLflow keep
+With `database` (a PostgreSQL URL, tasks/runtime/database.py) the Prefect server and MLflow keep
 their data there instead; it is checked, and MLflow's database created, before anything
 starts. With `artifacts` (s3://BUCKET/PREFIX) the MLflow server stores run artifacts there
 and serves them to clients (`mlflow-artifacts:/`), so only the server needs the store's
@@ -31,10 +31,10 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tasks import database as pg
-from tasks.objectstore import ObjectStoreError, check_writable, parse_s3_url
-from tasks.reaper import proc_stat
-from tasks.workspace import SERVICES_FILE, Workspace, atomic_write_bytes
+from tasks.runtime import database as pg
+from tasks.runtime.reaper import proc_stat
+from tasks.store.objectstore import ObjectStoreError, check_writable, parse_s3_url
+from tasks.store.workspace import SERVICES_FILE, Workspace, atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: flows are loaded from here
 PREFECT_FILE = ROOT / "infra" / "prefect.yaml"

@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from tasks.plots import to_float
-from tasks.stages import inputs_digest
+from tasks.store.images import to_float
+from tasks.store.stages import inputs_digest
 
 IMAGE_COLUMNS = ("png", "jpg", "webp", "image")
 
@@ -156,7 +156,7 @@ def load_split_pairs(
     Reads the filtered pairs when they exist, else the raw shards (split by pair_id, the
     same function the filter uses), so training runs before the filter stage has.
     """
-    from tasks.ids import split_of
+    from tasks.store.ids import split_of
 
     if (
         pairs_dir is not None
