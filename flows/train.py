@@ -20,13 +20,13 @@ from prefect.cache_policies import NO_CACHE
 from flows import fanout
 from flows.artifacts import with_progress
 from flows.params import FanOutParams, TrainingParams
+from tasks.runtime.devices import pick_device
 from tasks.runtime.services import GPU_TAG
 from tasks.store.workspace import Workspace
 from tasks.train.autoencoder import AutoencoderTrainSpec, train_autoencoder
 from tasks.train.clip import ClipTrainSpec, image_tower_spec, train_clip
 from tasks.train.diffusion import DiffusionTrainSpec, train_diffusion
 from tasks.train.torchrun import run_torchrun
-from tasks.train.trainer import pick_device
 
 
 def timed(train, *args) -> dict:

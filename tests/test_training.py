@@ -371,7 +371,8 @@ DDP_SCRIPT = textwrap.dedent(
     from pathlib import Path
     import tasks
     from models.autoencoder import AE_PRESETS, autoencoder_loss, build_autoencoder
-    from tasks.train.trainer import TrainConfig, init_distributed, rank_slice, train, pick_device
+    from tasks.runtime.devices import pick_device
+    from tasks.train.trainer import TrainConfig, init_distributed, rank_slice, train
     from tasks.store.tracking import Tracker
     from tasks.store.checkpoint import CheckpointDir
     torch.manual_seed(0)
@@ -404,7 +405,8 @@ CLIP_DDP_SCRIPT = textwrap.dedent(
     import torch.distributed as dist
     import tasks
     from models.clip import CLIP_PRESETS, build_clip, clip_loss, make_tokenizer
-    from tasks.train.trainer import init_distributed, pick_device, rank_slice
+    from tasks.runtime.devices import pick_device
+    from tasks.train.trainer import init_distributed, rank_slice
     info = init_distributed(pick_device("cpu"))
     cfg = CLIP_PRESETS["clip-tiny"]
     images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1

@@ -60,6 +60,7 @@ from tasks.evaluate.point import (
     reference_statistics,
     sample_columns,
 )
+from tasks.runtime.devices import pick_device
 from tasks.shapes.render import render_scene, sample_scene
 from tasks.store.checkpoint import (
     digest,
@@ -74,7 +75,6 @@ from tasks.store.pairs import ParquetPairs, decode_image
 from tasks.store.stages import inputs_digest, source_digest
 from tasks.store.tracking import Tracker, code_version
 from tasks.store.workspace import Workspace
-from tasks.train.trainer import pick_device
 
 _MEASURING_CODE = (sys.modules[__name__], sweep_point, frechet, cmmd, clip_score, inception)
 IMAGEN_GUIDANCE = (1.0, 1.25, 1.5, 1.75, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)

@@ -40,13 +40,13 @@ from eval import clip_embedder
 from eval.clip_embedder import ClipEmbedder
 from tasks.filter import keep_rules
 from tasks.filter.keep_rules import KEEP_RULES
+from tasks.runtime.devices import pick_device
 from tasks.store.checkpoint import digest, load_clip_embedder
 from tasks.store.ids import split_of
 from tasks.store.pairs import ParquetPairs, shard_paths
 from tasks.store.stages import files_digest, inputs_digest, recorded, source_digest, write_record
 from tasks.store.tracking import Tracker
 from tasks.store.workspace import Workspace, atomic_dir
-from tasks.train.trainer import pick_device
 
 KeepRule = Literal[tuple(KEEP_RULES)]
 

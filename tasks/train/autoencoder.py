@@ -17,6 +17,7 @@ import torch
 
 from eval.reconstruction import psnr
 from models.autoencoder import AE_PRESETS, autoencoder_loss, build_autoencoder, with_latent_stats
+from tasks.runtime.devices import pick_device
 from tasks.store.checkpoint import CheckpointDir
 from tasks.store.images import save_grid, to_float, to_uint8
 from tasks.store.pairs import load_split_pairs, pairs_digest
@@ -27,7 +28,6 @@ from tasks.train.trainer import (
     TrainConfig,
     init_distributed,
     one_writer,
-    pick_device,
     rank_slice,
     train,
 )

@@ -28,6 +28,7 @@ import torch
 
 from eval.retrieval import retrieval_metrics
 from models.clip import CLIP_PRESETS, ClipConfig, build_clip, clip_loss, make_tokenizer
+from tasks.runtime.devices import pick_device
 from tasks.store.checkpoint import CheckpointDir, digest, load_clip
 from tasks.store.images import to_float
 from tasks.store.pairs import ParquetPairs, load_split_pairs, pairs_digest
@@ -37,7 +38,6 @@ from tasks.train.trainer import (
     TrainConfig,
     init_distributed,
     one_writer,
-    pick_device,
     rank_slice,
     train,
 )

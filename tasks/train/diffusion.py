@@ -38,6 +38,7 @@ from models.diffusion import (
 )
 from models.pipeline import TextToImage
 from models.unet import UNET_PRESETS, UNet, UNetConfig
+from tasks.runtime.devices import pick_device
 from tasks.store.checkpoint import CheckpointDir, digest, load_conditioning, text_to_image
 from tasks.store.images import save_grid, to_float, to_uint8
 from tasks.store.pairs import load_split_pairs, pairs_digest
@@ -47,7 +48,6 @@ from tasks.train.trainer import (
     TrainConfig,
     init_distributed,
     one_writer,
-    pick_device,
     rank_slice,
     train,
 )

@@ -38,10 +38,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tasks.runtime import progress
+from tasks.runtime.devices import pick_device
 from tasks.runtime.reaper import alive, descendants, proc_stat, signal_alive
 from tasks.store.checkpoint import load_config
 from tasks.store.workspace import Workspace, atomic_write_bytes
-from tasks.train.trainer import pick_device
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: ranks import marble from here
 KINDS = ("autoencoder", "clip", "diffusion")
