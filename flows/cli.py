@@ -1,8 +1,9 @@
 """The `marble` command line. Each subcommand calls a flow (or a task) with typed parameters.
 
 Options, their defaults, choices and help come from the pydantic parameter models in
-flows/params.py (`add_model_options`), so the CLI and the Prefect UI form always agree, and
-a value out of bounds is refused by the same model either way.
+flows/params.py and flows/command_params.py (`add_model_options`, flows/options.py), so the
+CLI and the Prefect UI form always agree, and a value out of bounds is refused by the same
+model either way.
 
 Every failure a user can cause or fix (bad input, a missing file or stage, a busy
 workspace, a file that cannot be written) is one line on stderr, `marble: error: ...`, with
@@ -17,113 +18,17 @@ import logging
 import os
 import sys
 import time
-import types
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-# ---------------------------------------------------------------------------- options from models
-
-
-class _ListOption(argparse.Action):
-    """A list option: comma-separated values, and repeatable; the first use replaces the
-    default, later uses add to it."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if not getattr(namespace, f"_{self.dest}_given", False):
-            setattr(namespace, self.dest, [])
-            setattr(namespace, f"_{self.dest}_given", True)
-        getattr(namespace, self.dest).extend(values)
-
-
-def _comma_list(item_type, choices: tuple | None):
-    def parse(text: str) -> list:
-        items = [item_type(part.strip()) for part in text.split(",") if part.strip()]
-        for item in items:
-            if choices is not None and item not in choices:
-                raise argparse.ArgumentTypeError(
-                    f"invalid choice {item!r} (choose from {', '.join(map(str, choices))})"
-                )
-        return items
-
-    parse.__name__ = f"{item_type.__name__} list"  # argparse: "invalid float list value: 'x'"
-    return parse
-
-
-def _option_kwargs(annotation, default) -> dict:
-    """argparse keyword arguments for a pydantic field's annotation."""
-    origin = get_origin(annotation)
-    if origin in (Union, types.UnionType):  # X | None: an optional X
-        annotation = next(a for a in get_args(annotation) if a is not type(None))
-        origin = get_origin(annotation)
-    if origin is Annotated:  # a checked type: its validator runs in the parameter model
-        annotation = get_args(annotation)[0]
-        origin = get_origin(annotation)
-    if annotation is bool:
-        return {"action": argparse.BooleanOptionalAction}
-    if origin is list:
-        (item,) = get_args(annotation)
-        choices = get_args(item) if get_origin(item) is Literal else None
-        item_type = type(choices[0]) if choices else item
-        return {
-            "type": _comma_list(item_type, choices),
-            "metavar": "A,B,...",
-            "action": _ListOption,
-        }
-    if origin is Literal:
-        choices = get_args(annotation)
-        return {"type": type(choices[0]), "choices": choices}
-    return {"type": annotation}
-
-
-def _bounds(field) -> str:
-    """The field's numeric bounds as text, e.g. ">= 1, <= 10000000"."""
-    signs = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
-    parts = []
-    for item in field.metadata:
-        for key, sign in signs.items():
-            value = getattr(item, key, None)
-            if value is not None:
-                parts.append(f"{sign} {value}")
-    return ", ".join(parts)
-
-
-def add_model_options(
-    parser: argparse.ArgumentParser,
-    model: type[BaseModel],
-    only: Iterable[str] | None = None,
-    positional: Iterable[str] = (),
-    defaults: BaseModel | None = None,
-) -> list[str]:
-    """Add `--field-name` options for `model`'s fields (all, or `only`); returns their names.
-    Defaults are the model's, or those of the instance `defaults` (a parameter nested with
-    other defaults, such as the main job's evaluation); the model checks values when built."""
-    names = list(only) if only is not None else list(model.model_fields)
-    for name in names:
-        field = model.model_fields[name]
-        default = None if field.is_required() else field.get_default(call_default_factory=True)
-        if defaults is not None:
-            default = getattr(defaults, name)
-        kwargs = _option_kwargs(field.annotation, default)
-        shown = ",".join(map(str, default)) if isinstance(default, list) else default
-        notes = [f"default: {shown}"] if default is not None else []
-        notes += [_bounds(field)] if _bounds(field) else []
-        help_text = field.description or ""
-        if notes:
-            help_text += f" ({'; '.join(notes)})" if help_text else "; ".join(notes)
-        if name in positional:
-            parser.add_argument(name, help=help_text, **kwargs)
-        else:
-            flag = "--" + name.replace("_", "-")
-            parser.add_argument(flag, dest=name, default=default, help=help_text, **kwargs)
-    return names
-
-
-def build_model(model: type[BaseModel], args: argparse.Namespace, names: Iterable[str]):
-    return model(**{name: getattr(args, name) for name in names})
-
+from flows.options import (
+    OneLineErrorParser,
+    add_model_options,
+    build_model,
+    validation_message,
+    with_parents,
+)
 
 # ---------------------------------------------------------------------------- commands
 
@@ -137,6 +42,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         TrainingParams,
     )
     from flows.pipeline import pipeline_flow
+    from flows.timing import Stopwatch
 
     evaluation = PipelineParams().evaluation
     changes = {name: getattr(args, name) for name in args.evaluation_fields}
@@ -157,11 +63,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from tasks.ingest.url_list import read_url_list
 
         read_url_list(Path(url_list), params.ingest.url_col, params.ingest.caption_col)
-    t0 = time.perf_counter()
-    summary = pipeline_flow(params)
-    elapsed = time.perf_counter() - t0
+    with Stopwatch() as watch:
+        summary = pipeline_flow(params)
     home, stages = summary["workspace"], summary["stages"]
-    print(f"\nmarble run finished in {elapsed:.0f} s; workspace: {home}")
+    print(f"\nmarble run finished in {watch.seconds:.0f} s; workspace: {home}")
     for name, stage in stages.items():
         note = " (skipped)" if stage.get("skipped") else ""
         print(f"  {name:<40} {stage.get('stage_s', '?'):>7} s{note}")
@@ -309,45 +214,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from flows.params import TrainModelParams
     from tasks.store.workspace import Workspace
-    from tasks.train.autoencoder import AutoencoderTrainSpec, train_autoencoder
-    from tasks.train.clip import ClipTrainSpec, train_clip
-    from tasks.train.diffusion import DiffusionTrainSpec, train_diffusion
+    from tasks.train.registry import TRAINERS
 
     params = build_model(TrainModelParams, args, args.fields)
     workspace = Workspace.from_env(args.home)
-    if params.kind == "autoencoder":
-        spec, trainer = AutoencoderTrainSpec(preset=params.autoencoder), train_autoencoder
-    elif params.kind == "clip":
-        spec, trainer = ClipTrainSpec(preset=params.text_encoder), train_clip
-    else:
-        spec = DiffusionTrainSpec(
-            text_encoder=params.text_encoder, unet=params.unet, autoencoder=params.autoencoder
-        )
-        trainer = train_diffusion
+    presets = {
+        "autoencoder": {"preset": params.autoencoder},
+        "clip": {"preset": params.text_encoder},
+        "diffusion": {
+            "text_encoder": params.text_encoder,
+            "unet": params.unet,
+            "autoencoder": params.autoencoder,
+        },
+    }
+    trainer = TRAINERS[params.kind]
+    spec = trainer.spec(**presets[params.kind])
     changes = {"device": params.device, "seed": params.seed}
     changes |= {k: getattr(params, k) for k in ("steps", "batch_size") if getattr(params, k)}
     spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, **changes))
-    print(json.dumps(trainer(spec, workspace), indent=2, default=str))
+    print(json.dumps(trainer.train(spec, workspace), indent=2, default=str))
     return 0
 
 
 # ---------------------------------------------------------------------------- the parser
-
-
-def _with_parents(add_parser, common):
-    """Every subcommand takes the common options too, and reports usage errors in one line."""
-
-    def add(name, **kwargs):
-        return add_parser(name, parents=[common], **kwargs)
-
-    return add
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, with a usage error as one line (`marble COMMAND --help` has the usage)."""
-
-    def error(self, message: str):
-        self.exit(2, f"marble: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -374,9 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
     )
-    parser = _Parser(prog="marble", description=__doc__.split("\n")[0], parents=[common])
+    parser = OneLineErrorParser(prog="marble", description=__doc__.split("\n")[0], parents=[common])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser = _with_parents(sub.add_parser, common)
+    sub.add_parser = with_parents(sub.add_parser, common)
 
     run = sub.add_parser(
         "run", help="the main job: the whole chain, on the built-in shapes data or a URL list"
@@ -451,21 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     shapes = sub.add_parser("shapes", help="the built-in captioned-shapes data source")
     shapes_sub = shapes.add_subparsers(dest="shapes_command", required=True, metavar="ACTION")
-    shapes_sub.add_parser = _with_parents(shapes_sub.add_parser, common)
+    shapes_sub.add_parser = with_parents(shapes_sub.add_parser, common)
     serve = shapes_sub.add_parser(
         "serve", help="serve the shapes on 127.0.0.1 and write the URL list"
     )
     serve.add_argument("--out", help="folder for urls.parquet and truth.parquet")
     serve.set_defaults(func=_cmd_shapes_serve, fields=add_model_options(serve, ShapesParams))
     return parser
-
-
-def _validation_message(error: ValidationError) -> str:
-    parts = []
-    for e in error.errors():
-        where = ".".join(str(x) for x in e["loc"]) or error.title
-        parts.append(f"{where.replace('_', '-')}: {e['msg']}")
-    return "; ".join(parts)
 
 
 def _os_error_message(error: OSError) -> str:
@@ -521,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         if isinstance(e, ValidationError):  # a value out of a parameter model's bounds
-            message = _validation_message(e)
+            message = validation_message(e)
         elif isinstance(e, OSError):  # a file or folder that cannot be read or written
             message = _os_error_message(e)
         else:  # bad input, a missing stage, a busy workspace: the message says what to do

@@ -19,7 +19,8 @@ from pathlib import Path
 import tasks  # noqa: F401  (offline defaults before anything imports Prefect or MLflow)
 from tasks.runtime import progress
 from tasks.store.checkpoint import dataclass_from_json
-from tasks.store.workspace import Workspace, atomic_write_bytes
+from tasks.store.files import atomic_write_bytes
+from tasks.store.workspace import Workspace
 from tasks.train.autoencoder import AutoencoderTrainSpec, train_autoencoder
 from tasks.train.clip import ClipTrainSpec, train_clip
 from tasks.train.diffusion import DiffusionTrainSpec, train_diffusion

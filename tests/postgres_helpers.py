@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.runtime.reaper import proc_stat
-from tasks.runtime.services import free_port, start_time
+from tasks.runtime.processes import proc_stat, start_time
+from tasks.runtime.services import free_port
 
 SUPERUSER = "postgres"
 START_TIMEOUT_S = 60

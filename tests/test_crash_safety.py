@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.store.workspace import WorkspaceBusyError, atomic_dir, output_lock, recover_dir
+from tasks.runtime.processes import start_time
+from tasks.store.files import atomic_dir, atomic_write_bytes, recover_dir, writer_alive
+from tasks.store.workspace import WorkspaceBusyError, output_lock
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,7 +23,7 @@ SWAP_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    import tasks.store.workspace as ws
+    import tasks.store.files as ws
     out, point, exchange = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "exchange"
 
     def die():
@@ -126,3 +128,63 @@ def test_a_second_writer_stops_with_one_line_naming_the_first(tmp_path):
         holder.wait()
     with output_lock(tmp_path, "raw"):  # a killed holder leaves no stale lock
         pass
+
+
+# A child process that replaces a file through the atomic helper and is SIGKILLed at one
+# point: after writing half the new content, or with the new file complete but not renamed.
+FILE_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    import tasks.store.files as files
+    out, point = Path(sys.argv[1]), sys.argv[2]
+
+    def die(*args):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if point == "before_rename":
+        files.os.replace = die
+    with files.atomic_file(out) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(b"new " * 1000)
+            f.flush()
+            if point == "while_writing":
+                die()
+            f.write(b"new " * 1000)
+    """
+)
+
+
+@pytest.mark.parametrize("point", ["while_writing", "before_rename"])
+def test_a_file_written_through_the_atomic_helper_and_cut_off_leaves_the_old_file(tmp_path, point):
+    out = tmp_path / "results" / "point.parquet"
+    out.parent.mkdir()
+    out.write_bytes(b"old")
+    script = tmp_path / "write.py"
+    script.write_text(FILE_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, script, out, point], env=env, timeout=60)
+    assert proc.returncode == -9
+    assert out.read_bytes() == b"old"
+    assert len(list(out.parent.iterdir())) == 2  # the dead writer's temporary file
+    atomic_write_bytes(out, b"next")  # the next writer removes it and writes whole
+    assert sorted(p.name for p in out.parent.iterdir()) == ["point.parquet"]
+    assert out.read_bytes() == b"next"
+
+
+def test_a_temporary_of_a_recycled_pid_is_stale_and_one_of_a_live_writer_is_kept(tmp_path):
+    """A writer is named by pid and start time: the same pid with another start time is a
+    process that reused the pid, so what the dead writer left is removed."""
+    out = tmp_path / "data" / "pairs"
+    pid, start = os.getpid(), start_time(os.getpid())
+    recycled = tmp_path / "data" / f".pairs.tmp-{pid}-{start + 1}-0123abcd"
+    live = tmp_path / "data" / f".pairs.tmp-{pid}-{start}-4567cdef"
+    recycled.mkdir(parents=True)
+    live.mkdir()
+    assert writer_alive(live) and not writer_alive(recycled)
+    recover_dir(out)
+    assert live.exists() and not recycled.exists()
+    stale_file = tmp_path / f".x.json.tmp-{pid}-{start - 1}-89abcdef"
+    stale_file.write_text("half")
+    atomic_write_bytes(tmp_path / "x.json", b"{}")
+    assert not stale_file.exists()

@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.runtime.reaper import alive, descendants
+from tasks.runtime.processes import alive
+from tasks.runtime.reaper import descendants
 
 pytestmark = pytest.mark.slow
 

@@ -103,7 +103,7 @@ def _up_on_postgres_and_s3(tmp_path, role):
         assert "created MLflow's database" in up.stdout
         _assert_hidden(up.stdout, up.stderr, (home / services.STATE_FILE).read_text())
         for process in processes:  # `ps` shows every command line to every user
-            for pid in services.group_members(process):
+            for pid in processes.group_members(process):
                 with contextlib.suppress(OSError):
                     _assert_hidden(Path(f"/proc/{pid}/cmdline").read_bytes().decode())
         # Prefect's tables are in the database itself, MLflow's in DB_mlflow

@@ -12,7 +12,7 @@ import pytest
 
 from flows.params import UpParams
 from tasks.evaluate import nightly
-from tasks.runtime import services
+from tasks.runtime import processes, services
 from tasks.store.workspace import Workspace
 
 # Like Prefect's worker: ignores SIGTERM, ends on the second SIGINT; it also starts a child
@@ -33,10 +33,11 @@ while True:
 """
 
 
-def _spawn(tmp_path, code: str, stop: tuple[str, ...]) -> services.Process:
-    process = services._spawn(
-        "stub", [sys.executable, "-c", code], dict(os.environ), tmp_path, stop
-    )
+def _spawn(tmp_path, code: str, stop: tuple[str, ...]) -> processes.Process:
+    process = processes.spawn(
+        "stub", [sys.executable, "-c", code], dict(os.environ), tmp_path, tmp_path / "stub.log",
+        stop,
+    )  # fmt: skip
     deadline = time.monotonic() + 30
     while "ready" not in (tmp_path / "stub.log").read_text() and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -45,23 +46,23 @@ def _spawn(tmp_path, code: str, stop: tuple[str, ...]) -> services.Process:
 
 def test_stop_sends_its_signals_to_the_whole_group(tmp_path):
     process = _spawn(tmp_path, STUBBORN, ("SIGINT", "SIGINT"))
-    assert len(services.group_members(process)) == 2  # the stub and its child
-    assert services.stop_process(process, grace_s=10)
-    assert not services.alive(process) and services.group_members(process) == []
+    assert len(processes.group_members(process)) == 2  # the stub and its child
+    assert processes.stop_process(process, grace_s=10)
+    assert not processes.group_alive(process) and processes.group_members(process) == []
 
 
 def test_sigterm_alone_does_not_stop_it_so_it_is_killed(tmp_path):
     process = _spawn(tmp_path, STUBBORN, ("SIGTERM",))
-    assert not services.stop_process(process, grace_s=1)  # had to be killed
+    assert not processes.stop_process(process, grace_s=1)  # had to be killed
     time.sleep(0.2)
-    assert not services.alive(process)
+    assert not processes.group_alive(process)
 
 
 def test_a_reused_pid_is_never_signalled():
     me = os.getpid()
-    other = services.Process("gone", me, services.start_time(me) + 1, ("SIGKILL",), "")
-    assert not services.alive(other) and services.group_members(other) == []
-    services.stop_process(other, grace_s=0.1)  # signals nothing: we are still here
+    other = processes.Process("gone", me, processes.start_time(me) + 1, ("SIGKILL",), "")
+    assert not processes.group_alive(other) and processes.group_members(other) == []
+    processes.stop_process(other, grace_s=0.1)  # signals nothing: we are still here
 
 
 def test_second_up_refuses_while_one_runs(tmp_path):
@@ -71,7 +72,7 @@ def test_second_up_refuses_while_one_runs(tmp_path):
                      ("SIGTERM",))  # fmt: skip
     record = services.Services(str(workspace.root), "http://127.0.0.1:1", "http://127.0.0.1:2",
                                services.POOL, [process])  # fmt: skip
-    services._write_state(workspace, record)
+    services.write_state(workspace, record)
     try:
         with pytest.raises(services.ServicesError, match="already runs"):
             services.up(workspace, 0, 0)
@@ -95,9 +96,9 @@ def test_two_ups_at_once_cannot_both_start(tmp_path):
 def test_stale_state_does_not_block_and_a_corrupt_one_is_named(tmp_path):
     workspace = Workspace(tmp_path / "home")
     workspace.root.mkdir()
-    gone = services.Process("old", 1, 0, ("SIGTERM",), "")  # pid 1 never started at tick 0
+    gone = processes.Process("old", 1, 0, ("SIGTERM",), "")  # pid 1 never started at tick 0
     record = services.Services(str(workspace.root), "a", "b", services.POOL, [gone])
-    services._write_state(workspace, record)
+    services.write_state(workspace, record)
     assert services.running(workspace) is None
     (workspace.root / services.STATE_FILE).write_text("{not json")
     with pytest.raises(services.ServicesError, match="services.json"):

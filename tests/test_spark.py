@@ -21,7 +21,8 @@ from PIL import Image
 
 from tasks.ingest.download import IngestConfig, ingest, raw_shards
 from tasks.ingest.url_list import UrlListError
-from tasks.runtime.reaper import alive, descendants
+from tasks.runtime.processes import alive
+from tasks.runtime.reaper import descendants
 from tasks.store.workspace import Workspace
 
 # a redirect from an allowed host to each of these is a hop the proxy must refuse

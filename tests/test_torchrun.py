@@ -12,7 +12,8 @@ import sys
 import pytest
 import torch
 
-from tasks.runtime.reaper import alive, descendants
+from tasks.runtime.processes import alive
+from tasks.runtime.reaper import descendants
 from tasks.train.clip import ClipTrainSpec
 from tasks.train.diffusion import DiffusionTrainSpec
 from tasks.train.torchrun import (

@@ -45,7 +45,7 @@ def test_a_copied_workspace_writes_only_into_itself(tmp_path):
 def _follow(root: str, barrier) -> None:
     from pathlib import Path
 
-    from tasks.store.tracking import follow_moved_workspace
+    from tasks.store.moved import follow_moved_workspace
 
     barrier.wait()
     follow_moved_workspace(Workspace(Path(root)))

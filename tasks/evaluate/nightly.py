@@ -14,7 +14,8 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tasks.store.workspace import Workspace, atomic_write_bytes
+from tasks.store.files import atomic_write_bytes
+from tasks.store.workspace import Workspace
 
 LOWER_IS_BETTER = ("fid", "fd_clip", "cmmd")  # distances; every other metric: higher is better
 KEPT = ("model", "guidance_scale", "metric", "value", "ci_low", "ci_high", "n", "inputs_key")

@@ -5,9 +5,6 @@ images, where real images stand with the judge, reconstructions of them)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +22,8 @@ from eval.frechet import FrechetToReference, GaussianStats, frechet_distance
 from eval.inception import inception_features
 from eval.retrieval import recall_at_1
 from tasks.runtime.progress import report
+from tasks.store.digests import json_digest
+from tasks.store.files import atomic_file
 from tasks.store.images import to_float, to_uint8
 
 
@@ -179,16 +178,14 @@ def sample_columns(meta: dict, prompts, metrics: dict[str, dict]) -> dict[str, l
 
 def cached(folder: Path, key_parts: dict, compute) -> dict[str, np.ndarray]:
     """Arrays computed once and kept in folder/<extractor>-<key>.npz, key = sha1 of key_parts."""
-    key = hashlib.sha1(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
+    key = json_digest(key_parts)
     path = folder / f"{key_parts['extractor']}-{key}.npz"
     if path.exists():
         with np.load(path) as f:
             return dict(f)
     arrays = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
     return arrays
 
 

@@ -25,7 +25,6 @@ and an MLflow parent run per sweep (experiment marble-evaluate) with a child run
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import sys
 import tempfile
@@ -69,10 +68,11 @@ from tasks.store.checkpoint import (
     load_config,
     load_pipeline,
 )
+from tasks.store.digests import json_digest, source_digest
+from tasks.store.files import atomic_file
 from tasks.store.ids import pair_id
 from tasks.store.images import save_grid, to_float
 from tasks.store.pairs import ParquetPairs, decode_image
-from tasks.store.stages import inputs_digest, source_digest
 from tasks.store.tracking import Tracker, code_version
 from tasks.store.workspace import Workspace
 
@@ -186,10 +186,8 @@ def _table(rows: list[dict]) -> pa.Table:
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 # ---------------------------------------------------------------------------- the sweep
@@ -220,7 +218,7 @@ def _inputs_key(ctx: dict, point: dict, guidance: float | None) -> str:
     """What a point's (or a reconstruction's) rows depend on: the checkpoints, the sampling
     and measuring settings, the prompts, the judge and FID weights, and this code."""
     spec, common = ctx["spec"], ctx["common"]
-    return inputs_digest({
+    return json_digest({
         "point": {k: v for k, v in point.items() if k.endswith("_digest") or k == "model"},
         "guidance": guidance, "sampler": spec.sampler, "steps": spec.num_inference_steps,
         "n": spec.num_samples, "bootstrap": spec.bootstrap, "seed": spec.seed,

@@ -42,11 +42,13 @@ from tasks.filter import keep_rules
 from tasks.filter.keep_rules import KEEP_RULES
 from tasks.runtime.devices import pick_device
 from tasks.store.checkpoint import digest, load_clip_embedder
+from tasks.store.digests import files_digest, json_digest, source_digest
+from tasks.store.files import atomic_dir
 from tasks.store.ids import split_of
 from tasks.store.pairs import ParquetPairs, shard_paths
-from tasks.store.stages import files_digest, inputs_digest, recorded, source_digest, write_record
+from tasks.store.stages import recorded, write_record
 from tasks.store.tracking import Tracker
-from tasks.store.workspace import Workspace, atomic_dir
+from tasks.store.workspace import Workspace
 
 KeepRule = Literal[tuple(KEEP_RULES)]
 
@@ -132,7 +134,7 @@ def _inputs(cfg: FilterConfig, workspace: Workspace, shards: list[Path]) -> str:
         k: v for k, v in asdict(cfg).items() if k not in ("batch_size", "workers", "device")
     }
     code = source_digest(sys.modules[__name__], keep_rules, clip_embedder)
-    return inputs_digest(
+    return json_digest(
         {"raw": files_digest(shards), "model": model, "settings": settings, "code": code}
     )
 

@@ -36,8 +36,9 @@ from tasks.ingest import addresses, fetch_proxy, url_list
 from tasks.ingest.addresses import normalise_host_port
 from tasks.ingest.fetch_proxy import REFUSED, FetchPolicy, proxy_environment, vetting_proxy
 from tasks.ingest.url_list import MAX_CAPTION_CHARS, UrlListError, read_url_list, vet_url_list
-from tasks.store.stages import files_digest, inputs_digest, source_digest
-from tasks.store.workspace import Workspace, atomic_dir, atomic_write_bytes
+from tasks.store.digests import files_digest, json_digest, source_digest
+from tasks.store.files import atomic_dir, atomic_write_bytes
+from tasks.store.workspace import Workspace
 
 
 def _allowed_host(text: str) -> str:
@@ -231,7 +232,7 @@ def _inputs(cfg: IngestConfig) -> str:
                      "retry_failed")
     }  # fmt: skip
     code = source_digest(sys.modules[__name__], url_list, addresses, fetch_proxy)
-    return inputs_digest({"list": files_digest([cfg.url_list]), "settings": settings, "code": code})
+    return json_digest({"list": files_digest([cfg.url_list]), "settings": settings, "code": code})
 
 
 def _ingest(cfg: IngestConfig, workspace: Workspace, log) -> IngestManifest:

@@ -22,19 +22,11 @@ import sys
 import time
 from pathlib import Path
 
+from tasks.runtime.processes import alive, proc_stat, signal_alive
+
 INTERVAL_S = 0.2
 GRACE_S = 3.0
 _pipe_to_reaper: int | None = None  # marble's end; closing it (exiting) wakes the reaper
-
-
-def proc_stat(pid: int | str) -> list[str] | None:
-    """The fields of /proc/PID/stat after the process name (state, ppid, pgrp, ...; the
-    start time in clock ticks is [19]); None when the process is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2 :].split()  # the name may hold spaces and ")"
 
 
 def _stat(pid: int) -> tuple[int, int] | None:
@@ -61,23 +53,6 @@ def descendants(root: int) -> dict[int, int]:
                 found[child] = starts[child]
                 stack.append(child)
     return found
-
-
-def alive(pid: int, start: int) -> bool:
-    """Whether `pid` is still the process that started at `start` (clock ticks), and not a
-    zombie: a finished process its parent has not waited for cannot be signalled away."""
-    fields = proc_stat(pid)
-    return fields is not None and fields[0] != "Z" and int(fields[19]) == start
-
-
-def signal_alive(known: dict[int, int], sig: int) -> None:
-    """`sig` to every process of `known` (pid -> start time) that is still the one recorded."""
-    for pid, start in known.items():
-        if alive(pid, start):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
 
 def watch(pid: int, fd: int) -> None:

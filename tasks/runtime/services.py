@@ -21,137 +21,33 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tasks.runtime import database as pg
-from tasks.runtime.reaper import proc_stat
+from tasks.runtime.processes import Process, group_alive, spawn, start_time, stop_process
 from tasks.store.objectstore import ObjectStoreError, check_writable, parse_s3_url
-from tasks.store.workspace import SERVICES_FILE, Workspace, atomic_write_bytes
+from tasks.store.services_file import STATE_FILE, Services, ServicesError, read_state, write_state
+from tasks.store.workspace import Workspace
 
-ROOT = Path(__file__).resolve().parents[1]  # the checkout: flows are loaded from here
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: flows are loaded from here
 PREFECT_FILE = ROOT / "infra" / "prefect.yaml"
 POOL = "marble-process"
 GPU_TAG = "gpu"  # trainings and sweeps on CUDA carry it; its limit is the number of GPUs
-STATE_FILE = SERVICES_FILE
 START_TIMEOUT_S = 180.0  # the Prefect server and MLflow take 15-25 s, longer under load
 GRACE_S = 20.0
 
 
-class ServicesError(RuntimeError):
-    """marble up / down cannot do what was asked (already running, a port taken, a
-    service that does not become healthy)."""
-
-
-@dataclass(frozen=True)
-class Process:
-    name: str
-    pid: int
-    start: int  # start time in clock ticks: (pid, start) names one process for ever
-    stop_signals: tuple[str, ...]  # sent in order, a second apart, to the process group
-    log: str
-
-
-@dataclass
-class Services:
-    home: str
-    prefect_url: str
-    mlflow_url: str
-    pool: str
-    processes: list[Process] = field(default_factory=list)
-    deployments: dict[str, str] = field(default_factory=dict)  # name -> its page in the UI
-    database: str = "sqlite"  # or the PostgreSQL URL, its password masked
-    artifacts: str = "workspace"  # or the s3:// prefix the MLflow server stores artifacts in
-
-    @property
-    def api_url(self) -> str:
-        return f"{self.prefect_url}/api"
-
-
-# ---------------------------------------------------------------------------- processes
-
-
-def _stat(pid: int | str) -> tuple[str, int, int] | None:
-    """(state, process group, start time in clock ticks) of a process; None if gone."""
-    fields = proc_stat(pid)
-    return None if fields is None else (fields[0], int(fields[2]), int(fields[19]))
-
-
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot; None when it has ended (a
-    zombie has ended too: it only waits for its parent to read its status)."""
-    stat = _stat(pid)
-    return None if stat is None or stat[0] == "Z" else stat[2]
-
-
-def group_members(leader: Process) -> list[int]:
-    """Live processes of the leader's process group (the session it was started in) that
-    started no earlier than the leader: what `marble up` started, and nothing else."""
-    found = []
-    for entry in os.listdir("/proc"):
-        stat = _stat(entry) if entry.isdigit() else None
-        if (
-            stat is not None
-            and stat[0] != "Z"
-            and stat[1] == leader.pid
-            and stat[2] >= leader.start
-        ):
-            found.append(int(entry))
-    return found
-
-
-def alive(process: Process) -> bool:
-    return start_time(process.pid) == process.start or bool(group_members(process))
-
-
-def _signal(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-
-def stop_process(process: Process, grace_s: float = GRACE_S) -> bool:
-    """Stop the process and its group with its stop signals; SIGKILL after `grace_s`.
-    Returns True when it ended on its own signals."""
-    for i, name in enumerate(process.stop_signals):
-        if i:
-            time.sleep(1.0)
-        _signal(group_members(process), getattr(signal, name))
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if not group_members(process):
-            return True
-        time.sleep(0.2)
-    _signal(group_members(process), signal.SIGKILL)
-    return False
-
-
 def _spawn(name: str, argv: list[str], env: dict, logs: Path, stop: tuple[str, ...]) -> Process:
-    logs.mkdir(parents=True, exist_ok=True)
-    log = logs / f"{name}.log"
-    with open(log, "ab") as out:
-        popen = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, outliving `marble up`
-        )
-    start = start_time(popen.pid)
-    if start is None:
-        raise ServicesError(f"{name} exited at once; see {log}")
-    return Process(name, popen.pid, start, stop, str(log))
+    try:
+        return spawn(name, argv, env, ROOT, logs / f"{name}.log", stop)
+    except ChildProcessError as e:
+        raise ServicesError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------- health, ports
@@ -223,25 +119,6 @@ def _bin(name: str) -> str:
 # ---------------------------------------------------------------------------- state file
 
 
-def read_state(workspace: Workspace) -> Services | None:
-    path = workspace.root / STATE_FILE
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        raise ServicesError(f"cannot read {path}: {e}; remove it if no services run") from e
-    processes = [
-        Process(**p | {"stop_signals": tuple(p["stop_signals"])}) for p in data.pop("processes")
-    ]
-    return Services(**data, processes=processes)
-
-
-def _write_state(workspace: Workspace, services: Services) -> None:
-    text = json.dumps(asdict(services), indent=2) + "\n"
-    atomic_write_bytes(workspace.root / STATE_FILE, text.encode())
-
-
 def mlflow_ui_url(workspace: Workspace) -> str | None:
     """The MLflow UI that `marble up` started for this workspace, if it recorded one."""
     try:
@@ -254,7 +131,7 @@ def mlflow_ui_url(workspace: Workspace) -> str | None:
 def running(workspace: Workspace) -> Services | None:
     """The services `marble up` started in this workspace, when any of them still runs."""
     state = read_state(workspace)
-    if state is not None and any(alive(p) for p in state.processes):
+    if state is not None and any(group_alive(p) for p in state.processes):
         return state
     return None
 
@@ -402,7 +279,7 @@ def _up(workspace, prefect_port, mlflow_port, timezone, cron, gpus, log, url, st
             server_env, logs, ("SIGTERM",),
         )  # fmt: skip
         services.processes.append(server)
-        _write_state(workspace, services)  # from here on, `marble down` can stop it
+        write_state(workspace, services)  # from here on, `marble down` can stop it
         mlflow = _spawn(
             "mlflow-ui",
             [
@@ -412,7 +289,7 @@ def _up(workspace, prefect_port, mlflow_port, timezone, cron, gpus, log, url, st
             mlflow_env, logs, ("SIGTERM",),
         )  # fmt: skip
         services.processes.append(mlflow)
-        _write_state(workspace, services)
+        write_state(workspace, services)
         log(f"starting the Prefect server at {services.prefect_url} ...")
         wait_healthy(f"{services.api_url}/health", server)
         _setup_server(services, gpus)
@@ -424,10 +301,10 @@ def _up(workspace, prefect_port, mlflow_port, timezone, cron, gpus, log, url, st
             worker_env, logs, ("SIGINT", "SIGINT"),
         )  # fmt: skip
         services.processes.append(worker)
-        _write_state(workspace, services)
+        write_state(workspace, services)
         wait_healthy(f"{services.mlflow_url}/health", mlflow)
         services.deployments = deployment_pages(services)
-        _write_state(workspace, services)
+        write_state(workspace, services)
     except BaseException:
         _down(workspace, log=lambda _: None)
         raise
@@ -448,8 +325,8 @@ def _down(workspace: Workspace, log) -> list[str]:
         return []
     stopped = []
     for process in reversed(state.processes):  # the worker first, the server last
-        if alive(process):
-            clean = stop_process(process)
+        if group_alive(process):
+            clean = stop_process(process, GRACE_S)
             stopped.append(process.name)
             log(f"stopped {process.name} (pid {process.pid})" + ("" if clean else ", killed"))
     (workspace.root / STATE_FILE).unlink(missing_ok=True)

@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.shapes.render import ShapesSpec, ShapesTable, build_table, render_png
+from tasks.store.files import atomic_dir
 from tasks.store.ids import pair_id
-from tasks.store.workspace import atomic_dir
 
 _PATH_RE = re.compile(r"^/shapes/(?P<seed>\d+)/(?P<index>\d+)\.png(?P<query>\?.*)?$")
 

@@ -19,7 +19,6 @@ weights already on disk) as a judge or filter.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +35,9 @@ from models.clip import ClipConfig, TextConditioner, build_clip, make_tokenizer
 from models.diffusion import make_alphas_cumprod
 from models.pipeline import TextToImage
 from models.unet import UNet, UNetConfig
-from tasks.store.workspace import Workspace, atomic_dir
+from tasks.store.digests import file_digest
+from tasks.store.files import atomic_dir
+from tasks.store.workspace import Workspace
 
 # pretrained open_clip models that name no normalisation use OpenAI's
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -102,11 +103,7 @@ def digest(ckpt_dir: Path, name: str = "ema") -> str:
     path = Path(ckpt_dir) / f"{name}.safetensors"
     if not path.exists():
         path = _config_path(ckpt_dir)  # weightless (identity autoencoder)
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    return file_digest(path)[:16]
 
 
 def dataclass_from_json(cls, values: dict[str, Any]):

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from tasks.store.files import atomic_file
 from tasks.store.workspace import Workspace
 
 MANIFEST = "marble-manifest.json"
@@ -256,15 +257,11 @@ def download_file(text: str, folder: Path, fs=None) -> Path:
     fs = fs or filesystem()
     name = where.prefix.rsplit("/", 1)[-1]
     path = Path(folder) / f"{hashlib.sha256(str(where).encode()).hexdigest()[:12]}-{name}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.parent / f".{path.name}.part-{uuid.uuid4().hex[:8]}"
     try:
-        fs.get_file(where.key(), str(partial))
-        partial.replace(path)
+        with atomic_file(path) as partial:
+            fs.get_file(where.key(), str(partial))
     except FileNotFoundError:
         raise ObjectStoreError(f"URL list {where} does not exist") from None
     except Exception as e:
         raise _store_error("read", where, e) from None
-    finally:
-        partial.unlink(missing_ok=True)
     return path

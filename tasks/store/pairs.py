@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from tasks.store.digests import json_digest
 from tasks.store.images import to_float
-from tasks.store.stages import inputs_digest
 
 IMAGE_COLUMNS = ("png", "jpg", "webp", "image")
 
@@ -145,7 +145,7 @@ def load_all_pairs(
 def pairs_digest(data: dict[str, tuple[torch.Tensor, list[str], list[str]]]) -> str:
     """sha1 of the pair_ids of each split of `load_split_pairs`' result: which pairs a model
     is trained on (a new filter result is new data)."""
-    return inputs_digest({split: sorted(d[2]) for split, d in data.items()})
+    return json_digest({split: sorted(d[2]) for split, d in data.items()})
 
 
 def load_split_pairs(

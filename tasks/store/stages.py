@@ -8,35 +8,12 @@ equal, it returns the recorded summary with the reason it skipped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
-from collections.abc import Iterable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 RECORD = "_stage.json"
-
-
-def files_digest(paths: Iterable[Path]) -> str:
-    """sha1 over each file's name and content, in the given order."""
-    h = hashlib.sha1()
-    for path in paths:
-        h.update(Path(path).name.encode() + b"\0")
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
-
-
-def source_digest(*modules: ModuleType) -> str:
-    """sha1 of the source files of the modules: the code that computed an output."""
-    return files_digest(Path(m.__file__) for m in modules)
-
-
-def inputs_digest(inputs: dict[str, Any]) -> str:
-    return hashlib.sha1(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def recorded(folder: Path, digest: str) -> dict | None:

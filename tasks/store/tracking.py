@@ -11,16 +11,15 @@ torch but not mlflow); on, the default, tracks; any other value is refused.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
-import sqlite3
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tasks.store.workspace import SERVICES_FILE, Workspace, atomic_write_bytes
+from tasks.store.moved import follow_moved_workspace
+from tasks.store.services_file import ServicesError, read_state
+from tasks.store.workspace import Workspace
 
 SERVER_CHECK_S = 3.0  # how long a tracking server of `marble up` has to answer
 
@@ -157,19 +156,19 @@ def external_tracking_uri() -> str | None:
 def tracking_server_url(workspace: Workspace) -> str | None:
     """The MLflow server of a `marble up` for this workspace that keeps runs in PostgreSQL or
     artifacts on S3, while it answers: where runs made in this workspace outside the worker
-    must go too. Read from the services file `marble up` writes (tasks/runtime/services.py). With
+    must go too. Read from the services file `marble up` writes (store/services_file.py). With
     SQLite and local artifacts, the server and every run share the workspace's files, and
     this is None."""
-    import json
     import urllib.request
 
     try:
-        state = json.loads((workspace.root / SERVICES_FILE).read_text())
-        local = (state.get("database", "sqlite"), state.get("artifacts", "workspace"))
-        url = state["mlflow_url"]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        state = read_state(workspace)
+    except ServicesError:
         return None
-    if local == ("sqlite", "workspace") or not str(url).startswith("http://127.0.0.1:"):
+    if state is None or state.local_stores:
+        return None
+    url = state.mlflow_url
+    if not url.startswith("http://127.0.0.1:"):
         return None
     no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
@@ -193,7 +192,7 @@ def use_tracking_store(workspace: Workspace) -> str:
     user = external_tracking_uri()
     uri = user or tracking_server_url(workspace)
     if uri is None:
-        follow_moved_workspace(workspace)
+        follow_moved_workspace(workspace)  # the store follows a moved workspace (store.moved)
         uri = workspace.mlflow_uri
     mlflow.set_tracking_uri(uri)
     if user is None:
@@ -201,71 +200,6 @@ def use_tracking_store(workspace: Workspace) -> str:
     else:
         os.environ["MLFLOW_TRACKING_URI"] = user
     return uri
-
-
-# ---------------------------------------------------------------------------- a moved workspace
-
-WORKSPACE_MARKER = ".marble-workspace"  # the folder this workspace's MLflow store points into
-
-
-def follow_moved_workspace(workspace: Workspace) -> None:
-    """MLflow stores absolute artifact locations. When the workspace has been moved or
-    copied since its store was written, rewrite every path into the old folder as the same
-    path into this one (SQLite, in place), so nothing is read from or written to the old
-    location; the marker file records the folder the store now points into.
-
-    Trainings that run at once (Dask workers) may all find the marker stale: one rewrites
-    the store under a lock, the others wait for it and then find the marker current."""
-    marker = workspace.root / WORKSPACE_MARKER
-    here = str(workspace.root)
-    if _read_marker(marker) == here:
-        return
-    workspace.root.mkdir(parents=True, exist_ok=True)
-    with _store_lock(workspace):
-        previous = _read_marker(marker)
-        store = workspace.root / "mlflow.db"
-        if previous and previous != here and store.exists():
-            _rewrite_paths(store, previous, workspace.root)
-        if previous != here:
-            atomic_write_bytes(marker, here.encode())
-
-
-def _read_marker(marker: Path) -> str | None:
-    return marker.read_text().strip() if marker.exists() else None
-
-
-@contextlib.contextmanager
-def _store_lock(workspace: Workspace):
-    """An exclusive flock that waits for its holder (the workspace's output locks refuse
-    at once instead); the system drops it when the holder dies."""
-    folder = workspace.root / ".locks"
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / "mlflow-store.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
-
-
-def _rewrite_paths(store: Path, previous: str, root: Path) -> None:
-    """Every text value in the SQLite store that names the folder `previous` (as a path or
-    as a file URI, which quotes some characters) names `root` instead, in one transaction."""
-    pairs = [(f"{previous}/", f"{root}/"), (Path(previous).as_uri() + "/", root.as_uri() + "/")]
-    with contextlib.closing(sqlite3.connect(store, timeout=60)) as db, db:
-        db.execute("BEGIN IMMEDIATE")  # the write lock first: no reader to upgrade from
-        tables = [
-            name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        ]
-        for table in tables:
-            columns = [row[1] for row in db.execute(f'PRAGMA table_info("{table}")')]
-            for column in columns:
-                for old, new in pairs:
-                    db.execute(
-                        f'UPDATE "{table}" SET "{column}" = REPLACE("{column}", ?, ?) '
-                        f'WHERE typeof("{column}") = \'text\' AND instr("{column}", ?) > 0',
-                        (old, new, old),
-                    )
 
 
 def training_tracker(workspace: Workspace, kind: str, name: str):

@@ -13,27 +13,23 @@ Layout::
       mlflow.db      MLflow tracking store; mlartifacts/ its artifacts
 
 Stage outputs are written into a temporary sibling folder and renamed into place, so a
-crash never leaves a half-written folder under its final name.
+crash never leaves a half-written folder under its final name (tasks/store/files.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
-import fcntl
 import os
 import re
-import shutil
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.store.locks import LockHeldError, file_lock
+
 DEFAULT_HOME = "marble-home"
-SERVICES_FILE = "services.json"  # what `marble up` runs for a workspace (tasks/runtime/services.py)
 CHECKPOINT_KINDS = ("autoencoder", "clip", "diffusion")
 # A checkpoint name becomes a folder name: letters, digits, '.', '_', '-', no leading dot.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -145,17 +141,14 @@ def output_lock(root: Path, output: str) -> Iterator[None]:
     """An exclusive lock on one stage output of the workspace at `root`, for as long as the
     block runs; a second run stops at once with one line naming the run that holds it.
 
-    The lock is an flock on `.locks/<output>.lock`, so the system drops it when its holder
-    dies, SIGKILL included: a crash never leaves a stale lock."""
-    folder = Path(root) / ".locks"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{output}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    The lock is an flock on `.locks/<output>.lock` (store.locks): a crash never leaves a
+    stale lock. The holder writes who it is into the file for that line."""
+    path = Path(root) / ".locks" / f"{output}.lock"
+    with contextlib.ExitStack() as held:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+            fd = held.enter_context(file_lock(path, wait=False))
+        except LockHeldError:
+            holder = path.read_text(errors="replace").strip() or "unknown"
             raise WorkspaceBusyError(
                 f"{output} in {root} is being written by another run ({holder}); wait for "
                 "it to finish or stop it"
@@ -168,95 +161,3 @@ def output_lock(root: Path, output: str) -> Iterator[None]:
             yield
         finally:
             os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-# ---------------------------------------------------------------------------- atomic outputs
-
-_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
-
-
-def exchange_paths(a: Path, b: Path) -> bool:
-    """Swap two paths in one step (Linux renameat2 with RENAME_EXCHANGE): at every instant
-    each name holds one complete folder. False where the system cannot, nothing changed."""
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except AttributeError:  # no such call in this C library
-        return False
-    result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    if result == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # file system or kernel cannot
-        return False
-    raise OSError(err, os.strerror(err), str(a))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def recover_dir(final: Path) -> None:
-    """Repair what a crash inside `atomic_dir` left: if `final` is missing but its previous
-    version is still under its old-name, put it back; remove temporary and old folders of
-    processes that are no longer running."""
-    final = Path(final)
-    if not final.parent.is_dir():
-        return
-    leftovers = sorted(final.parent.glob(f".{final.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    if not final.exists() and leftovers:
-        leftovers.pop().rename(final)  # the newest previous version comes back
-    for path in [*leftovers, *final.parent.glob(f".{final.name}.tmp-*")]:
-        pid = path.name.rsplit("-", 2)[-2]
-        if not (pid.isdigit() and _pid_alive(int(pid))):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield an empty temporary folder; on success it replaces `final`, on error it is removed.
-
-    The swap exchanges the two folders in one step where the system can (Linux), so after a
-    kill at any instant `final` is the old version or the new one. Elsewhere it is two
-    renames, and a kill between them leaves the old version under its old-name, which
-    `recover_dir` (run here first, and by every later writer) puts back."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    recover_dir(final)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = final.parent / f".{final.name}.tmp-{tag}"
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if not final.exists():
-        tmp.rename(final)
-    elif exchange_paths(tmp, final):
-        shutil.rmtree(tmp, ignore_errors=True)  # it now holds the old version
-    else:
-        old = final.parent / f".{final.name}.old-{tag}"
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file via a temporary sibling and rename: readers see the old or the new file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -19,10 +19,11 @@ from eval.reconstruction import psnr
 from models.autoencoder import AE_PRESETS, autoencoder_loss, build_autoencoder, with_latent_stats
 from tasks.runtime.devices import pick_device
 from tasks.store.checkpoint import CheckpointDir
+from tasks.store.files import atomic_dir, atomic_write_bytes
 from tasks.store.images import save_grid, to_float, to_uint8
 from tasks.store.pairs import load_split_pairs, pairs_digest
 from tasks.store.tracking import training_tracker
-from tasks.store.workspace import Workspace, atomic_dir, atomic_write_bytes
+from tasks.store.workspace import Workspace
 from tasks.train.trainer import (
     FINISHED,
     TrainConfig,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from models.pipeline import TextToImage
 from models.unet import UNET_PRESETS, UNet, UNetConfig
 from tasks.runtime.devices import pick_device
 from tasks.store.checkpoint import CheckpointDir, digest, load_conditioning, text_to_image
+from tasks.store.files import atomic_file, atomic_write_text
 from tasks.store.images import save_grid, to_float, to_uint8
 from tasks.store.pairs import load_split_pairs, pairs_digest
 from tasks.store.tracking import training_tracker
@@ -135,11 +135,9 @@ def encode_training_set(workspace: Workspace, spec: DiffusionTrainSpec, device) 
     tensors["context"] = torch.cat(contexts).contiguous()  # (U, L, D)
     tensors["mask"] = torch.cat(masks).contiguous()  # (U, L)
     meta = {"captions": captions, "null_index": index[""], "pairs": pairs_digest(data)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, tmp)
-    path.with_suffix(".json").write_text(json.dumps(meta))
-    os.replace(tmp, path)  # the tensors appear last: a present .safetensors means complete
+    atomic_write_text(path.with_suffix(".json"), json.dumps(meta))
+    with atomic_file(path) as tmp:  # the tensors appear last: present means complete
+        save_file(tensors, tmp)
     return {**tensors, **meta}
 
 

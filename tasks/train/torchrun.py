@@ -39,11 +39,13 @@ from pathlib import Path
 
 from tasks.runtime import progress
 from tasks.runtime.devices import pick_device
-from tasks.runtime.reaper import alive, descendants, proc_stat, signal_alive
+from tasks.runtime.processes import alive, signal_alive, start_time
+from tasks.runtime.reaper import descendants
 from tasks.store.checkpoint import load_config
-from tasks.store.workspace import Workspace, atomic_write_bytes
+from tasks.store.files import atomic_write_bytes
+from tasks.store.workspace import Workspace
 
-ROOT = Path(__file__).resolve().parents[1]  # the checkout: ranks import marble from here
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: ranks import marble from here
 KINDS = ("autoencoder", "clip", "diffusion")
 # What every rank runs: flows/torchrun_rank.py, which rebuilds the spec and calls the kind's
 # trainer (the trainers are imported there, not by this launcher).
@@ -151,8 +153,8 @@ def _die_with_parent(parent: int):
 
 def _process_tree(proc: subprocess.Popen) -> dict[int, int]:
     """pid -> start time of torchrun and everything below it now."""
-    fields = proc_stat(proc.pid)
-    own = {proc.pid: int(fields[19])} if fields is not None else {}
+    start = start_time(proc.pid)
+    own = {proc.pid: start} if start is not None else {}
     return own | descendants(proc.pid)
 
 

@@ -24,7 +24,6 @@ import contextlib
 import copy
 import functools
 import hashlib
-import json
 import math
 import os
 import time
@@ -41,7 +40,7 @@ from tqdm import tqdm
 
 from tasks.runtime.devices import pick_device
 from tasks.runtime.progress import report
-from tasks.store.stages import inputs_digest
+from tasks.store.digests import json_digest
 
 LossFn = Callable[[nn.Module, int, int, torch.Generator], tuple[Tensor, int]]
 ValidateFn = Callable[[nn.Module, int], dict[str, float]]
@@ -218,8 +217,7 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 def settings_digest(config: dict[str, Any], cfg: TrainConfig) -> str:
     """What a checkpoint was trained with; resuming under other settings is refused."""
-    blob = json.dumps({"config": config, "train": asdict(cfg)}, sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+    return json_digest({"config": config, "train": asdict(cfg)})
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -260,7 +258,7 @@ def train(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     settings = settings_digest({k: v for k, v in config.items() if k not in inputs}, cfg)
-    inputs_key = inputs_digest(inputs)
+    inputs_key = json_digest(inputs)
 
     step, run_id = 0, None
     state = checkpoint.state()
