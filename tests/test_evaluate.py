@@ -10,7 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.cli import main
-from tasks.evaluate.sweep import SweepSpec, build_prompts, image_seed, run_sweep
+from tasks.evaluate.prompts import build_prompts, image_seed
+from tasks.evaluate.spec import SweepSpec
+from tasks.evaluate.sweep import run_sweep
 from tasks.filter.score import FilterConfig, filter_pairs
 from tasks.shapes.render import FaultRates, ShapesSpec, build_table, write_as_raw_shard
 from tasks.shapes.server import write_source_tables

@@ -10,8 +10,8 @@ from models.clip import make_tokenizer
 from tasks.filter.score import FilterConfig, filter_pairs
 from tasks.shapes.render import FaultRates, ShapesSpec, build_table, write_as_raw_shard
 from tasks.shapes.server import write_source_tables
-from tasks.store.checkpoint import ClipModelError, load_clip, load_pretrained_openclip
 from tasks.store.ids import split_of
+from tasks.store.loaders import ClipModelError, load_clip, load_pretrained_openclip
 from tasks.store.pairs import ParquetPairs
 from tasks.store.workspace import Workspace
 from tasks.train.clip import filter_clip_spec, train_clip

@@ -178,7 +178,7 @@ def _up_on_postgres_and_s3(tmp_path, role):
 def test_bad_urls_are_refused_before_anything_starts(tmp_path, url, message):
     from pydantic import ValidationError
 
-    from flows.params import UpParams
+    from flows.command_params import UpParams
 
     with pytest.raises(ValidationError, match=message) as refused:
         UpParams(database=url)

@@ -78,7 +78,7 @@ def _results(workspace: Workspace, source=None) -> list:
     ],
 )  # fmt: skip
 def test_a_bad_s3_url_is_refused_by_every_entry(url):
-    from flows.params import PublishParams, QueryParams, UpParams
+    from flows.command_params import PublishParams, QueryParams, UpParams
 
     with pytest.raises(ObjectStoreError) as refused:
         parse_s3_url(url)

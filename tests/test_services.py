@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from flows.params import UpParams
+from flows.command_params import UpParams
 from tasks.evaluate import nightly
 from tasks.runtime import processes, services
 from tasks.store.workspace import Workspace

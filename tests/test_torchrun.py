@@ -88,7 +88,8 @@ def _left_running(before: dict[int, int]) -> list[int]:
 def test_two_gloo_processes_train_a_loadable_checkpoint(tmp_path):
     import mlflow
 
-    from tasks.store.checkpoint import load_clip, load_state
+    from tasks.store.checkpoint import load_state
+    from tasks.store.loaders import load_clip
 
     workspace = make_workspace(tmp_path / "home")
     spec = ClipTrainSpec(train=tiny_train(device="cpu"))

@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import load_file
 
 from models.clip import CLIP_PRESETS, build_clip
-from tasks.store.checkpoint import CheckpointDir, load_config, load_pipeline, load_state
+from tasks.store.checkpoint import CheckpointDir, load_config, load_state
+from tasks.store.loaders import load_pipeline
 from tasks.store.tracking import Tracker, training_tracker
 from tasks.store.workspace import Workspace
 from tasks.train.autoencoder import AutoencoderTrainSpec, train_autoencoder

@@ -1,5 +1,4 @@
-"""What a sweep found: the Pareto plot (CLIP score against FID and fd_clip, one curve per
-model, guidance along it, Imagen Fig. 4) and the size-step summary.
+"""What a sweep found: the size-step summary (and the Pareto plot, evaluate/pareto.py).
 
 Size steps: two models that differ only in one axis (text encoder, U-Net, or autoencoder
 decoder), one preset apart. At matched guidance, the change in each metric from the smaller
@@ -14,7 +13,6 @@ interval excludes zero.
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 
@@ -33,7 +31,7 @@ def _is_point(row: dict) -> bool:
     return row.get("guidance_scale") is not None
 
 
-def _points(rows: list[dict]) -> dict[str, dict[float, dict[str, dict]]]:
+def points_by_model(rows: list[dict]) -> dict[str, dict[float, dict[str, dict]]]:
     """model -> guidance -> metric -> row, for the generated points."""
     out: dict = defaultdict(lambda: defaultdict(dict))
     for row in rows:
@@ -59,7 +57,7 @@ def size_steps(rows: list[dict]) -> list[dict]:
 
 def step_effects(rows: list[dict]) -> list[dict]:
     """Per size step and matched guidance: the change in each metric with its interval."""
-    points = _points(rows)
+    points = points_by_model(rows)
     effects = []
     for step in size_steps(rows):
         small, large = points[step["small"]], points[step["large"]]
@@ -81,7 +79,7 @@ def matched_clip_score(
 ) -> float | None:
     """Mean change in `metric` from `small` to `large` where both curves reach the same CLIP
     scores (interpolated along guidance); None when the curves do not overlap."""
-    points = _points(rows)
+    points = points_by_model(rows)
 
     def curve(model):
         pts = sorted(
@@ -164,48 +162,3 @@ def summary_lines(rows: list[dict]) -> tuple[list[str], dict]:
         "best": best
         and {k: best[k] for k in ("model", "guidance_scale", "value", "ci_low", "ci_high")},
     }
-
-
-def _error_bars(rows: list[dict]) -> list[list[float]]:
-    """matplotlib's asymmetric bars: distances from the value down and up (never negative)."""
-    return [
-        [max(r["value"] - r["ci_low"], 0.0) for r in rows],
-        [max(r["ci_high"] - r["value"], 0.0) for r in rows],
-    ]
-
-
-def pareto_plot(rows: list[dict], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = _points(rows)
-    fig, axes = plt.subplots(1, len(DISTANCES), figsize=(6 * len(DISTANCES), 4.5))
-    for ax, metric in zip(axes, DISTANCES, strict=True):
-        for model, by_guidance in sorted(points.items()):
-            gs = sorted(by_guidance)
-            x = [by_guidance[g]["clip_score"] for g in gs]
-            y = [by_guidance[g][metric] for g in gs]
-            ax.errorbar(
-                [r["value"] for r in x], [r["value"] for r in y],
-                xerr=_error_bars(x),
-                yerr=_error_bars(y),
-                marker="o", ms=3, capsize=2, label=model,
-            )  # fmt: skip
-            for g, xr, yr in zip(gs, x, y, strict=True):
-                ax.annotate(f"{g:g}", (xr["value"], yr["value"]), fontsize=6, alpha=0.7)
-        ax.set_xlabel("CLIP score (judge), higher is better")
-        ax.set_ylabel(f"{metric}, lower is better")
-        ax.set_title(f"{metric} against CLIP score over guidance")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def report(rows: list[dict], plot_path: Path) -> dict:
-    lines, found = summary_lines(rows)
-    return {"plot": pareto_plot(rows, plot_path), "lines": lines, **found}

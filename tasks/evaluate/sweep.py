@@ -24,16 +24,14 @@ and an MLflow parent run per sweep (experiment marble-evaluate) with a child run
 
 from __future__ import annotations
 
-import hashlib
 import re
 import sys
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -42,139 +40,40 @@ import torch
 
 from eval import clip_score, cmmd, frechet, inception
 from eval.bootstrap import resample_counts
-from eval.inception import RESIZE_MODE, build_fid_inception
+from eval.inception import RESIZE_MODE
 from eval.reconstruction import psnr_per_image
-from models.sampling import SAMPLERS
+from models.pipeline import TextToImage
+from tasks.evaluate import measuring, prompts
 from tasks.evaluate import point as sweep_point
-from tasks.evaluate import report as sweep_report
 from tasks.evaluate.fid_weights import load_fid_state_dict
+from tasks.evaluate.measuring import Measuring, build_measuring, inputs_key
+from tasks.evaluate.pareto import pareto_plot
 from tasks.evaluate.point import (
     PointSettings,
-    batched,
     generate_and_measure,
     metric_rows,
     point_metrics,
     reconstruction_metrics,
     reference_rows,
-    reference_statistics,
     sample_columns,
 )
+from tasks.evaluate.prompts import SEED_RULE
+from tasks.evaluate.report import summary_lines
+from tasks.evaluate.spec import SweepSpec
 from tasks.runtime.devices import pick_device
-from tasks.shapes.render import render_scene, sample_scene
-from tasks.store.checkpoint import (
-    digest,
+from tasks.store.checkpoint import digest, load_config
+from tasks.store.digests import source_digest
+from tasks.store.files import atomic_file
+from tasks.store.images import save_grid, to_float
+from tasks.store.loaders import (
+    clip_weights_digest,
     load_autoencoder,
     load_clip_embedder,
-    load_config,
     load_pipeline,
+    marble_clip,
 )
-from tasks.store.digests import json_digest, source_digest
-from tasks.store.files import atomic_file
-from tasks.store.ids import pair_id
-from tasks.store.images import save_grid, to_float
-from tasks.store.pairs import ParquetPairs, decode_image
 from tasks.store.tracking import Tracker, code_version
 from tasks.store.workspace import Workspace
-
-_MEASURING_CODE = (sys.modules[__name__], sweep_point, frechet, cmmd, clip_score, inception)
-IMAGEN_GUIDANCE = (1.0, 1.25, 1.5, 1.75, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)
-HELDOUT_SEED = 1_000_003  # the built-in held-out scenes; training data uses small seeds
-SEED_RULE = "int(sha1(f'{pair_id}:{repeat}')[:15], 16)"
-
-
-@dataclass(frozen=True)
-class SweepSpec:
-    models: tuple[str, ...] = ()  # diffusion checkpoint names; empty: every one there is
-    guidance_scales: tuple[float, ...] = IMAGEN_GUIDANCE
-    sampler: str = "ddim"
-    num_inference_steps: int = 25
-    num_samples: int = 10_000  # images per point (FID-10K)
-    prompt_set: Literal["auto", "val", "heldout"] = "auto"  # auto: heldout on built-in data
-    judge: str = "marble:judge-clip-base"  # "marble:NAME" or "openclip:ARCH:TAG"
-    fid_weights: str | None = None  # a weights file; default: tasks.evaluate.fid_weights' places
-    bootstrap: int = 100  # replicates per interval
-    batch_size: int = 250
-    seed: int = 0  # of the bootstrap resamples
-    device: str = "auto"
-
-    def __post_init__(self):
-        if self.num_samples < 2:
-            raise ValueError(f"num_samples must be at least 2, got {self.num_samples}")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose from {list(SAMPLERS)}")
-        if not self.guidance_scales or min(self.guidance_scales) < 0:
-            raise ValueError(f"guidance scales must be >= 0, got {self.guidance_scales}")
-        if self.bootstrap < 1 or self.batch_size < 1 or self.num_inference_steps < 1:
-            raise ValueError("bootstrap, batch_size and num_inference_steps must be >= 1")
-
-
-@dataclass
-class Prompts:
-    name: str  # "val" or "heldout"
-    captions: list[str]  # (N,) one per generated image
-    pair_ids: list[str]
-    repeats: list[int]  # how often this caption was used before, 0 first
-    reference: np.ndarray  # (M, H, W, 3) uint8 real images
-    reference_captions: list[str]  # (M,)
-    digest: str  # names the data: part of the reference statistics' cache key
-
-    @property
-    def seeds(self) -> list[int]:
-        return [image_seed(p, r) for p, r in zip(self.pair_ids, self.repeats, strict=True)]
-
-
-def image_seed(pid: str, repeat: int) -> int:
-    """The initial-noise seed of an image: a function of its prompt's pair_id and repeat."""
-    return int(hashlib.sha1(f"{pid}:{repeat}".encode()).hexdigest()[:15], 16)
-
-
-# ---------------------------------------------------------------------------- prompts, reference
-
-
-def build_prompts(workspace: Workspace, prompt_set: str, n: int) -> Prompts:
-    builtin = (workspace.source / "truth.parquet").exists()
-    if prompt_set == "auto":
-        prompt_set = "heldout" if builtin else "val"
-    if prompt_set == "heldout":
-        if not builtin:
-            raise ValueError(
-                "prompt_set 'heldout' renders built-in scenes; this workspace has no built-in data (data/source/truth.parquet)"
-            )
-        return _heldout_prompts(workspace, n)
-    val = ParquetPairs(workspace.pairs, "val")  # none there: an error that says to filter
-    if len(val) == 0:
-        raise ValueError(f"the val split of {workspace.pairs} is empty: no reference images")
-    images = np.stack([decode_image(val.image_bytes(i)) for i in range(len(val))])
-    m = len(val)
-    return Prompts(
-        name="val",
-        captions=[val.captions[i % m] for i in range(n)],
-        pair_ids=[val.pair_ids[i % m] for i in range(n)],
-        repeats=[i // m for i in range(n)],
-        reference=images,
-        reference_captions=list(val.captions),
-        digest=hashlib.sha1("\n".join(sorted(val.pair_ids)).encode()).hexdigest()[:16],
-    )
-
-
-def _heldout_prompts(workspace: Workspace, n: int) -> Prompts:
-    first = ParquetPairs(workspace.pairs if workspace.pairs.exists() else workspace.raw)
-    side = decode_image(first.image_bytes(0)).shape[0]
-    scenes = [sample_scene(HELDOUT_SEED, i, 0.25) for i in range(n)]
-    captions = [scene.caption(template) for scene, template in scenes]
-    images = np.stack([render_scene(s, side, HELDOUT_SEED, i) for i, (s, _) in enumerate(scenes)])
-    return Prompts(
-        name="heldout",
-        captions=captions,
-        pair_ids=[
-            pair_id(f"heldout://shapes/{HELDOUT_SEED}/{i}", c) for i, c in enumerate(captions)
-        ],
-        repeats=[0] * n,
-        reference=images,
-        reference_captions=captions,
-        digest=f"shapes-heldout-{HELDOUT_SEED}-{n}-{side}",
-    )
-
 
 # ---------------------------------------------------------------------------- one point
 
@@ -214,34 +113,18 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._@-]", "_", name)
 
 
-def _inputs_key(ctx: dict, point: dict, guidance: float | None) -> str:
-    """What a point's (or a reconstruction's) rows depend on: the checkpoints, the sampling
-    and measuring settings, the prompts, the judge and FID weights, and this code."""
-    spec, common = ctx["spec"], ctx["common"]
-    return json_digest({
-        "point": {k: v for k, v in point.items() if k.endswith("_digest") or k == "model"},
-        "guidance": guidance, "sampler": spec.sampler, "steps": spec.num_inference_steps,
-        "n": spec.num_samples, "bootstrap": spec.bootstrap, "seed": spec.seed,
-        "prompts": ctx["prompts"].digest, "judge": common["judge_digest"],
-        "fid_weights": common["fid_weights_digest"], "code": ctx["code"],
-    })  # fmt: skip
-
-
-def _evaluated(workspace: Workspace) -> dict[str, list[dict]]:
-    """Rows of every point evaluated before, by inputs key (rows written before keys existed
-    are left out)."""
-    done: dict[str, list[dict]] = {}
-    for path in (
-        sorted(workspace.evaluations.glob("*.parquet")) if workspace.evaluations.is_dir() else []
-    ):
-        for row in pq.read_table(path).to_pylist():
-            if row.get("inputs_key"):
-                done.setdefault(row["inputs_key"], []).append(row)
-    return done
-
-
-def _evaluate_point(workspace, pipe, name, config, guidance, ctx, parent_run_id, log) -> list[dict]:
-    spec, prompts, common = ctx["spec"], ctx["prompts"], ctx["common"]
+def _evaluate_point(
+    m: Measuring,
+    *,
+    workspace: Workspace,
+    pipe: TextToImage,
+    name: str,
+    config: dict,
+    guidance: float,
+    parent_run_id: str,
+    log,
+) -> list[dict]:
+    spec, prompts, common = m.spec, m.prompts, m.common
     point = {
         "point_id": f"{name}@{guidance:g}", "model": name, "guidance_scale": float(guidance),
         "text_encoder": config["text_encoder"], "unet": config["unet_preset"],
@@ -250,17 +133,16 @@ def _evaluate_point(workspace, pipe, name, config, guidance, ctx, parent_run_id,
         "text_encoder_digest": config["text_encoder_digest"],
         "autoencoder_digest": config["autoencoder_digest"],
     }  # fmt: skip
-    point["inputs_key"] = _inputs_key(ctx, point, guidance)
-    if point["inputs_key"] in ctx["done"]:
+    point["inputs_key"] = inputs_key(m, point, guidance)
+    if point["inputs_key"] in m.done:
         log(f"evaluate {point['point_id']}: skipped, evaluated before with the same inputs")
-        return ctx["done"][point["inputs_key"]]
+        return m.done[point["inputs_key"]]
     t0 = time.perf_counter()
     settings = PointSettings(spec.sampler, spec.num_inference_steps, spec.batch_size)
     out = generate_and_measure(
-        pipe, ctx["judge"], ctx["inception"], prompts.captions, prompts.seeds, guidance, settings,
-        ctx["device"],
+        pipe, m.judge, m.inception, prompts.captions, prompts.seeds, guidance, settings, m.device,
     )  # fmt: skip
-    metrics = point_metrics(out, ctx["reference"], ctx["text_emb"], ctx["counts"])
+    metrics = point_metrics(out, m.reference, m.text_emb, m.counts)
     with Tracker(
         workspace, "marble-evaluate", point["point_id"], parent_run_id=parent_run_id
     ) as run:
@@ -288,18 +170,18 @@ def _evaluate_point(workspace, pipe, name, config, guidance, ctx, parent_run_id,
 
 
 @torch.no_grad()
-def _autoencoder_rows(workspace: Workspace, name: str, ctx: dict) -> list[dict]:
+def _autoencoder_rows(m: Measuring, workspace: Workspace, name: str) -> list[dict]:
     """The decoder axis on its own: the reference images through the autoencoder and back,
     against the references themselves (rFID, fd_clip of reconstructions, PSNR), as
     latent-diffusion reports for its autoencoders."""
-    prompts, device, spec = ctx["prompts"], ctx["device"], ctx["spec"]
+    prompts, device, spec = m.prompts, m.device, m.spec
     identity = {
         "model": f"autoencoder/{name}",
         "autoencoder_digest": digest(workspace.checkpoint("autoencoder", name)),
     }
-    key = _inputs_key(ctx, identity, None)
-    if key in ctx["done"]:
-        return ctx["done"][key]
+    key = inputs_key(m, identity, None)
+    if key in m.done:
+        return m.done[key]
     autoencoder = load_autoencoder(workspace, name, device)
     recon, psnr = [], []
     for start in range(0, len(prompts.reference), spec.batch_size):
@@ -309,14 +191,19 @@ def _autoencoder_rows(workspace: Workspace, name: str, ctx: dict) -> list[dict]:
         psnr.append(psnr_per_image(y, x).cpu().numpy())
     counts = resample_counts(len(prompts.reference), spec.bootstrap, spec.seed)
     metrics = reconstruction_metrics(
-        torch.cat(recon), np.concatenate(psnr), ctx["inception"], ctx["judge"],
-        ctx["reference"], counts, device,
+        torch.cat(recon), np.concatenate(psnr), m.inception, m.judge, m.reference, counts, device,
     )  # fmt: skip
-    meta = ctx["common"] | identity | {
+    meta = m.common | identity | {
         "point_id": identity["model"], "autoencoder": name, "n": len(prompts.reference),
         "guidance_scale": None, "inputs_key": key,
     }  # fmt: skip
     return metric_rows(metrics, meta, None, None)
+
+
+def _measuring_code() -> str:
+    """Digest of the code whose change changes a measurement."""
+    modules = (sys.modules[__name__], measuring, prompts, sweep_point)
+    return source_digest(*modules, frechet, cmmd, clip_score, inception)
 
 
 @dataclass(frozen=True)
@@ -341,7 +228,7 @@ class SweepPlan:
 def _check_judge(judge_id: str, judge_digest: str, configs: dict[str, dict]) -> None:
     for name, config in configs.items():
         if (
-            judge_id == f"marble:{config['text_encoder']}"
+            marble_clip(judge_id) == config["text_encoder"]
             or judge_digest == config["text_encoder_digest"]
         ):
             raise ValueError(
@@ -350,42 +237,35 @@ def _check_judge(judge_id: str, judge_digest: str, configs: dict[str, dict]) -> 
             )
 
 
-def _judge_digest(workspace: Workspace, judge_id: str) -> str:
-    if judge_id.startswith("marble:"):
-        return digest(workspace.checkpoint("clip", judge_id.removeprefix("marble:")))
-    return judge_id
+@dataclass
+class _ProcessCache:
+    """The measuring context of the sweep last planned or evaluated in this process, and the
+    one pipeline in memory: a Dask worker or a sequential run evaluates many points of one
+    sweep and loads each model once."""
+
+    key: str = ""
+    measuring: Measuring | None = None
+    model: str = ""
+    pipeline: TextToImage | None = None
+
+    def measuring_for(self, plan: SweepPlan, workspace: Workspace) -> Measuring:
+        key = f"{workspace.root}:{plan.sweep_id}"
+        if key != self.key or self.measuring is None:
+            self.keep(key, build_measuring(plan.spec, workspace, plan.common, _measuring_code()))
+        return self.measuring
+
+    def keep(self, key: str, measuring: Measuring) -> None:
+        self.key, self.measuring, self.model, self.pipeline = key, measuring, "", None
+
+    def pipeline_for(self, workspace: Workspace, model: str, device) -> TextToImage:
+        if model != self.model or self.pipeline is None:
+            self.pipeline = None  # one model's pipeline in memory at a time
+            self.pipeline = load_pipeline(workspace, model, device)
+            self.model = model
+        return self.pipeline
 
 
-# The measuring context of the sweep last planned or evaluated in this process (judge,
-# Inception, prompts, reference statistics): built once per process, reused by each point.
-_CONTEXT: dict[str, dict] = {}
-
-
-def _context(plan: SweepPlan, workspace: Workspace) -> dict:
-    key = f"{workspace.root}:{plan.sweep_id}"
-    if key not in _CONTEXT:
-        _CONTEXT.clear()
-        _CONTEXT[key] = _build_context(plan.spec, workspace, plan.common)
-    return _CONTEXT[key]
-
-
-def _build_context(spec: SweepSpec, workspace: Workspace, common: dict) -> dict:
-    device = pick_device(spec.device)
-    judge, _ = load_clip_embedder(workspace, spec.judge, device)
-    state, _ = load_fid_state_dict(Path(spec.fid_weights) if spec.fid_weights else None)
-    inception = build_fid_inception(state).to(device)
-    prompts = build_prompts(workspace, spec.prompt_set, spec.num_samples)
-    return {
-        "done": _evaluated(workspace), "code": source_digest(*_MEASURING_CODE),
-        "spec": spec, "prompts": prompts, "common": common, "judge": judge,
-        "inception": inception, "device": device, "pipelines": {},
-        "reference": reference_statistics(
-            workspace.cache / "reference", prompts, judge, common["judge_digest"], inception,
-            common["fid_weights_digest"], device,
-        ),
-        "text_emb": batched(judge.texts, prompts.captions, spec.batch_size),
-        "counts": resample_counts(spec.num_samples, spec.bootstrap, spec.seed),
-    }  # fmt: skip
+_CACHE = _ProcessCache()
 
 
 def plan_sweep(spec: SweepSpec, workspace: Workspace) -> SweepPlan:
@@ -395,7 +275,7 @@ def plan_sweep(spec: SweepSpec, workspace: Workspace) -> SweepPlan:
     configs = {m: load_config(workspace.checkpoint("diffusion", m)) for m in models}
     device = pick_device(spec.device)
     _, judge_id = load_clip_embedder(workspace, spec.judge, device)  # a bad judge: here
-    judge_digest = _judge_digest(workspace, judge_id)
+    judge_digest = clip_weights_digest(workspace, judge_id) or judge_id
     _check_judge(judge_id, judge_digest, configs)
     _, fid_digest = load_fid_state_dict(Path(spec.fid_weights) if spec.fid_weights else None)
     sweep_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
@@ -406,36 +286,36 @@ def plan_sweep(spec: SweepSpec, workspace: Workspace) -> SweepPlan:
         "judge_digest": judge_digest, "fid_weights_digest": fid_digest, "resize": RESIZE_MODE,
         "code_version": code_version(),
     }  # fmt: skip
-    ctx = _build_context(spec, workspace, common)
-    prompts = ctx["prompts"]
+    m = build_measuring(spec, workspace, common, _measuring_code())
+    prompts = m.prompts
     common |= {"prompt_set": prompts.name, "prompts_repeat": max(prompts.repeats) > 0}
-    rows = reference_rows(
-        ctx["judge"], prompts, ctx["reference"], common, spec.seed, spec.bootstrap
-    )
+    m = replace(m, common=common)
+    rows = reference_rows(m.judge, prompts, m.reference, common, spec.seed, spec.bootstrap)
     for name in sorted({config["autoencoder"] for config in configs.values()}):
-        rows += _autoencoder_rows(workspace, name, ctx)
+        rows += _autoencoder_rows(m, workspace, name)
     _write_parquet(_table(rows), workspace.evaluations / f"{sweep_id}-reference.parquet")
     with Tracker(workspace, "marble-evaluate", f"sweep-{sweep_id}") as parent:
         parent.log_params({"sweep": asdict(spec) | {"models": models}, "prompt_set": prompts.name})
         parent.log_metrics({f"{r['model']}/{r['metric']}": r["value"] for r in rows}, step=0)
     plan = SweepPlan(spec, sweep_id, tuple(models), configs, common, parent.run_id, tuple(rows))
-    _CONTEXT.clear()
-    _CONTEXT[f"{workspace.root}:{sweep_id}"] = ctx  # the points evaluated here reuse it
+    _CACHE.keep(f"{workspace.root}:{sweep_id}", m)  # the points evaluated here reuse it
     return plan
 
 
 def evaluate_point(plan: SweepPlan, model: str, guidance: float, workspace: Workspace, log=print):
     """Sample and measure one grid point (skipped when evaluated before with the same
     inputs); its rows, also written to results/ and logged as a child MLflow run."""
-    ctx = _context(plan, workspace)
-    pipelines = ctx["pipelines"]
-    if model not in pipelines:
-        pipelines.clear()  # one model's pipeline in memory at a time
-        pipelines[model] = load_pipeline(workspace, model, ctx["device"])
+    m = _CACHE.measuring_for(plan, workspace)
     return _evaluate_point(
-        workspace, pipelines[model], model, plan.configs[model], guidance, ctx,
-        plan.mlflow_run_id, log,
-    )  # fmt: skip
+        m,
+        workspace=workspace,
+        pipe=_CACHE.pipeline_for(workspace, model, m.device),
+        name=model,
+        config=plan.configs[model],
+        guidance=guidance,
+        parent_run_id=plan.mlflow_run_id,
+        log=log,
+    )
 
 
 def finish_sweep(
@@ -444,7 +324,9 @@ def finish_sweep(
     """The summary of a sweep from every point's rows: the report (effects of each size step
     against their intervals), the Pareto plot, both logged to the parent run."""
     rows = list(plan.reference_rows) + [row for part in point_rows for row in part]
-    report = sweep_report.report(rows, workspace.plots / f"pareto-{plan.sweep_id}.png")
+    lines, found = summary_lines(rows)
+    plot = pareto_plot(rows, workspace.plots / f"pareto-{plan.sweep_id}.png")
+    report = {"plot": plot, "lines": lines, **found}
     with Tracker(workspace, "marble-evaluate", "", run_id=plan.mlflow_run_id) as parent:
         parent.log_artifact(report["plot"])
         parent.log_text("\n".join(report["lines"]), "summary.txt")

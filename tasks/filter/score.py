@@ -41,10 +41,10 @@ from eval.clip_embedder import ClipEmbedder
 from tasks.filter import keep_rules
 from tasks.filter.keep_rules import KEEP_RULES
 from tasks.runtime.devices import pick_device
-from tasks.store.checkpoint import digest, load_clip_embedder
 from tasks.store.digests import files_digest, json_digest, source_digest
 from tasks.store.files import atomic_dir
 from tasks.store.ids import split_of
+from tasks.store.loaders import clip_weights_digest, load_clip_embedder
 from tasks.store.pairs import ParquetPairs, shard_paths
 from tasks.store.stages import recorded, write_record
 from tasks.store.tracking import Tracker
@@ -96,11 +96,7 @@ def _scorer(workspace: Workspace, model: str, device: str, weights: str) -> tupl
 
 
 def _weights_key(workspace: Workspace, model: str) -> str:
-    if model.startswith("marble:"):
-        checkpoint = workspace.checkpoint("clip", model.removeprefix("marble:"))
-        if checkpoint.is_dir():  # else the loader names what is missing
-            return digest(checkpoint)
-    return model
+    return clip_weights_digest(workspace, model) or model
 
 
 def score_shard(cfg: FilterConfig, shard: Path, workspace: Workspace) -> dict[str, float]:
@@ -127,9 +123,8 @@ def filter_pairs(
 def _inputs(cfg: FilterConfig, workspace: Workspace, shards: list[Path]) -> str:
     """Digest of everything the filter's output depends on: the raw shards, the filter
     model's weights, the settings that change the result, and this code."""
-    model = cfg.model
-    if model.startswith("marble:"):
-        model += ":" + digest(workspace.checkpoint("clip", model.removeprefix("marble:")))
+    weights = clip_weights_digest(workspace, cfg.model)
+    model = cfg.model if weights is None else f"{cfg.model}:{weights}"
     settings = {
         k: v for k, v in asdict(cfg).items() if k not in ("batch_size", "workers", "device")
     }

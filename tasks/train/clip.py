@@ -29,8 +29,9 @@ import torch
 from eval.retrieval import retrieval_metrics
 from models.clip import CLIP_PRESETS, ClipConfig, build_clip, clip_loss, make_tokenizer
 from tasks.runtime.devices import pick_device
-from tasks.store.checkpoint import CheckpointDir, digest, load_clip
+from tasks.store.checkpoint import CheckpointDir, digest
 from tasks.store.images import to_float
+from tasks.store.loaders import load_clip
 from tasks.store.pairs import ParquetPairs, load_split_pairs, pairs_digest
 from tasks.store.tracking import training_tracker
 from tasks.store.workspace import Workspace

@@ -7,7 +7,7 @@ latents from the cached posteriors. Captions are dropped (replaced by the empty 
 states) with probability `cond_dropout`, which is what classifier-free guidance needs.
 
 Checkpoint: checkpoints/diffusion/<text>_<unet>_<autoencoder>/ with model/ema safetensors
-and a config.json that names (and digests) the encoders, so `tasks.store.checkpoint.load_pipeline`
+and a config.json that names (and digests) the encoders, so `tasks.store.loaders.load_pipeline`
 rebuilds the whole text-to-image pipeline from it.
 """
 
@@ -38,9 +38,10 @@ from models.diffusion import (
 from models.pipeline import TextToImage
 from models.unet import UNET_PRESETS, UNet, UNetConfig
 from tasks.runtime.devices import pick_device
-from tasks.store.checkpoint import CheckpointDir, digest, load_conditioning, text_to_image
+from tasks.store.checkpoint import CheckpointDir, digest
 from tasks.store.files import atomic_file, atomic_write_text
 from tasks.store.images import save_grid, to_float, to_uint8
+from tasks.store.loaders import load_conditioning, text_to_image
 from tasks.store.pairs import load_split_pairs, pairs_digest
 from tasks.store.tracking import training_tracker
 from tasks.store.workspace import Workspace
