@@ -13,7 +13,7 @@ Notation (code -> paper), after Ho et al. 2020 (DDPM) and Salimans & Ho 2022 (v-
 the schedule is read in float64 and cast to the dtype of the tensors it multiplies.
 
 Prediction types use diffusers' names: "epsilon" (the network predicts ε), "v_prediction"
-(v) and "sample" (x_0). The choice is made once, through the dicts of conversions below.
+(v) and "sample" (x_0). The choice is read in one place, `eps_and_x0`.
 """
 
 from __future__ import annotations
@@ -127,94 +127,61 @@ def training_target(
 
 
 # ----------------------------------------------------------------------------
-# Conversions between ε, x_0 and v, given x_t (each inverts x_t = α x_0 + σ ε)
+# Conversions between ε and x_0, given x_t = α x_0 + σ ε with α = sqrt(ᾱ_t), σ = sqrt(1 - ᾱ_t)
+# (floats, or tensors that broadcast against x_t). The one place a prediction type is read:
+# the samplers (models/sampling.py) and the tests go through `eps_and_x0`.
 
 
-def x0_from_eps(eps: Tensor, x_t: Tensor, t: Tensor, alphas_cumprod: Tensor) -> Tensor:
-    """x̂_0 = (x_t - sqrt(1 - ᾱ_t) ε) / sqrt(ᾱ_t)  (Ho et al. 2020, Eq. 15)."""
-    alpha, sigma = _coefficients(t, alphas_cumprod, x_t)
+def x0_from_eps(eps: Tensor, x_t: Tensor, alpha, sigma) -> Tensor:
+    """x̂_0 = (x_t - σ ε) / α  (Ho et al. 2020, Eq. 15)."""
     return (x_t - sigma * eps) / alpha
 
 
-def eps_from_x0(x0: Tensor, x_t: Tensor, t: Tensor, alphas_cumprod: Tensor) -> Tensor:
-    """ε = (x_t - sqrt(ᾱ_t) x_0) / sqrt(1 - ᾱ_t)."""
-    alpha, sigma = _coefficients(t, alphas_cumprod, x_t)
+def eps_from_x0(x0: Tensor, x_t: Tensor, alpha, sigma) -> Tensor:
+    """ε = (x_t - α x_0) / σ."""
     return (x_t - alpha * x0) / sigma
 
 
-def x0_from_v(v: Tensor, x_t: Tensor, t: Tensor, alphas_cumprod: Tensor) -> Tensor:
-    """x_0 = sqrt(ᾱ_t) x_t - sqrt(1 - ᾱ_t) v  (Salimans & Ho 2022, §4, α² + σ² = 1)."""
-    alpha, sigma = _coefficients(t, alphas_cumprod, x_t)
+def x0_from_v(v: Tensor, x_t: Tensor, alpha, sigma) -> Tensor:
+    """x_0 = α x_t - σ v  (Salimans & Ho 2022, §4, α² + σ² = 1)."""
     return alpha * x_t - sigma * v
 
 
-def eps_from_v(v: Tensor, x_t: Tensor, t: Tensor, alphas_cumprod: Tensor) -> Tensor:
-    """ε = sqrt(1 - ᾱ_t) x_t + sqrt(ᾱ_t) v."""
-    alpha, sigma = _coefficients(t, alphas_cumprod, x_t)
+def eps_from_v(v: Tensor, x_t: Tensor, alpha, sigma) -> Tensor:
+    """ε = σ x_t + α v."""
     return sigma * x_t + alpha * v
 
 
-def v_from_eps(eps: Tensor, x_t: Tensor, t: Tensor, alphas_cumprod: Tensor) -> Tensor:
-    """v = (sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) x_0) with x_0 from ε; simplifies to (ε - σ x_t) / α."""
-    alpha, sigma = _coefficients(t, alphas_cumprod, x_t)
-    return (eps - sigma * x_t) / alpha
-
-
-def v_from_x0(x0: Tensor, x_t: Tensor, t: Tensor, alphas_cumprod: Tensor) -> Tensor:
-    """v = (sqrt(ᾱ_t) x_t - x_0) / sqrt(1 - ᾱ_t)."""
-    alpha, sigma = _coefficients(t, alphas_cumprod, x_t)
-    return (alpha * x_t - x0) / sigma
-
-
-def _identity(out: Tensor, x_t: Tensor, t: Tensor, alphas_cumprod: Tensor) -> Tensor:
-    return out
-
-
-Conversion = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
-_TO_EPSILON: dict[str, Conversion] = {
-    "epsilon": _identity,
-    "v_prediction": eps_from_v,
-    "sample": eps_from_x0,
-}
-_TO_X0: dict[str, Conversion] = {
-    "epsilon": x0_from_eps,
-    "v_prediction": x0_from_v,
-    "sample": _identity,
-}
-_TO_V: dict[str, Conversion] = {
-    "epsilon": v_from_eps,
-    "v_prediction": _identity,
-    "sample": v_from_x0,
-}
-
-
-def _lookup(table: dict[str, Conversion], prediction_type: str) -> Conversion:
-    if prediction_type not in table:
-        raise ValueError(
-            f"unknown prediction_type {prediction_type!r}; expected {PREDICTION_TYPES}"
+def eps_and_x0(
+    model_output: Tensor, x_t: Tensor, alpha, sigma, prediction_type: str
+) -> tuple[Tensor, Tensor]:
+    """(ε̂, x̂_0) from the network's output, whatever it predicts; what it predicts is
+    returned as it is, the other is derived from it."""
+    if prediction_type == "epsilon":
+        return model_output, x0_from_eps(model_output, x_t, alpha, sigma)
+    if prediction_type == "v_prediction":
+        return eps_from_v(model_output, x_t, alpha, sigma), x0_from_v(
+            model_output, x_t, alpha, sigma
         )
-    return table[prediction_type]
+    if prediction_type == "sample":
+        return eps_from_x0(model_output, x_t, alpha, sigma), model_output
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; expected {PREDICTION_TYPES}")
 
 
 def to_epsilon(
     model_output: Tensor, x_t: Tensor, t: Tensor, alphas_cumprod: Tensor, prediction_type: str
 ) -> Tensor:
-    """The network's output, whatever it predicts, as ε."""
-    return _lookup(_TO_EPSILON, prediction_type)(model_output, x_t, t, alphas_cumprod)
+    """The network's output at timesteps t (B,), whatever it predicts, as ε."""
+    alpha, sigma = _coefficients(t, alphas_cumprod, x_t)
+    return eps_and_x0(model_output, x_t, alpha, sigma, prediction_type)[0]
 
 
 def to_x0(
     model_output: Tensor, x_t: Tensor, t: Tensor, alphas_cumprod: Tensor, prediction_type: str
 ) -> Tensor:
-    """The network's output, whatever it predicts, as x̂_0."""
-    return _lookup(_TO_X0, prediction_type)(model_output, x_t, t, alphas_cumprod)
-
-
-def to_v(
-    model_output: Tensor, x_t: Tensor, t: Tensor, alphas_cumprod: Tensor, prediction_type: str
-) -> Tensor:
-    """The network's output, whatever it predicts, as v."""
-    return _lookup(_TO_V, prediction_type)(model_output, x_t, t, alphas_cumprod)
+    """The network's output at timesteps t (B,), whatever it predicts, as x̂_0."""
+    alpha, sigma = _coefficients(t, alphas_cumprod, x_t)
+    return eps_and_x0(model_output, x_t, alpha, sigma, prediction_type)[1]
 
 
 # ----------------------------------------------------------------------------

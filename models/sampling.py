@@ -42,7 +42,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from models.diffusion import PREDICTION_TYPES, PredictionType
+from models.diffusion import PREDICTION_TYPES, PredictionType, eps_and_x0
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 Callback = Callable[[int, Tensor, Tensor], None]
@@ -115,39 +115,16 @@ def _t_batch(t: Tensor, x: Tensor) -> Tensor:
     return torch.full((len(x),), int(t), dtype=torch.int64, device=x.device)  # (B,)
 
 
-# ----------------------------------------------------------------------------
-# From the network's output to (ε̂, x̂_0), each in its stable direction
-
-
-def _from_epsilon(out: Tensor, x: Tensor, alpha: float, sigma: float) -> tuple[Tensor, Tensor]:
-    return out, (x - sigma * out) / alpha  # Ho et al. 2020, Eq. 15
-
-
-def _from_v(out: Tensor, x: Tensor, alpha: float, sigma: float) -> tuple[Tensor, Tensor]:
-    return sigma * x + alpha * out, alpha * x - sigma * out  # Salimans & Ho 2022, §4
-
-
-def _from_sample(out: Tensor, x: Tensor, alpha: float, sigma: float) -> tuple[Tensor, Tensor]:
-    return (x - alpha * out) / sigma, out
-
-
-_PREDICT: dict[str, Callable[[Tensor, Tensor, float, float], tuple[Tensor, Tensor]]] = {
-    "epsilon": _from_epsilon,
-    "v_prediction": _from_v,
-    "sample": _from_sample,
-}
-
-
 def predict_eps_x0(
     model_fn: ModelFn, x: Tensor, t: Tensor, abar_t: float, prediction_type: PredictionType
 ) -> tuple[Tensor, Tensor]:
     """(ε̂, x̂_0) at x_t = x, timestep t with ᾱ_t = abar_t (a float64 Python float)."""
-    if prediction_type not in _PREDICT:
+    if prediction_type not in PREDICTION_TYPES:
         raise ValueError(
             f"unknown prediction_type {prediction_type!r}; expected {PREDICTION_TYPES}"
         )
     out = model_fn(x, _t_batch(t, x)).to(x.dtype)
-    return _PREDICT[prediction_type](out, x, math.sqrt(abar_t), math.sqrt(1 - abar_t))
+    return eps_and_x0(out, x, math.sqrt(abar_t), math.sqrt(1 - abar_t), prediction_type)
 
 
 # ----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import torch
 from models.diffusion import (
     append_dims,
     diffusion_loss,
+    eps_and_x0,
     eps_from_v,
     eps_from_x0,
     make_alphas_cumprod,
@@ -16,11 +17,8 @@ from models.diffusion import (
     sample_timesteps,
     snr,
     to_epsilon,
-    to_v,
     to_x0,
     training_target,
-    v_from_eps,
-    v_from_x0,
     x0_from_eps,
     x0_from_v,
 )
@@ -84,23 +82,27 @@ def _xt_x0_eps(prediction_dtype=torch.float64):
 
 def test_conversions_invert_each_other():
     ac, t, x0, eps, x_t = _xt_x0_eps()
+    alpha = ac[t].sqrt().view(-1, 1, 1, 1)
+    sigma = (1 - ac[t]).sqrt().view(-1, 1, 1, 1)
     v = training_target("v_prediction", x0, eps, t, ac)
-    torch.testing.assert_close(x0_from_eps(eps, x_t, t, ac), x0)
-    torch.testing.assert_close(eps_from_x0(x0, x_t, t, ac), eps)
-    torch.testing.assert_close(x0_from_v(v, x_t, t, ac), x0)
-    torch.testing.assert_close(eps_from_v(v, x_t, t, ac), eps)
-    torch.testing.assert_close(v_from_eps(eps, x_t, t, ac), v)
-    torch.testing.assert_close(v_from_x0(x0, x_t, t, ac), v)
+    torch.testing.assert_close(v, alpha * eps - sigma * x0)  # Salimans & Ho 2022, §4
+    torch.testing.assert_close(x0_from_eps(eps, x_t, alpha, sigma), x0)
+    torch.testing.assert_close(eps_from_x0(x0, x_t, alpha, sigma), eps)
+    torch.testing.assert_close(x0_from_v(v, x_t, alpha, sigma), x0)
+    torch.testing.assert_close(eps_from_v(v, x_t, alpha, sigma), eps)
 
 
 @pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
-def test_to_epsilon_x0_v_from_each_target(prediction_type):
+def test_to_epsilon_and_x0_from_each_target(prediction_type):
     ac, t, x0, eps, x_t = _xt_x0_eps()
     out = training_target(prediction_type, x0, eps, t, ac)  # a perfect prediction
-    v = training_target("v_prediction", x0, eps, t, ac)
     torch.testing.assert_close(to_epsilon(out, x_t, t, ac, prediction_type), eps)
     torch.testing.assert_close(to_x0(out, x_t, t, ac, prediction_type), x0)
-    torch.testing.assert_close(to_v(out, x_t, t, ac, prediction_type), v)
+    # the samplers' path: α, σ as float64 Python floats, one timestep
+    abar = float(ac[500])
+    e, x = eps_and_x0(out[1:2], x_t[1:2], abar**0.5, (1 - abar) ** 0.5, prediction_type)
+    torch.testing.assert_close(e, eps[1:2])
+    torch.testing.assert_close(x, x0[1:2])
 
 
 def test_unknown_prediction_type_raises():
