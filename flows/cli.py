@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -22,11 +21,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from flows import prefect_logs
 from flows.options import (
     OneLineErrorParser,
     add_model_options,
     build_model,
-    validation_message,
+    error_message,
     with_parents,
 )
 
@@ -140,7 +140,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
-    from flows.params import QueryParams
+    from flows.command_params import QueryParams
     from tasks.store.objectstore import parse_s3_url
     from tasks.store.query import format_result, run_query
     from tasks.store.workspace import Workspace
@@ -153,7 +153,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
-    from flows.params import PublishParams
+    from flows.command_params import PublishParams
     from tasks.store.objectstore import parse_s3_url, publish
     from tasks.store.workspace import Workspace
 
@@ -166,7 +166,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 def _cmd_up(args: argparse.Namespace) -> int:
     import torch
 
-    from flows.params import UpParams
+    from flows.command_params import UpParams
     from tasks.runtime import services
     from tasks.store.workspace import Workspace
 
@@ -212,7 +212,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     """One trainer, without Prefect: this is what `torchrun -m flows.cli train ...` runs."""
     import dataclasses
 
-    from flows.params import TrainModelParams
+    from flows.command_params import TrainModelParams
     from tasks.store.workspace import Workspace
     from tasks.train.registry import TRAINERS
 
@@ -240,18 +240,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from flows.command_params import PublishParams, QueryParams, TrainModelParams, UpParams
     from flows.params import (
         EvaluateParams,
         FanOutParams,
         FilterParams,
         IngestParams,
         PipelineParams,
-        PublishParams,
-        QueryParams,
         ShapesParams,
         TrainingParams,
-        TrainModelParams,
-        UpParams,
     )
 
     common = argparse.ArgumentParser(add_help=False)  # before or after the command
@@ -349,33 +346,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _os_error_message(error: OSError) -> str:
-    where = f" {error.filename}" if error.filename else ""
-    return f"cannot use{where}: {error.strerror or error}"
-
-
-class _NoTracebacks(logging.Filter):
-    """Drop the traceback Prefect logs with a failed flow or task run (the one-line error
-    that follows says what failed); the log line itself stays."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.exc_info, record.exc_text = None, None
-        return True
-
-
-def _quiet_prefect_tracebacks() -> None:
-    """Configure Prefect's logging now (it would on the first flow run), then filter the
-    tracebacks out of every handler it installed, the console one on the root logger too."""
-    from prefect.logging.configuration import ensure_logging_setup
-
-    ensure_logging_setup()
-    names = [n for n in logging.root.manager.loggerDict if n.startswith("prefect")]
-    for logger in [logging.getLogger(), *(logging.getLogger(n) for n in names)]:
-        for handler in logger.handlers:
-            if not any(isinstance(f, _NoTracebacks) for f in handler.filters):
-                handler.addFilter(_NoTracebacks())
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     args.home = getattr(args, "home", None)  # given before or after the command, or not
@@ -391,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
 
         start_reaper()  # whatever this run starts ends with it, even after kill -9
     if not args.debug:
-        _quiet_prefect_tracebacks()
+        prefect_logs.drop_tracebacks()
     try:
         if args.command != "query":  # every other command writes into the workspace
             from tasks.store.workspace import Workspace
@@ -401,14 +371,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, ValueError, OSError) as e:
         if args.debug:
             raise
-        if isinstance(e, ValidationError):  # a value out of a parameter model's bounds
-            message = validation_message(e)
-        elif isinstance(e, OSError):  # a file or folder that cannot be read or written
-            message = _os_error_message(e)
-        else:  # bad input, a missing stage, a busy workspace: the message says what to do
-            message = str(e)
-        for name in [n for n in logging.root.manager.loggerDict if n.startswith("prefect")]:
-            logging.getLogger(name).setLevel(logging.ERROR)  # its shutdown chatter after us
+        # a value out of a parameter model's bounds, a file or folder that cannot be read or
+        # written, bad input, a missing stage, a busy workspace: the message says what to do
+        message = error_message(e)
+        prefect_logs.errors_only()  # Prefect's shutdown chatter after the error line
         print(f"marble: error: {message}", file=sys.stderr)
         return 2
 

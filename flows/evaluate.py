@@ -16,9 +16,10 @@ from prefect.states import Completed
 from flows import fanout
 from flows.artifacts import sweep_artifacts, with_progress
 from flows.params import EvaluateParams, FanOutParams
-from flows.train import clip_task, on_device
+from flows.train import TASKS, on_device
 from tasks.evaluate import nightly
-from tasks.evaluate.sweep import SweepPlan, SweepSpec, evaluate_point, finish_sweep, plan_sweep
+from tasks.evaluate.spec import SweepSpec
+from tasks.evaluate.sweep import SweepPlan, evaluate_point, finish_sweep, plan_sweep
 from tasks.store.tracking import Tracker
 from tasks.store.workspace import Workspace
 from tasks.train.clip import judge_clip_spec
@@ -48,7 +49,7 @@ def run_evaluation(
     if params.trains_judge:
         preset = params.judge.removeprefix("marble:judge-")
         spec = judge_clip_spec(params.judge_steps, preset)
-        on_device(clip_task, spec.train.device)(spec, workspace)
+        on_device(TASKS["clip"], spec.train.device)(spec, workspace)
     spec = params.to_spec()
     plan = on_device(plan_task, spec.device)(spec, workspace)
     calls = [(plan, model, guidance, workspace) for model, guidance in plan.points]

@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import fanout
 from flows.params import FanOutParams, FilterParams
-from flows.train import clip_task, on_device
+from flows.train import TASKS, on_device
 from tasks.filter.score import FilterConfig, filter_pairs, score_shard
 from tasks.store.workspace import Workspace
 from tasks.train.clip import filter_clip_spec
@@ -42,7 +42,7 @@ def run_filter(
     if model is None:
         spec = filter_clip_spec(workspace, params.filter_clip_epochs, params.filter_clip_steps)
         print(f"filter: no filter model given, training {spec.name} ({spec.train.steps} steps)")
-        on_device(clip_task, spec.train.device)(spec, workspace)
+        on_device(TASKS["clip"], spec.train.device)(spec, workspace)
         model = f"marble:{spec.name}"
     return filter_task(params.to_config(model), workspace, fan)
 

@@ -9,6 +9,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.params import IngestParams
+from flows.spec_fields import to_spec
 from tasks.ingest.download import IngestConfig, ingest
 from tasks.ingest.url_list import UrlListError
 from tasks.store.objectstore import download_file, is_s3
@@ -51,9 +52,8 @@ def local_url_list(params: IngestParams, workspace: Workspace) -> IngestParams:
 
 
 def ingest_config(params: IngestParams) -> IngestConfig:
-    values = params.model_dump()
-    allowed = tuple(values.pop("allow_host"))
-    return IngestConfig(url_list=Path(values.pop("url_list")), allowed_hosts=allowed, **values)
+    allowed = tuple(params.allow_host)
+    return to_spec(params, IngestConfig, url_list=Path(params.url_list), allowed_hosts=allowed)
 
 
 @flow(name="ingest", log_prints=True)

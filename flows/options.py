@@ -7,7 +7,8 @@ values when it is built from the parsed arguments.
 
 The annotations it knows: bool (`--x/--no-x`), a Literal (choices), a list (comma-separated
 and repeatable, of a Literal too), `X | None` and `Annotated[X, ...]` (as X: the model runs
-the validators). `OneLineErrorParser` reports a usage error in one line.
+the validators). `OneLineErrorParser` reports a usage error in one line, `error_message`
+any other failure the user can fix.
 """
 
 from __future__ import annotations
@@ -118,13 +119,20 @@ def build_model(model: type[BaseModel], args: argparse.Namespace, names: Iterabl
     return model(**{name: getattr(args, name) for name in names})
 
 
-def validation_message(error: ValidationError) -> str:
-    """A model's refusal in one line, each place named as its option is (`dask-address: ...`)."""
-    parts = []
-    for e in error.errors():
-        where = ".".join(str(x) for x in e["loc"]) or error.title
-        parts.append(f"{where.replace('_', '-')}: {e['msg']}")
-    return "; ".join(parts)
+def error_message(error: Exception) -> str:
+    """A failure the user can fix, in one line: a model's refusal (ValidationError) with each
+    place named as its option is (`dask-address: ...`); a file or folder that cannot be read
+    or written (OSError), and why; anything else, its own message."""
+    if isinstance(error, ValidationError):
+        parts = []
+        for e in error.errors():
+            where = ".".join(str(x) for x in e["loc"]) or error.title
+            parts.append(f"{where.replace('_', '-')}: {e['msg']}")
+        return "; ".join(parts)
+    if isinstance(error, OSError):
+        where = f" {error.filename}" if error.filename else ""
+        return f"cannot use{where}: {error.strerror or error}"
+    return str(error)
 
 
 # ---------------------------------------------------------------------------- the parser

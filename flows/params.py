@@ -1,39 +1,36 @@
 """Flow parameters as pydantic models: Prefect validates them and builds the UI form from them,
-and the `marble` CLI derives its options from them (flows/cli.py).
+and the `marble` CLI derives its options from them (flows/cli.py). The commands that run no
+flow (train, query, publish, up) have theirs in flows/command_params.py.
 
 Each default is written once. Task settings default to their task spec's value
-(`spec_default`); choice lists are Literals built from the preset tables and rule tables
-themselves; the defaults that only describe the built-in run (its training budgets, its
-grid) live here.
+(`spec_field`, flows/spec_fields.py) and go back into the spec with `to_spec`; choice lists
+are Literals built from the preset tables and rule tables themselves; the defaults that only
+describe the built-in run (its training budgets, its grid) live here.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from flows.spec_fields import spec_field, to_spec
 from models.autoencoder import AE_PRESETS
 from models.clip import CLIP_PRESETS
 from models.diffusion import BETA_SCHEDULES, PREDICTION_TYPES, TIMESTEP_SAMPLINGS
 from models.sampling import SAMPLERS
 from models.unet import UNET_PRESETS
-from tasks.evaluate.sweep import SweepSpec
+from tasks.evaluate.spec import SweepSpec
 from tasks.filter.keep_rules import KEEP_RULES
 from tasks.filter.score import FilterConfig
 from tasks.ingest.download import IngestConfig
 from tasks.shapes.render import DEFAULT_FAULT_RATE, FaultRates, ShapesSpec
-from tasks.store.objectstore import is_s3, parse_s3_file, parse_s3_url
-from tasks.store.query import FORMATS
-from tasks.train.autoencoder import AutoencoderTrainSpec
+from tasks.store.objectstore import is_s3, parse_s3_file
 from tasks.train.clip import (
     FILTER_CLIP_EPOCHS,
     FILTER_CLIP_PRESET,
     FILTER_PREFIX,
     JUDGE_PREFIX,
-    ClipTrainSpec,
     judge_clip_spec,
 )
 from tasks.train.diffusion import DiffusionTrainSpec
@@ -47,30 +44,13 @@ PredictionTypeName = Literal[PREDICTION_TYPES]
 TimestepSamplingName = Literal[TIMESTEP_SAMPLINGS]
 KeepRuleName = Literal[tuple(KEEP_RULES)]
 SamplerName = Literal[tuple(SAMPLERS)]
-QueryFormat = Literal[FORMATS]
 Distributor = Literal["multiprocessing", "pyspark", "ray"]
-
-
-def spec_default(spec: type, name: str) -> Any:
-    """The default of field `name` of the dataclass `spec`."""
-    field = spec.__dataclass_fields__[name]
-    if field.default is not dataclasses.MISSING:
-        return field.default
-    return field.default_factory()
-
-
-_DIFFUSION = DiffusionTrainSpec()  # its defaults: the settings time to quality picked
-
-
-def _s3_url(value: str) -> str:
-    return str(parse_s3_url(value))  # an ObjectStoreError (a ValueError) names the problem
 
 
 def _url_list(value: str) -> str:
     return str(parse_s3_file(value)) if is_s3(value) else value
 
 
-S3Url = Annotated[str, AfterValidator(_s3_url)]  # s3://BUCKET[/PREFIX], checked
 UrlList = Annotated[str, AfterValidator(_url_list)]  # a file, or s3://BUCKET/KEY of one
 
 
@@ -79,26 +59,24 @@ class ShapesParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    n: int = Field(
-        spec_default(ShapesSpec, "n"), ge=1, le=1_000_000, description="number of image-text pairs"
+    n: int = spec_field(
+        ShapesSpec, "n", ge=1, le=1_000_000, description="number of image-text pairs"
     )
-    image_size: int = Field(
-        spec_default(ShapesSpec, "image_size"), ge=8, le=512, description="image side, pixels"
+    image_size: int = spec_field(
+        ShapesSpec, "image_size", ge=8, le=512, description="image side, pixels"
     )
-    seed: int = Field(
-        spec_default(ShapesSpec, "seed"), ge=0, description="everything about the data follows"
+    seed: int = spec_field(
+        ShapesSpec, "seed", ge=0, description="everything about the data follows"
     )
-    wrong_caption_fraction: float = Field(
-        spec_default(ShapesSpec, "wrong_caption_fraction"),
+    wrong_caption_fraction: float = spec_field(
+        ShapesSpec,
+        "wrong_caption_fraction",
         ge=0,
         le=1,
         description="pairs given another image's caption (ground truth kept)",
     )
-    two_object_fraction: float = Field(
-        spec_default(ShapesSpec, "two_object_fraction"),
-        ge=0,
-        le=1,
-        description="images with two objects",
+    two_object_fraction: float = spec_field(
+        ShapesSpec, "two_object_fraction", ge=0, le=1, description="images with two objects"
     )
     fault_rate: float = Field(
         DEFAULT_FAULT_RATE,
@@ -115,14 +93,7 @@ class ShapesParams(BaseModel):
     )
 
     def to_spec(self) -> ShapesSpec:
-        return ShapesSpec(
-            n=self.n,
-            image_size=self.image_size,
-            seed=self.seed,
-            wrong_caption_fraction=self.wrong_caption_fraction,
-            two_object_fraction=self.two_object_fraction,
-            faults=FaultRates.uniform(self.fault_rate),
-        )
+        return to_spec(self, ShapesSpec, faults=FaultRates.uniform(self.fault_rate))
 
 
 class IngestOptions(BaseModel):
@@ -130,57 +101,57 @@ class IngestOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url_col: str = Field(spec_default(IngestConfig, "url_col"), description="URL column")
-    caption_col: str = Field(
-        spec_default(IngestConfig, "caption_col"), description="caption column"
+    url_col: str = spec_field(IngestConfig, "url_col", description="URL column")
+    caption_col: str = spec_field(IngestConfig, "caption_col", description="caption column")
+    image_size: int = spec_field(
+        IngestConfig, "image_size", ge=8, le=4096, description="output side, pixels (centre crop)"
     )
-    image_size: int = Field(
-        spec_default(IngestConfig, "image_size"),
-        ge=8,
-        le=4096,
-        description="output side, pixels (centre crop)",
+    processes: int = spec_field(IngestConfig, "processes", ge=1, le=256)
+    threads: int = spec_field(IngestConfig, "threads", ge=1, le=1024)
+    shard_size: int = spec_field(
+        IngestConfig, "shard_size", ge=1, le=1_000_000, description="rows per Parquet shard"
     )
-    processes: int = Field(spec_default(IngestConfig, "processes"), ge=1, le=256)
-    threads: int = Field(spec_default(IngestConfig, "threads"), ge=1, le=1024)
-    shard_size: int = Field(
-        spec_default(IngestConfig, "shard_size"),
-        ge=1,
-        le=1_000_000,
-        description="rows per Parquet shard",
-    )
-    timeout_s: int = Field(spec_default(IngestConfig, "timeout_s"), ge=1, le=600)
-    retries: int = Field(spec_default(IngestConfig, "retries"), ge=0, le=10)
-    allow_private: bool = Field(
-        spec_default(IngestConfig, "allow_private"),
+    timeout_s: int = spec_field(IngestConfig, "timeout_s", ge=1, le=600)
+    retries: int = spec_field(IngestConfig, "retries", ge=0, le=10)
+    allow_private: bool = spec_field(
+        IngestConfig,
+        "allow_private",
         description="fetch every address, private, loopback and link-local included",
     )
     allow_host: list[str] = Field(
         [],
         description="HOST:PORT fetched even if its address is private (exact match); repeatable",
     )
-    max_caption_chars: int = Field(
-        spec_default(IngestConfig, "max_caption_chars"),
+    max_caption_chars: int = spec_field(
+        IngestConfig,
+        "max_caption_chars",
         ge=1,
         le=1_000_000,
         description="longer captions are refused",
     )
-    max_body_bytes: int = Field(
-        spec_default(IngestConfig, "max_body_bytes"),
+    max_body_bytes: int = spec_field(
+        IngestConfig,
+        "max_body_bytes",
         ge=1,
         le=1 << 34,
         description="a larger download is refused (declared) or cut off",
     )
-    retry_failed: bool = Field(
-        spec_default(IngestConfig, "retry_failed"),
+    retry_failed: bool = spec_field(
+        IngestConfig,
+        "retry_failed",
         description="rerun an unchanged list to retry its failed downloads (else it is skipped)",
     )
-    max_pixels: int = Field(
-        spec_default(IngestConfig, "max_pixels"), ge=1, le=1 << 34,
+    max_pixels: int = spec_field(
+        IngestConfig,
+        "max_pixels",
+        ge=1,
+        le=1 << 34,
         description="an image declaring more pixels is refused before it is decoded",
-    )  # fmt: skip
-    distributor: Distributor = spec_default(IngestConfig, "distributor")
-    spark_master: str = Field(
-        spec_default(IngestConfig, "spark_master"),
+    )
+    distributor: Distributor = spec_field(IngestConfig, "distributor")
+    spark_master: str = spec_field(
+        IngestConfig,
+        "spark_master",
         description="pyspark only: a Spark master URL (spark://HOST:PORT, yarn, k8s://...); "
         "empty: local[PROCESSES] on this machine",
     )
@@ -227,21 +198,24 @@ class TrainingParams(BaseModel):
         150, ge=1, le=10_000_000, description="optimizer steps of each text encoder"
     )
     diffusion_steps: int = Field(900, ge=1, le=10_000_000, description="optimizer steps")
-    diffusion_batch_size: int = Field(_DIFFUSION.train.batch_size, ge=1, le=65536)
-    prediction_type: PredictionTypeName = _DIFFUSION.prediction_type
-    min_snr_gamma: float | None = Field(
-        _DIFFUSION.min_snr_gamma, gt=0, description="min-SNR loss weighting; empty = plain MSE"
+    # the diffusion trainer's own defaults: the settings time to quality picked
+    diffusion_batch_size: int = spec_field(DiffusionTrainSpec().train, "batch_size", ge=1, le=65536)
+    prediction_type: PredictionTypeName = spec_field(DiffusionTrainSpec, "prediction_type")
+    min_snr_gamma: float | None = spec_field(
+        DiffusionTrainSpec,
+        "min_snr_gamma",
+        gt=0,
+        description="min-SNR loss weighting; empty = plain MSE",
     )
-    schedule: ScheduleName = _DIFFUSION.schedule
-    timestep_sampling: TimestepSamplingName = Field(
-        _DIFFUSION.timestep_sampling,
+    schedule: ScheduleName = spec_field(DiffusionTrainSpec, "schedule")
+    timestep_sampling: TimestepSamplingName = spec_field(
+        DiffusionTrainSpec,
+        "timestep_sampling",
         description="training timesteps: logit-normal favours mid-schedule",
     )
-    cond_dropout: float = Field(_DIFFUSION.cond_dropout, ge=0, le=1)
-    seed: int = Field(spec_default(TrainConfig, "seed"), ge=0, description="seed of every training")
-    device: str = Field(
-        spec_default(TrainConfig, "device"), description='"auto", "cpu", "cuda" or "cuda:N"'
-    )
+    cond_dropout: float = spec_field(DiffusionTrainSpec, "cond_dropout", ge=0, le=1)
+    seed: int = spec_field(TrainConfig, "seed", ge=0, description="seed of every training")
+    device: str = spec_field(TrainConfig, "device", description='"auto", "cpu", "cuda" or "cuda:N"')
     nproc_per_node: int = Field(
         1,
         ge=0,
@@ -261,19 +235,17 @@ class FilterParams(BaseModel):
         description='"openclip:ARCH:TAG" (pretrained weights already on disk), "marble:NAME" '
         "(a marble CLIP checkpoint), or empty: train a small filter CLIP on the raw pairs",
     )
-    keep: KeepRuleName = Field(
-        spec_default(FilterConfig, "keep"),
+    keep: KeepRuleName = spec_field(
+        FilterConfig,
+        "keep",
         description="mixture: keep pairs the upper component of a two-Gaussian fit of the "
         "similarities explains best; otsu: cut between the two modes of the histogram",
     )
-    threshold: float = Field(
-        spec_default(FilterConfig, "threshold"), ge=-1, le=1, description='for keep="threshold"'
+    threshold: float = spec_field(
+        FilterConfig, "threshold", ge=-1, le=1, description='for keep="threshold"'
     )
-    top_fraction: float = Field(
-        spec_default(FilterConfig, "top_fraction"),
-        gt=0,
-        le=1,
-        description='for keep="top_fraction"',
+    top_fraction: float = spec_field(
+        FilterConfig, "top_fraction", gt=0, le=1, description='for keep="top_fraction"'
     )
     filter_clip_epochs: float = Field(
         FILTER_CLIP_EPOCHS,
@@ -284,43 +256,11 @@ class FilterParams(BaseModel):
     filter_clip_steps: int | None = Field(
         None, ge=1, le=10_000_000, description="a fixed step count instead of the epochs"
     )
-    val_fraction: float = Field(spec_default(FilterConfig, "val_fraction"), ge=0, lt=1)
-    device: str = Field(spec_default(FilterConfig, "device"), description="auto, cpu, cuda...")
+    val_fraction: float = spec_field(FilterConfig, "val_fraction", ge=0, lt=1)
+    device: str = spec_field(FilterConfig, "device", description="auto, cpu, cuda...")
 
     def to_config(self, model: str) -> FilterConfig:
-        return FilterConfig(
-            model=model,
-            keep=self.keep,
-            threshold=self.threshold,
-            top_fraction=self.top_fraction,
-            val_fraction=self.val_fraction,
-            device=self.device,
-        )
-
-
-class TrainModelParams(BaseModel):
-    """One model trained directly, without Prefect (what `torchrun -m flows.cli train` runs)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Literal["autoencoder", "clip", "diffusion"]
-    autoencoder: AutoencoderPreset = Field(
-        spec_default(AutoencoderTrainSpec, "preset"), description="autoencoder preset"
-    )
-    text_encoder: ClipPreset = Field(
-        spec_default(ClipTrainSpec, "preset"), description="CLIP preset"
-    )
-    unet: UNetPreset = Field(_DIFFUSION.unet, description="U-Net preset")
-    steps: int | None = Field(
-        None, ge=1, le=10_000_000, description="optimizer steps (default: the trainer's)"
-    )
-    batch_size: int | None = Field(
-        None, ge=1, le=65536, description="images per step (default: the trainer's)"
-    )
-    device: str = Field(
-        spec_default(TrainConfig, "device"), description='"auto", "cpu", "cuda" or "cuda:N"'
-    )
-    seed: int = Field(spec_default(TrainConfig, "seed"), ge=0, description="seed of the training")
+        return to_spec(self, FilterConfig, model=model)
 
 
 class EvaluateParams(BaseModel):
@@ -333,53 +273,54 @@ class EvaluateParams(BaseModel):
     models: list[str] = Field(
         [], description="diffusion checkpoint names; empty: every trained model"
     )
-    guidance_scales: list[float] = Field(
-        list(spec_default(SweepSpec, "guidance_scales")),
+    guidance_scales: list[float] = spec_field(
+        SweepSpec,
+        "guidance_scales",
         min_length=1,
         description="classifier-free guidance scales (Imagen's sweep by default)",
     )
-    sampler: SamplerName = spec_default(SweepSpec, "sampler")
-    num_inference_steps: int = Field(
-        spec_default(SweepSpec, "num_inference_steps"), ge=1, le=1000, description="sampler steps"
+    sampler: SamplerName = spec_field(SweepSpec, "sampler")
+    num_inference_steps: int = spec_field(
+        SweepSpec, "num_inference_steps", ge=1, le=1000, description="sampler steps"
     )
-    num_samples: int = Field(
-        spec_default(SweepSpec, "num_samples"),
+    num_samples: int = spec_field(
+        SweepSpec,
+        "num_samples",
         ge=2,
         le=1_000_000,
         description="images per point (10,000: FID-10K)",
     )
-    prompt_set: Literal["auto", "val", "heldout"] = Field(
-        spec_default(SweepSpec, "prompt_set"),
+    prompt_set: Literal["auto", "val", "heldout"] = spec_field(
+        SweepSpec,
+        "prompt_set",
         description="val: the kept pairs' val split; heldout: fresh built-in scenes; "
         "auto: heldout on the built-in data, else val",
     )
-    judge: str = Field(
-        spec_default(SweepSpec, "judge"),
+    judge: str = spec_field(
+        SweepSpec,
+        "judge",
         description='the CLIP that scores: "marble:NAME" or "openclip:ARCH:TAG"; the default '
         "marble judge is trained on the kept pairs first when missing",
     )
-    judge_steps: int = Field(
-        judge_clip_spec().train.steps, ge=1, le=10_000_000, description="training of that judge"
+    judge_steps: int = spec_field(
+        judge_clip_spec().train, "steps", ge=1, le=10_000_000, description="training of that judge"
     )
-    bootstrap: int = Field(
-        spec_default(SweepSpec, "bootstrap"), ge=1, le=100_000, description="interval replicates"
+    bootstrap: int = spec_field(
+        SweepSpec, "bootstrap", ge=1, le=100_000, description="interval replicates"
     )
-    batch_size: int = Field(spec_default(SweepSpec, "batch_size"), ge=1, le=65536)
+    batch_size: int = spec_field(SweepSpec, "batch_size", ge=1, le=65536)
     fid_weights: str | None = Field(
         None, description="an FID Inception weights file (default: the installed one)"
     )
-    seed: int = Field(spec_default(SweepSpec, "seed"), ge=0, description="bootstrap seed")
-    device: str = Field(spec_default(SweepSpec, "device"), description="auto, cpu, cuda...")
+    seed: int = spec_field(SweepSpec, "seed", ge=0, description="bootstrap seed")
+    device: str = spec_field(SweepSpec, "device", description="auto, cpu, cuda...")
 
     @property
     def trains_judge(self) -> bool:
         return self.judge.startswith(f"marble:{JUDGE_PREFIX}")
 
     def to_spec(self) -> SweepSpec:
-        values = self.model_dump(exclude={"judge_steps"})
-        for name in ("models", "guidance_scales"):
-            values[name] = tuple(values[name])
-        return SweepSpec(**values)
+        return to_spec(self, SweepSpec)
 
 
 class FanOutParams(BaseModel):
@@ -430,28 +371,6 @@ class FanOutParams(BaseModel):
         return self
 
 
-class QueryParams(BaseModel):
-    """SQL over the workspace's tables and MLflow runs (DuckDB)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    sql: str = Field(description="a query over raw, scores, pairs, evaluations, samples, runs")
-    format: QueryFormat = Field("table", description="how to print the result")
-    source: S3Url | None = Field(
-        None,
-        description="read the Parquet views from what `marble publish` wrote at "
-        "s3://BUCKET/PREFIX; default: the workspace's own files",
-    )
-
-
-class PublishParams(BaseModel):
-    """Upload the workspace's Parquet tables to S3, the manifest last (tasks/store/objectstore.py)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    target: S3Url = Field(description="s3://BUCKET[/PREFIX]")
-
-
 class PipelineParams(BaseModel):
     """The whole chain: ingest, filter, train every model of the grid, evaluate, summarise.
     With no URL list, on the built-in captioned shapes served on 127.0.0.1 (`make run`)."""
@@ -480,60 +399,3 @@ class PipelineParams(BaseModel):
         bootstrap=50,
         judge=f"marble:{FILTER_PREFIX}{FILTER_CLIP_PRESET}",
     )
-
-
-class UpParams(BaseModel):
-    """The local services on 127.0.0.1: Prefect server and UI, a process worker, MLflow UI."""
-
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # URLs hold passwords
-
-    prefect_port: int = Field(
-        4200, ge=0, le=65535, description="Prefect server and UI; 0: any free port"
-    )
-    mlflow_port: int = Field(5000, ge=0, le=65535, description="MLflow UI; 0: any free port")
-    timezone: str = Field("UTC", description="time zone of the nightly evaluation (IANA name)")
-    nightly_cron: str = Field("0 2 * * *", description="when the nightly evaluation runs (cron)")
-    database: str | None = Field(
-        None,
-        description="PostgreSQL for Prefect and MLflow: postgresql://USER[:PASS]@HOST[:PORT]/DB "
-        "(MLflow uses DB_mlflow, created if missing); default: SQLite in the workspace",
-    )
-
-    artifacts: S3Url | None = Field(
-        None,
-        description="where the MLflow server stores run artifacts: s3://BUCKET[/PREFIX] "
-        "(AWS_* settings: credentials, AWS_ENDPOINT_URL); default: mlartifacts/ in the workspace",
-    )
-
-    @field_validator("database")
-    @classmethod
-    def _postgres_url(cls, value: str | None) -> str | None:
-        from tasks.runtime.database import parse_url
-
-        if value is not None:
-            parse_url(value)  # a ValueError names the problem, the password masked
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        import zoneinfo
-
-        try:
-            zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ValueError(
-                f"unknown time zone {value!r} (an IANA name: UTC, Europe/Berlin)"
-            ) from None
-        return value
-
-    @field_validator("nightly_cron")
-    @classmethod
-    def _valid_cron(cls, value: str) -> str:
-        from cronsim import CronSim, CronSimError
-
-        try:
-            CronSim(value, datetime.now())
-        except CronSimError as e:
-            raise ValueError(f"not a cron expression: {value!r} ({e})") from None
-        return value

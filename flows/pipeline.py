@@ -10,8 +10,6 @@ is skipped, and the summary says which were and why.
 
 from __future__ import annotations
 
-import time
-
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
@@ -21,6 +19,7 @@ from flows.evaluate import run_evaluation
 from flows.filter import run_filter
 from flows.ingest import download_pairs, ingest_config, local_url_list
 from flows.params import IngestParams, PipelineParams
+from flows.timing import Stopwatch, timed
 from flows.train import run_training
 from tasks.shapes.server import serve_shapes
 from tasks.store.workspace import Workspace
@@ -39,34 +38,27 @@ def _ingest(params: PipelineParams, workspace: Workspace) -> dict:
         return download_pairs(cfg, workspace)
 
 
-def _timed(stages: dict, name: str, fn, *args) -> dict:
-    t0 = time.perf_counter()
-    summary = fn(*args)
-    stages[name] = summary | {"stage_s": round(time.perf_counter() - t0, 1)}
-    return summary
-
-
 @flow(name="pipeline", log_prints=True)
 def pipeline_flow(params: PipelineParams = PipelineParams()) -> dict:
     """Ingest, filter, train the grid, evaluate it; returns each stage's summary and time."""
     workspace = Workspace.from_env(params.home)
     stages: dict[str, dict] = {}
-    manifest = _timed(stages, "ingest", _ingest, params, workspace)
+    manifest = stages["ingest"] = timed(_ingest, params, workspace)
     print(
         f"ingest: {manifest['total_status_counts']} in {manifest['raw_dir']} "
         f"({manifest['attempted']} fetched by the run that wrote it)"
     )
     with fanout.shared_cluster(params.fan_out) as fan:  # one Dask cluster for every fan-out
-        kept = _timed(stages, "filter", run_filter, params.filter, workspace, fan)
+        kept = stages["filter"] = timed(run_filter, params.filter, workspace, fan)
         dropped = kept.get("wrong_dropped_recall", "-")
         print(
             f"filter: kept {kept['kept']} of {kept['scored']} pairs ({dropped} of wrong captions dropped)"
         )
-        t0 = time.perf_counter()
-        trained = run_training(params.training, workspace, fan)
+        with Stopwatch() as watch:
+            trained = run_training(params.training, workspace, fan)
         stages.update(trained)
-        print(f"training: {len(trained)} models in {time.perf_counter() - t0:.0f} s")
-        evaluated = _timed(stages, "evaluate", run_evaluation, params.evaluation, workspace, fan)
+        print(f"training: {len(trained)} models in {watch.seconds:.0f} s")
+        evaluated = stages["evaluate"] = timed(run_evaluation, params.evaluation, workspace, fan)
     keep = ("sweep_id", "mlflow_run_id", "lines", "best", "stage_s")
     stages["evaluate"] = {k: stages["evaluate"].get(k) for k in keep} | {
         "plot": str(evaluated["plot"])

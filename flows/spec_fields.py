@@ -39,7 +39,7 @@ def spec_field(spec: Any, name: str, **kwargs: Any) -> Any:
     return Field(list(default) if isinstance(default, tuple) else default, **kwargs)
 
 
-def to_spec(model: BaseModel, spec: type[Spec], **values: Any) -> Spec:
+def to_spec(model: BaseModel, spec: type[Spec], /, **values: Any) -> Spec:
     """`spec` with the model's values of the fields the two share (lists as tuples), and
     `values` for the others or instead; the spec's defaults for the rest."""
     shared = [f.name for f in dataclasses.fields(spec) if f.name in type(model).model_fields]

@@ -1,10 +1,10 @@
 """How long a stage took, as the flows print it and the summaries record it.
 
-    with Stopwatch() as watch:
-        ...
-    print(f"{name}: {watch.seconds:.0f} s")
+with Stopwatch() as watch:
+    ...
+print(f"{name}: {watch.seconds:.0f} s")
 
-    summary = timed(run_filter, params, workspace)  # run_filter's summary | {"stage_s": 12.3}
+summary = timed(run_filter, params, workspace)  # run_filter's summary | {"stage_s": 12.3}
 """
 
 from __future__ import annotations

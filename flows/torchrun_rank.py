@@ -21,23 +21,15 @@ from tasks.runtime import progress
 from tasks.store.checkpoint import dataclass_from_json
 from tasks.store.files import atomic_write_bytes
 from tasks.store.workspace import Workspace
-from tasks.train.autoencoder import AutoencoderTrainSpec, train_autoencoder
-from tasks.train.clip import ClipTrainSpec, train_clip
-from tasks.train.diffusion import DiffusionTrainSpec, train_diffusion
+from tasks.train.registry import TRAINERS
 from tasks.train.torchrun import PROGRESS, RANK_ERROR, SPEC_FILE, SUMMARY_FILE
 from tasks.train.trainer import TrainConfig
-
-TRAINERS = {
-    "autoencoder": (AutoencoderTrainSpec, train_autoencoder),
-    "clip": (ClipTrainSpec, train_clip),
-    "diffusion": (DiffusionTrainSpec, train_diffusion),
-}
 
 
 def spec_from_json(kind: str, values: dict):
     """The spec of `kind` from its dataclasses.asdict form."""
-    spec_cls = TRAINERS[kind][0]
-    return spec_cls(**values | {"train": dataclass_from_json(TrainConfig, values["train"])})
+    train = dataclass_from_json(TrainConfig, values["train"])
+    return TRAINERS[kind].spec(**values | {"train": train})
 
 
 def main(run_dir: Path) -> int:
@@ -54,7 +46,7 @@ def main(run_dir: Path) -> int:
             print(f"{PROGRESS} {name} {done} {total}", flush=True)
 
         with progress.reporting(show_progress):
-            summary = TRAINERS[kind][1](spec, Workspace(Path(payload["workspace"])))
+            summary = TRAINERS[kind].train(spec, Workspace(Path(payload["workspace"])))
         world = dist.get_world_size() if dist.is_initialized() else 1
         if rank == 0:
             summary = summary | {"world_size": world}

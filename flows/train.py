@@ -12,46 +12,40 @@ and the others not at all (docs/performance.md#make-run).
 from __future__ import annotations
 
 import dataclasses
-import time
 
-from prefect import flow, task
+from prefect import Task, flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows import fanout
 from flows.artifacts import with_progress
 from flows.params import FanOutParams, TrainingParams
+from flows.spec_fields import to_spec
+from flows.timing import Stopwatch, timed
 from tasks.runtime.devices import pick_device
 from tasks.runtime.services import GPU_TAG
 from tasks.store.workspace import Workspace
-from tasks.train.autoencoder import AutoencoderTrainSpec, train_autoencoder
-from tasks.train.clip import ClipTrainSpec, image_tower_spec, train_clip
-from tasks.train.diffusion import DiffusionTrainSpec, train_diffusion
+from tasks.train.autoencoder import AutoencoderTrainSpec
+from tasks.train.clip import ClipTrainSpec, image_tower_spec
+from tasks.train.diffusion import DiffusionTrainSpec
+from tasks.train.registry import TRAINERS, Trainer
 from tasks.train.torchrun import run_torchrun
 
 
-def timed(train, *args) -> dict:
-    """train(*args)'s summary with the seconds it took, as `stage_s`."""
-    t0 = time.perf_counter()
-    summary = train(*args)
-    return summary | {"stage_s": round(time.perf_counter() - t0, 1)}
+def training_task(kind: str, trainer: Trainer) -> Task:
+    """The Prefect task `train-KIND` (its runs named `KIND-NAME`): one training in this
+    process, its summary with the seconds it took (`stage_s`), its progress an artifact."""
+
+    def train(spec, workspace: Workspace) -> dict:
+        return timed(trainer.train, spec, workspace)
+
+    train.__name__ = train.__qualname__ = f"{kind}_task"  # Prefect keys a task by this name
+    run_name = f"{kind}-{{spec.name}}"
+    return task(name=f"train-{kind}", cache_policy=NO_CACHE, task_run_name=run_name)(
+        with_progress("training")(train)
+    )
 
 
-@task(name="train-autoencoder", cache_policy=NO_CACHE, task_run_name="autoencoder-{spec.name}")
-@with_progress("training")
-def autoencoder_task(spec: AutoencoderTrainSpec, workspace: Workspace) -> dict:
-    return timed(train_autoencoder, spec, workspace)
-
-
-@task(name="train-clip", cache_policy=NO_CACHE, task_run_name="clip-{spec.name}")
-@with_progress("training")
-def clip_task(spec: ClipTrainSpec, workspace: Workspace) -> dict:
-    return timed(train_clip, spec, workspace)
-
-
-@task(name="train-diffusion", cache_policy=NO_CACHE, task_run_name="diffusion-{spec.name}")
-@with_progress("training")
-def diffusion_task(spec: DiffusionTrainSpec, workspace: Workspace) -> dict:
-    return timed(train_diffusion, spec, workspace)
+TASKS = {kind: training_task(kind, trainer) for kind, trainer in TRAINERS.items()}
 
 
 @task(name="train-torchrun", cache_policy=NO_CACHE, task_run_name="torchrun-{kind}-{spec.name}")
@@ -59,9 +53,6 @@ def diffusion_task(spec: DiffusionTrainSpec, workspace: Workspace) -> dict:
 def torchrun_task(kind: str, spec, workspace: Workspace, nproc_per_node: int) -> dict:
     """One training under torchrun with `nproc_per_node` processes (0: one per GPU)."""
     return timed(run_torchrun, kind, spec, workspace, nproc_per_node)
-
-
-TASKS = {"autoencoder": autoencoder_task, "clip": clip_task, "diffusion": diffusion_task}
 
 
 def on_device(task_fn, device: str):
@@ -97,17 +88,8 @@ def training_specs(params: TrainingParams):
         for p in params.text_encoders
     ]
     diffusions = [
-        recipe(
-            DiffusionTrainSpec(
-                text_encoder=text,
-                unet=unet,
-                autoencoder=ae,
-                schedule=params.schedule,
-                prediction_type=params.prediction_type,
-                min_snr_gamma=params.min_snr_gamma,
-                timestep_sampling=params.timestep_sampling,
-                cond_dropout=params.cond_dropout,
-            ),
+        recipe(  # the grid's settings of the diffusion recipe (schedule, loss weighting...)
+            to_spec(params, DiffusionTrainSpec, text_encoder=text, unet=unet, autoencoder=ae),
             steps=params.diffusion_steps,
             batch_size=params.diffusion_batch_size,
         )
@@ -156,11 +138,12 @@ def run_training(
                 for kind, spec in wave
             ]
             runner = FanOutParams()
-        t0 = time.perf_counter()
-        for (kind, spec), summary in zip(wave, fanout.run_jobs(jobs, runner, name), strict=True):
-            out[f"{kind}/{spec.name}"] = summary
-            print(f"trained {kind}/{spec.name} in {summary['stage_s']} s")
-        print(f"{name}: {len(wave)} models in {time.perf_counter() - t0:.0f} s")
+        with Stopwatch() as watch:
+            summaries = fanout.run_jobs(jobs, runner, name)
+            for (kind, spec), summary in zip(wave, summaries, strict=True):
+                out[f"{kind}/{spec.name}"] = summary
+                print(f"trained {kind}/{spec.name} in {summary['stage_s']} s")
+        print(f"{name}: {len(wave)} models in {watch.seconds:.0f} s")
     return out
 
 

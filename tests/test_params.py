@@ -10,6 +10,7 @@ from typing import get_args
 import pytest
 
 from flows.cli import build_model, build_parser
+from flows.command_params import TrainModelParams
 from flows.ingest import ingest_config
 from flows.params import (
     EvaluateParams,
@@ -18,7 +19,6 @@ from flows.params import (
     PipelineParams,
     ShapesParams,
     TrainingParams,
-    TrainModelParams,
 )
 from flows.train import training_specs
 from models.autoencoder import AE_PRESETS
@@ -26,7 +26,7 @@ from models.clip import CLIP_PRESETS
 from models.diffusion import BETA_SCHEDULES, PREDICTION_TYPES, TIMESTEP_SAMPLINGS
 from models.sampling import SAMPLERS
 from models.unet import UNET_PRESETS
-from tasks.evaluate.sweep import SweepSpec
+from tasks.evaluate.spec import SweepSpec
 from tasks.filter.keep_rules import KEEP_RULES
 from tasks.filter.score import FilterConfig
 from tasks.ingest.download import IngestConfig
