@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from tasks.runtime.services import Process, alive
+from tasks.runtime.processes import Process, group_alive
 
 
 def marble(home: Path, *args: str, env: dict) -> subprocess.CompletedProcess:
@@ -39,7 +39,7 @@ def started(home: Path) -> tuple[dict, list[Process]]:
 
 def assert_all_stopped(processes: list[Process]) -> None:
     time.sleep(0.5)
-    assert processes and not any(alive(p) for p in processes), processes
+    assert processes and not any(group_alive(p) for p in processes), processes
 
 
 def wait_final(client, run_id, timeout_s: float = 600):
