@@ -17,6 +17,7 @@ import pytest
 
 from tasks.runtime import services
 from tasks.runtime.database import DatabaseError, parse_url, prepare
+from tasks.runtime.processes import group_members
 from tasks.runtime.services import free_port
 from tasks.store.workspace import Workspace
 from tests.postgres_helpers import throwaway_cluster, unavailable_reason
@@ -103,7 +104,7 @@ def _up_on_postgres_and_s3(tmp_path, role):
         assert "created MLflow's database" in up.stdout
         _assert_hidden(up.stdout, up.stderr, (home / services.STATE_FILE).read_text())
         for process in processes:  # `ps` shows every command line to every user
-            for pid in processes.group_members(process):
+            for pid in group_members(process):
                 with contextlib.suppress(OSError):
                     _assert_hidden(Path(f"/proc/{pid}/cmdline").read_bytes().decode())
         # Prefect's tables are in the database itself, MLflow's in DB_mlflow
