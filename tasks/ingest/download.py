@@ -202,7 +202,8 @@ def _download(cfg: IngestConfig, urls, captions, ids, staging: Path, env: dict) 
 
 
 def _assemble(raw_dir: Path, new_dir: Path, retried: set[str], batch: str, out: Path) -> None:
-    """Fill `out` with the old shards (rows in `retried` dropped) and the new ones."""
+    """Fill `out` with the old shards (rows in `retried` dropped) and the new ones, each new
+    shard's rows in the URL list's order."""
     for shard in raw_shards(raw_dir):
         table = pq.read_table(shard, columns=["pair_id"])
         drop = pc.is_in(table["pair_id"], value_set=pa.array(sorted(retried), pa.string()))
@@ -213,7 +214,9 @@ def _assemble(raw_dir: Path, new_dir: Path, retried: set[str], batch: str, out: 
         if kept.num_rows:
             pq.write_table(kept, out / shard.name)
     for shard in sorted(new_dir.glob("*.parquet")):
-        shutil.copyfile(shard, out / f"{batch}-{shard.name}")
+        # img2dataset writes rows as its threads finish them; in the list's order (its key)
+        # every later stage reads the same rows in the same order, run after run
+        pq.write_table(pq.read_table(shard).sort_by("key"), out / f"{batch}-{shard.name}")
 
 
 def ingest(cfg: IngestConfig, workspace: Workspace, log=print) -> IngestManifest:
