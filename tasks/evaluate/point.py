@@ -5,6 +5,7 @@ images, where real images stand with the judge, reconstructions of them)."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -99,9 +100,15 @@ def parses(caption: str) -> bool:
 
 
 def point_metrics(
-    out: dict, ref: dict, text_emb: np.ndarray, counts: np.ndarray
+    out: dict,
+    ref: dict,
+    text_emb: np.ndarray,
+    counts: np.ndarray,
+    groups: tuple[np.ndarray, np.ndarray],
 ) -> dict[str, dict]:
-    """value, replicates and interval of every metric of one point."""
+    """value, replicates and interval of every metric of one point. `groups`: the prompt
+    labels of the samples and of the reference images (Prompts.groups): the samples are
+    drawn from the reference's prompts, so CMMD leaves out the pairs that share one."""
     n = len(out["clip"])
     results: dict[str, dict] = {}
     for metric, feats, extractor in (
@@ -115,12 +122,7 @@ def point_metrics(
         to_ref = ref[extractor]["to_ref"]
         reps = np.array([to_ref(feats, c) for c in counts])
         results[metric] = {"value": value, "replicates": reps, "extractor": extractor}
-    results["cmmd"] = {
-        "value": cmmd(out["clip"], ref["clip"]["embeddings"]),
-        "replicates": CMMD_SCALE
-        * mmd2_unbiased_resampled(out["clip"], ref["clip"]["embeddings"], CMMD_SIGMA, counts),
-        "extractor": "clip",
-    }
+    results["cmmd"] = _cmmd_metric(out["clip"], ref["clip"]["embeddings"], counts, groups)
     per_image = {"clip_score": clip_scores(out["clip"], text_emb)}
     per_image |= {k: np.asarray(v, dtype=np.float64) for k, v in out["matches"].items()}
     for metric, values in per_image.items():
@@ -131,6 +133,20 @@ def point_metrics(
             "per_image": values,
         }
     return results
+
+
+def _cmmd_metric(samples, reference, counts, groups) -> dict:
+    """CMMD of samples (N, D) against reference (M, D) with its bootstrap replicates over
+    the samples; groups: (sample labels, reference labels), or None for independent sets."""
+    x_groups, y_groups = groups if groups is not None else (None, None)
+    return {
+        "value": cmmd(samples, reference, x_groups=x_groups, y_groups=y_groups),
+        "replicates": CMMD_SCALE
+        * mmd2_unbiased_resampled(
+            samples, reference, CMMD_SIGMA, counts, x_groups=x_groups, y_groups=y_groups
+        ),
+        "extractor": "clip",
+    }
 
 
 def metric_bounds(metric: str) -> tuple[float, float]:
@@ -257,6 +273,52 @@ def reference_rows(
         "guidance_scale": None,
     }
     return metric_rows(metrics, meta, None, None)
+
+
+def floor_metrics(
+    floor, judge, inception, device, counts: np.ndarray, folder: Path, keys: dict
+) -> dict[str, dict]:
+    """fid, fd_clip and cmmd of the floor's second real set against its first (prompts.
+    RealSets), with bootstrap replicates over the second set as a point's are over its
+    samples: what a generator that draws from the data itself scores at this N. Features
+    are cached in `folder` under `keys` (the data, the extractors' weights)."""
+
+    def features(images: np.ndarray, extractor: str):
+        def compute():
+            if extractor == "inception":
+                return {"features": inception_features(inception, images, device)}
+            return {"features": batched(lambda b: judge.images(to_float(b)), images, 250)}
+
+        which = keys | {"extractor": extractor, "images": images.shape, "set": id_of(images)}
+        return cached(folder, which, compute)["features"].astype(np.float64)
+
+    metrics = {}
+    for metric, extractor in (("fid", "inception"), ("fd_clip", "clip")):
+        first, second = features(floor.first, extractor), features(floor.second, extractor)
+        stats = GaussianStats.of(first)
+        to_first = FrechetToReference(stats.mean, stats.covariance)
+        mine = GaussianStats.of(second)
+        metrics[metric] = {
+            "value": frechet_distance(mine.mean, mine.covariance, stats.mean, stats.covariance),
+            "replicates": np.array([to_first(second, c) for c in counts]),
+            "extractor": extractor,
+        }
+    groups = None
+    if floor.paired:
+        labels: dict[str, int] = {}
+        groups = (
+            np.array([labels.setdefault(p, len(labels)) for p in floor.second_ids]),
+            np.array([labels.setdefault(p, len(labels)) for p in floor.first_ids]),
+        )
+    metrics["cmmd"] = _cmmd_metric(
+        features(floor.second, "clip"), features(floor.first, "clip"), counts, groups
+    )
+    return metrics
+
+
+def id_of(images: np.ndarray) -> str:
+    """A digest of an image set's pixels (a cache key)."""
+    return hashlib.sha1(np.ascontiguousarray(images).tobytes()).hexdigest()[:16]
 
 
 def reconstruction_metrics(

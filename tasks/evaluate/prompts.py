@@ -20,7 +20,23 @@ from tasks.store.pairs import ParquetPairs, decode_image
 from tasks.store.workspace import Workspace
 
 HELDOUT_SEED = 1_000_003  # the built-in held-out scenes; training data uses small seeds
+FLOOR_SEED = 2_000_003  # the same scenes drawn again (position and size jitter) for the floor
 SEED_RULE = "int(sha1(f'{pair_id}:{repeat}')[:15], 16)"
+
+
+@dataclass(frozen=True)
+class RealSets:
+    """Two sets of real images, the floor of every distance: what a generator that draws
+    from the data itself would score. `paired`: the second set is drawn from the first
+    set's own prompts (item i of each shares a label), as a sweep's samples are drawn from
+    the reference's prompts; otherwise the two sets are disjoint and independent."""
+
+    first: np.ndarray  # (N, H, W, 3) uint8
+    second: np.ndarray  # (N, H, W, 3) uint8
+    first_ids: list[str]  # a prompt label per image
+    second_ids: list[str]
+    paired: bool
+    how: str  # said beside the floor rows
 
 
 @dataclass
@@ -31,7 +47,17 @@ class Prompts:
     repeats: list[int]  # how often this caption was used before, 0 first
     reference: np.ndarray  # (M, H, W, 3) uint8 real images
     reference_captions: list[str]  # (M,)
+    reference_pair_ids: list[str]  # (M,) the prompt each reference image was drawn from
     digest: str  # names the data: part of the reference statistics' cache key
+    floor: RealSets
+
+    def groups(self) -> tuple[np.ndarray, np.ndarray]:
+        """Integer labels of the samples' and the reference images' prompts, in one label
+        space: a sample and a reference image drawn from one prompt share a label."""
+        labels: dict[str, int] = {}
+        samples = [labels.setdefault(p, len(labels)) for p in self.pair_ids]
+        reference = [labels.setdefault(p, len(labels)) for p in self.reference_pair_ids]
+        return np.array(samples, dtype=np.int64), np.array(reference, dtype=np.int64)
 
     @property
     def seeds(self) -> list[int]:
@@ -58,6 +84,9 @@ def build_prompts(workspace: Workspace, prompt_set: str, n: int) -> Prompts:
         raise ValueError(f"the val split of {workspace.pairs} is empty: no reference images")
     images = np.stack([decode_image(val.image_bytes(i)) for i in range(len(val))])
     m = len(val)
+    half = min(n, m // 2)
+    if half < 2:
+        raise ValueError(f"the val split of {workspace.pairs} has {m} images; the floor needs 4")
     return Prompts(
         name="val",
         captions=[val.captions[i % m] for i in range(n)],
@@ -65,7 +94,16 @@ def build_prompts(workspace: Workspace, prompt_set: str, n: int) -> Prompts:
         repeats=[i // m for i in range(n)],
         reference=images,
         reference_captions=list(val.captions),
+        reference_pair_ids=list(val.pair_ids),
         digest=hashlib.sha1("\n".join(sorted(val.pair_ids)).encode()).hexdigest()[:16],
+        floor=RealSets(
+            first=images[0::2][:half],
+            second=images[1::2][:half],
+            first_ids=list(val.pair_ids[0::2][:half]),
+            second_ids=list(val.pair_ids[1::2][:half]),
+            paired=False,
+            how=f"two disjoint halves of the val images, {half} each (independent sets)",
+        ),
     )
 
 
@@ -75,14 +113,23 @@ def _heldout_prompts(workspace: Workspace, n: int) -> Prompts:
     scenes = [sample_scene(HELDOUT_SEED, i, 0.25) for i in range(n)]
     captions = [scene.caption(template) for scene, template in scenes]
     images = np.stack([render_scene(s, side, HELDOUT_SEED, i) for i, (s, _) in enumerate(scenes)])
+    again = np.stack([render_scene(s, side, FLOOR_SEED, i) for i, (s, _) in enumerate(scenes)])
+    ids = [pair_id(f"heldout://shapes/{HELDOUT_SEED}/{i}", c) for i, c in enumerate(captions)]
     return Prompts(
         name="heldout",
         captions=captions,
-        pair_ids=[
-            pair_id(f"heldout://shapes/{HELDOUT_SEED}/{i}", c) for i, c in enumerate(captions)
-        ],
+        pair_ids=ids,
         repeats=[0] * n,
         reference=images,
         reference_captions=captions,
+        reference_pair_ids=ids,
         digest=f"shapes-heldout-{HELDOUT_SEED}-{n}-{side}",
+        floor=RealSets(
+            first=images,
+            second=again,
+            first_ids=ids,
+            second_ids=ids,
+            paired=True,
+            how=f"the {n} held-out scenes drawn again from their captions (paired as the samples are)",
+        ),
     )

@@ -17,7 +17,7 @@ from eval.bootstrap import (
     resample_counts,
 )
 from eval.clip_score import clip_scores
-from eval.cmmd import cmmd, mmd2_unbiased
+from eval.cmmd import cmmd, mmd2_unbiased, mmd2_unbiased_resampled
 from eval.frechet import FrechetToReference, GaussianStats, frechet_distance
 
 
@@ -207,3 +207,81 @@ def test_centred_interval_stays_within_the_metrics_range():
     assert centred_interval(0.01, replicates, confidence=1.0) == pytest.approx((-0.02, 0.04))
     low, high = centred_interval(0.01, replicates, confidence=1.0, bounds=(0.0, 1.0))
     assert low == 0.0 and high == pytest.approx(0.04)
+
+
+# ---------------------------------------------------------------------------- CMMD on paired sets
+
+
+def _paired_sets(rng, n: int, d: int = 16):
+    """Two sets drawn from one distribution, paired: item i of each shares a prompt (a
+    component drawn once), as a sample shares its reference image's caption."""
+    prompt = rng.normal(size=(n, d))
+
+    def unit(a):
+        return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+    return unit(prompt + rng.normal(size=(n, d))), unit(prompt + rng.normal(size=(n, d)))
+
+
+def test_cmmd_of_paired_sets_from_one_distribution_averages_zero():
+    n, draws = 100, 200
+    groups = np.arange(n)
+    grouped, plain, below = [], [], 0
+    for seed in range(draws):
+        rng = np.random.default_rng(seed)
+        x, y = _paired_sets(rng, n)
+        value = cmmd(x, y, x_groups=groups, y_groups=groups)
+        grouped.append(value)
+        plain.append(cmmd(x, y))
+        counts = resample_counts(n, 50, seed)
+        reps = 1000 * mmd2_unbiased_resampled(x, y, 10.0, counts, x_groups=groups, y_groups=groups)
+        below += centred_interval(value, reps)[1] < 0
+    se = np.std(grouped) / np.sqrt(draws)
+    assert abs(np.mean(grouped)) < 3 * se  # unbiased for the sets it is given
+    assert below / draws <= 0.025
+    assert np.mean(plain) < -5 * np.std(plain) / np.sqrt(draws)  # Eq. 3 on paired sets: < 0
+
+
+def _mmd2_kept_pairs(x, gx, y, gy, sigma):
+    """MMD² as the mean of k over every kept pair, written out pair by pair."""
+
+    def k(a, b):
+        return np.exp(-((a - b) ** 2).sum() / (2 * sigma**2))
+
+    def mean(a, ga, b, gb, same_set):
+        vals = [
+            k(a[i], b[j])
+            for i in range(len(a))
+            for j in range(len(b))
+            if not (same_set and i == j) and ga[i] != gb[j]
+        ]
+        return np.mean(vals)
+
+    return mean(x, gx, x, gx, True) + mean(y, gy, y, gy, True) - 2 * mean(x, gx, y, gy, False)
+
+
+def test_grouped_resampled_mmd_leaves_out_every_pair_that_shares_a_group():
+    from eval.cmmd import mmd2_unbiased_resampled
+
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(12, 3)), rng.normal(size=(9, 3)) + 0.4
+    gx = np.array([0, 0, 1, 2, 2, 2, 3, 4, 5, 6, 7, 8])  # repeats: several samples a prompt
+    gy = np.array([0, 1, 2, 3, 4, 5, 6, 9, 10])  # two references of prompts no sample has
+    counts = resample_counts(12, 4, seed=2)
+    got = mmd2_unbiased_resampled(x, y, 1.3, counts, block=5, x_groups=gx, y_groups=gy)
+    want = [_mmd2_kept_pairs(np.repeat(x, c, axis=0), np.repeat(gx, c), y, gy, 1.3) for c in counts]
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+    ones = np.ones((1, 12), dtype=int)
+    assert mmd2_unbiased_resampled(x, y, 1.3, ones, x_groups=gx, y_groups=gy)[0] == (
+        pytest.approx(_mmd2_kept_pairs(x, gx, y, gy, 1.3))
+    )
+
+
+def test_groups_that_leave_no_pair_are_refused():
+    from eval.cmmd import mmd2_unbiased
+
+    x, y = np.zeros((3, 2)), np.ones((3, 2))
+    with pytest.raises(ValueError, match="every pair shares a group"):
+        mmd2_unbiased(x, y, 1.0, np.zeros(3, int), np.zeros(3, int))
+    with pytest.raises(ValueError, match="both sets or for neither"):
+        mmd2_unbiased(x, y, 1.0, np.arange(3), None)
