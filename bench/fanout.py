@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import tasks  # noqa: E402,F401  (telemetry off before Prefect is imported)
 from flows import fanout  # noqa: E402
-from flows.params import EvaluateParams, FanOutParams, FilterParams  # noqa: E402
+from flows.fanout import FanOutParams  # noqa: E402
+from flows.params import EvaluateParams, FilterParams  # noqa: E402
 from tasks.shapes.render import FaultRates, ShapesSpec, write_as_raw_shard  # noqa: E402
 from tasks.store.workspace import Workspace  # noqa: E402
 from tasks.train.trainer import TrainConfig  # noqa: E402

@@ -117,8 +117,9 @@ def _cmd_shapes_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_filter(args: argparse.Namespace) -> int:
+    from flows.fanout import FanOutParams
     from flows.filter import filter_flow
-    from flows.params import FanOutParams, FilterParams
+    from flows.params import FilterParams
 
     params = build_model(FilterParams, args, args.fields)
     fan_out = build_model(FanOutParams, args, args.fan_out_fields)
@@ -128,7 +129,8 @@ def _cmd_filter(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from flows.evaluate import evaluate_flow
-    from flows.params import EvaluateParams, FanOutParams
+    from flows.fanout import FanOutParams
+    from flows.params import EvaluateParams
 
     params = build_model(EvaluateParams, args, args.fields)
     fan_out = build_model(FanOutParams, args, args.fan_out_fields)
@@ -214,22 +216,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from flows.command_params import TrainModelParams
     from tasks.store.workspace import Workspace
+    from tasks.train.clip import replicate_name, replicate_seed
     from tasks.train.registry import TRAINERS
 
     params = build_model(TrainModelParams, args, args.fields)
     workspace = Workspace.from_env(args.home)
+    r = params.replicate
     presets = {
         "autoencoder": {"preset": params.autoencoder},
-        "clip": {"preset": params.text_encoder},
+        "clip": {"preset": params.text_encoder, "replicate": r},
         "diffusion": {
-            "text_encoder": params.text_encoder,
+            "text_encoder": replicate_name(params.text_encoder, r),
             "unet": params.unet,
             "autoencoder": params.autoencoder,
+            "replicate": r,
         },
     }
     trainer = TRAINERS[params.kind]
     spec = trainer.spec(**presets[params.kind])
-    changes = {"device": params.device, "seed": params.seed}
+    changes = {"device": params.device, "seed": replicate_seed(params.seed, r)}
     changes |= {k: getattr(params, k) for k in ("steps", "batch_size") if getattr(params, k)}
     spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, **changes))
     print(json.dumps(trainer.train(spec, workspace), indent=2, default=str))
@@ -284,13 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
                 "image_tower_steps",
                 "clip_steps",
                 "diffusion_steps",
+                "replicates",
+                "first_replicate",
                 "nproc_per_node",
             ),
         ),
         evaluation_fields=add_model_options(
             run,
             EvaluateParams,
-            only=("num_samples", "guidance_scales", "bootstrap"),
+            only=("num_samples", "guidance_scales", "bootstrap", "target_effect"),
             defaults=PipelineParams().evaluation,
         ),
         fan_out_fields=add_model_options(run, FanOutParams),

@@ -49,6 +49,13 @@ class TrainModelParams(BaseModel):
     )
     device: str = spec_field(TrainConfig, "device", description='"auto", "cpu", "cuda" or "cuda:N"')
     seed: int = spec_field(TrainConfig, "seed", ge=0, description="seed of the training")
+    replicate: int = Field(
+        0,
+        ge=0,
+        le=10_000,
+        description="a training replicate of a grid model (clip, diffusion): named -r<N>, "
+        "trained with seed + N; a diffusion replicate uses its text encoder's replicate",
+    )
 
 
 class QueryParams(BaseModel):

@@ -20,11 +20,59 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
+from typing import Literal
 
 from prefect import Task, flow
 from prefect.client.orchestration import get_client
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from flows.params import FanOutParams
+
+class FanOutParams(BaseModel):
+    """Where the filter's shards, each wave of trainings and the sweep's grid points run:
+    one after another in the flow's process, or fanned out over Dask workers (Prefect's
+    Dask task runner)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_runner: Literal["sequential", "dask"] = Field(
+        "sequential",
+        description="sequential: in this process; dask: a local cluster of worker processes "
+        "on 127.0.0.1, or the scheduler at dask_address",
+    )
+    dask_address: str | None = Field(
+        None,
+        description="an existing Dask scheduler (tcp://HOST:PORT or tls://HOST:PORT); its "
+        "workers need this workspace's path and PREFECT_API_URL; empty: a local cluster",
+    )
+    dask_workers: int = Field(
+        2, ge=1, le=256, description="worker processes of the local cluster (one thread each)"
+    )
+
+    @field_validator("dask_address")
+    @classmethod
+    def _scheduler_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme not in ("tcp", "tls") or not parts.hostname or port is None:
+            raise ValueError(
+                f"not a Dask scheduler address: {value!r} (tcp://HOST:PORT or tls://HOST:PORT)"
+            )
+        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+            raise ValueError(f"a Dask scheduler address is tcp://HOST:PORT only, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _address_needs_dask(self) -> FanOutParams:
+        if self.dask_address is not None and self.task_runner != "dask":
+            raise ValueError("dask_address is used by task_runner 'dask' only; set both")
+        return self
 
 
 def current_api_url() -> str:

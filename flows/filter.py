@@ -13,7 +13,8 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows import fanout
-from flows.params import FanOutParams, FilterParams
+from flows.fanout import FanOutParams
+from flows.params import FilterParams
 from flows.train import TASKS, on_device
 from tasks.filter.score import FilterConfig, filter_pairs, score_shard
 from tasks.store.workspace import Workspace

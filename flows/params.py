@@ -12,15 +12,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from flows.fanout import FanOutParams
 from flows.spec_fields import spec_field, to_spec
 from models.autoencoder import AE_PRESETS
 from models.clip import CLIP_PRESETS
 from models.diffusion import BETA_SCHEDULES, PREDICTION_TYPES, TIMESTEP_SAMPLINGS
 from models.sampling import SAMPLERS
 from models.unet import UNET_PRESETS
-from tasks.evaluate.spec import SweepSpec
+from tasks.evaluate.spec import SweepSpec, parse_target_effect
 from tasks.filter.keep_rules import KEEP_RULES
 from tasks.filter.score import FilterConfig
 from tasks.ingest.download import IngestConfig
@@ -52,6 +53,14 @@ def _url_list(value: str) -> str:
 
 
 UrlList = Annotated[str, AfterValidator(_url_list)]  # a file, or s3://BUCKET/KEY of one
+
+
+def _target_effect(value: str) -> str:
+    parse_target_effect(value)  # a ValueError names the problem
+    return value
+
+
+TargetEffect = Annotated[str, AfterValidator(_target_effect)]  # METRIC=EFFECT, checked
 
 
 class ShapesParams(BaseModel):
@@ -215,6 +224,20 @@ class TrainingParams(BaseModel):
     )
     cond_dropout: float = spec_field(DiffusionTrainSpec, "cond_dropout", ge=0, le=1)
     seed: int = spec_field(TrainConfig, "seed", ge=0, description="seed of every training")
+    replicates: int = Field(
+        1,
+        ge=1,
+        le=100,
+        description="trainings of every grid point (text encoder and noise predictor), each "
+        "with its own seed: K >= 2 lets a verdict include the spread between trainings",
+    )
+    first_replicate: int = Field(
+        0,
+        ge=0,
+        le=10_000,
+        description="the first replicate's number: replicate r trains with seed + r and is "
+        "named -r<r> (0: the plain name); another range adds replicates to a workspace",
+    )
     device: str = spec_field(TrainConfig, "device", description='"auto", "cpu", "cuda" or "cuda:N"')
     nproc_per_node: int = Field(
         1,
@@ -313,6 +336,11 @@ class EvaluateParams(BaseModel):
         None, description="an FID Inception weights file (default: the installed one)"
     )
     seed: int = spec_field(SweepSpec, "seed", ge=0, description="bootstrap seed")
+    target_effect: list[TargetEffect] = Field(
+        [],
+        description="METRIC=EFFECT (e.g. fid=2): the summary says what replicates that "
+        "effect would need to be resolved; repeatable",
+    )
     device: str = spec_field(SweepSpec, "device", description="auto, cpu, cuda...")
 
     @property
@@ -320,55 +348,10 @@ class EvaluateParams(BaseModel):
         return self.judge.startswith(f"marble:{JUDGE_PREFIX}")
 
     def to_spec(self) -> SweepSpec:
-        return to_spec(self, SweepSpec)
-
-
-class FanOutParams(BaseModel):
-    """Where the filter's shards, each wave of trainings and the sweep's grid points run:
-    one after another in the flow's process, or fanned out over Dask workers (Prefect's
-    Dask task runner)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    task_runner: Literal["sequential", "dask"] = Field(
-        "sequential",
-        description="sequential: in this process; dask: a local cluster of worker processes "
-        "on 127.0.0.1, or the scheduler at dask_address",
-    )
-    dask_address: str | None = Field(
-        None,
-        description="an existing Dask scheduler (tcp://HOST:PORT or tls://HOST:PORT); its "
-        "workers need this workspace's path and PREFECT_API_URL; empty: a local cluster",
-    )
-    dask_workers: int = Field(
-        2, ge=1, le=256, description="worker processes of the local cluster (one thread each)"
-    )
-
-    @field_validator("dask_address")
-    @classmethod
-    def _scheduler_address(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(value)
-        try:
-            port = parts.port
-        except ValueError:
-            port = None
-        if parts.scheme not in ("tcp", "tls") or not parts.hostname or port is None:
-            raise ValueError(
-                f"not a Dask scheduler address: {value!r} (tcp://HOST:PORT or tls://HOST:PORT)"
-            )
-        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-            raise ValueError(f"a Dask scheduler address is tcp://HOST:PORT only, got {value!r}")
-        return value
-
-    @model_validator(mode="after")
-    def _address_needs_dask(self) -> FanOutParams:
-        if self.dask_address is not None and self.task_runner != "dask":
-            raise ValueError("dask_address is used by task_runner 'dask' only; set both")
-        return self
+        effects = tuple(
+            (v.partition("=")[0], float(v.partition("=")[2])) for v in self.target_effect
+        )
+        return to_spec(self, SweepSpec, target_effects=effects)
 
 
 class PipelineParams(BaseModel):

@@ -18,14 +18,15 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import fanout
 from flows.artifacts import with_progress
-from flows.params import FanOutParams, TrainingParams
+from flows.fanout import FanOutParams
+from flows.params import TrainingParams
 from flows.spec_fields import to_spec
 from flows.timing import Stopwatch, timed
 from tasks.runtime.devices import pick_device
 from tasks.runtime.services import GPU_TAG
 from tasks.store.workspace import Workspace
 from tasks.train.autoencoder import AutoencoderTrainSpec
-from tasks.train.clip import ClipTrainSpec, image_tower_spec
+from tasks.train.clip import ClipTrainSpec, image_tower_spec, replicate_seed
 from tasks.train.diffusion import DiffusionTrainSpec
 from tasks.train.registry import TRAINERS, Trainer
 from tasks.train.torchrun import run_torchrun
@@ -83,16 +84,39 @@ def training_specs(params: TrainingParams):
         tower = recipe(image_tower_spec(), steps=params.image_tower_steps)
         clips.append(tower)
         image_tower = tower.name
-    clips += [
-        recipe(ClipTrainSpec(preset=p, image_tower=image_tower), steps=params.clip_steps)
-        for p in params.text_encoders
-    ]
-    diffusions = [
-        recipe(  # the grid's settings of the diffusion recipe (schedule, loss weighting...)
-            to_spec(params, DiffusionTrainSpec, text_encoder=text, unet=unet, autoencoder=ae),
-            steps=params.diffusion_steps,
-            batch_size=params.diffusion_batch_size,
+    replicates = range(params.first_replicate, params.first_replicate + params.replicates)
+
+    def replica(spec, r: int):
+        """Replicate r of a grid model: its own name and training seed."""
+        seed = replicate_seed(params.seed, r)
+        return dataclasses.replace(
+            spec, replicate=r, train=dataclasses.replace(spec.train, seed=seed)
         )
+
+    text_encoders = {
+        (p, r): replica(
+            recipe(ClipTrainSpec(preset=p, image_tower=image_tower), steps=params.clip_steps), r
+        )
+        for r in replicates
+        for p in params.text_encoders
+    }
+    clips += list(text_encoders.values())
+    diffusions = [
+        replica(
+            recipe(  # the grid's settings of the diffusion recipe (schedule, loss weighting...)
+                to_spec(
+                    params,
+                    DiffusionTrainSpec,
+                    text_encoder=text_encoders[text, r].name,
+                    unet=unet,
+                    autoencoder=ae,
+                ),
+                steps=params.diffusion_steps,
+                batch_size=params.diffusion_batch_size,
+            ),
+            r,
+        )  # fmt: skip
+        for r in replicates
         for ae in params.autoencoders
         for text in params.text_encoders
         for unet in params.unets

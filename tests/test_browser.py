@@ -171,6 +171,12 @@ def test_run_pipeline_from_the_prefect_form_and_read_it_in_mlflow(tmp_path, brow
         ]  # fmt: skip
         point = points[0]
         mlflow_url = state["mlflow_url"]
+        # the experiment opens on its runs (a model-training experiment), the sweep's run
+        # among them: not MLflow's GenAI view, whose first page lists traces
+        sweep = client.get_run(point.data.tags["mlflow.parentRunId"])
+        page.goto(f"{mlflow_url}/#/experiments/{experiment.experiment_id}")
+        page.get_by_text(sweep.info.run_name).first.wait_for()
+        page.screenshot(path=SHOTS / "mlflow-experiment-runs.png", full_page=True)
         page.goto(f"{mlflow_url}/#/experiments/{experiment.experiment_id}/runs/{point.info.run_id}")
         page.get_by_text(point.info.run_name).first.wait_for()
         page.get_by_role("tab", name="Model metrics").click()

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from flows.params import FanOutParams
+from flows.fanout import FanOutParams
 from tasks.shapes.render import FaultRates, ShapesSpec, build_table, write_as_raw_shard
 from tasks.shapes.server import write_source_tables
 from tasks.store.workspace import Workspace

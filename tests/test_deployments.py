@@ -60,6 +60,9 @@ def test_up_deploy_run_from_api_and_down(tmp_path):
                 (schedule,) = nightly.schedules
                 assert schedule.schedule.cron == "0 2 * * *"
                 assert schedule.schedule.timezone == "Europe/Berlin" and schedule.active
+                # one nightly at a time: a run due while one runs is cancelled
+                assert nightly.global_concurrency_limit.limit == 1
+                assert nightly.concurrency_options.collision_strategy.value == "CANCEL_NEW"
                 client.read_deployment_by_name("ingest/ingest")
                 assert client.read_work_pool("marble-process").type == "process"
 
@@ -99,6 +102,13 @@ def test_up_deploy_run_from_api_and_down(tmp_path):
         runs = client.search_runs([evaluate.experiment_id])
         tagged = [r for r in runs if r.data.tags.get("nightly")]
         assert tagged and tagged[0].data.tags["nightly"] == "unchanged"
+        # the nightly fitted itself to the schedule's day, from the pipeline's measured rate
+        assert (
+            tagged[0]
+            .data.tags["nightly.fit"]
+            .startswith("time budget: 1 guidance scale x N = 6 fits")
+        )
+        assert evaluate.tags["mlflow.experimentKind"] == "custom_model_development"
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
         assert children and "fid" in children[0].data.metrics
 

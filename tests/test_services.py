@@ -148,9 +148,10 @@ def test_up_params_refuse_bad_schedules_and_ports(field, value):
 # ---------------------------------------------------------------------------- nightly
 
 
-def _row(metric, value, low, high, model="m", guidance=4.0, key="k"):
-    return {"model": model, "guidance_scale": guidance, "metric": metric, "value": value,
-            "ci_low": low, "ci_high": high, "n": 10, "inputs_key": key}  # fmt: skip
+def _row(metric, value, low, high, model="m", guidance=4.0, key="k", unet="u1"):
+    return {"model": model, "grid_point": model, "guidance_scale": guidance, "metric": metric,
+            "value": value, "ci_low": low, "ci_high": high, "n": 10, "inputs_key": key,
+            "unet_digest": unet, "text_encoder_digest": "t", "autoencoder_digest": "a"}  # fmt: skip
 
 
 def test_nightly_compare_marks_moves_beyond_the_intervals():
@@ -171,11 +172,29 @@ def test_nightly_compare_marks_moves_beyond_the_intervals():
     assert "| m | 4 | fid | 13 |" in nightly.as_markdown(nightly.compare(before, after))
 
 
+def test_a_retrained_model_is_judged_against_the_spread_between_trainings():
+    before = [_row("fid", 10, 9, 11)]
+    retrained = [_row("fid", 13, 12, 14, unet="u2")]  # sampling intervals apart
+    # the spread between trainings unknown: reported, never flagged
+    unknown = nightly.compare(before, retrained)
+    assert unknown[0]["status"] == "retrained"
+    assert "not judged" in nightly.verdict(unknown)
+    # σ_b = 2: a change of 3 is within 1.96 sqrt(0.26 + 0.26 + 8)
+    spread = {"m@4:fid": 4.0}
+    assert nightly.compare(before, retrained, spread)[0]["status"] == "unchanged"
+    # σ_b = 0.5: 3 is beyond 1.96 sqrt(0.26 + 0.26 + 0.5) = 1.98
+    assert nightly.compare(before, retrained, {"m@4:fid": 0.25})[0]["status"] == "regression"
+
+
 def test_nightly_records_sort_by_night(tmp_path):
     workspace = Workspace(tmp_path)
     assert nightly.previous_record(workspace) is None
-    nightly.write_record(workspace, "20261201T020000-aaaaaa", [_row("fid", 1, 0, 2)])
-    nightly.write_record(workspace, "20261202T020000-bbbbbb", [_row("fid", 2, 1, 3)])
+    nightly.write_record(workspace, "20261201T020000-aaaaaa", [_row("fid", 1, 0, 2)], {"x": 1.0})
+    nightly.write_record(workspace, "20261202T020000-bbbbbb", [_row("fid", 2, 1, 3)], {})
     record = nightly.previous_record(workspace)
     assert record["sweep_id"] == "20261202T020000-bbbbbb" and record["rows"][0]["value"] == 2
+    assert nightly.known_spreads({"y": 2.0}, {"training_spreads": {"x": 1.0, "y": 9.0}}) == {
+        "x": 1.0,
+        "y": 2.0,
+    }
     assert json.loads(next(nightly.folder(workspace).glob("*aaaaaa.json")).read_text())["rows"]

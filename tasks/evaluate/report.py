@@ -1,13 +1,20 @@
-"""What a sweep found: the size-step summary (and the Pareto plot, evaluate/pareto.py).
+"""What a sweep found: the floors, and a verdict per sweep axis that includes the spread
+between trainings (eval/verdict.py), or says that it cannot.
 
-Size steps: two models that differ only in one axis (text encoder, U-Net, or autoencoder
-decoder), one preset apart. At matched guidance, the change in each metric from the smaller
-to the larger is read off the paired bootstrap replicates (every point of a sweep uses the
-same resamples of the same prompts and seeds), so its interval is the interval of the
-difference itself. At matched CLIP score, each curve's FID is interpolated along guidance at
-the CLIP scores both curves reach (no interval). The axis whose step lowers FID most wins
-(or, where no step lowers it, the summary says so); each step's line says whether its
-interval excludes zero.
+Size steps: two grid points that differ only in one axis (text encoder, U-Net, or
+autoencoder decoder), one preset apart. Each grid point may be trained K times (replicates,
+named by their training seed); every replicate is evaluated on the same prompts and seeds
+with the same bootstrap resamples. A step's difference is paired replicate by replicate
+(seed s of the larger against seed s of the smaller) and resample by resample. An axis's
+effect, per metric, is the mean of its steps' differences over the steps and guidance
+scales the sweep has (a main effect), formed per replicate, so its interval, a t interval
+over replicates, includes the spread between trainings. An axis is resolved only where that
+interval excludes 0; with K = 1 the spread between trainings is unknown and the summary
+names no winner. Beside each verdict: the effect this K and N could detect (80 % power),
+and, for a target effect, the K it would need.
+
+Floors: each distance measured between real images and real images at the sweep's N
+(`floor` rows): the part of a value no model can remove.
 """
 
 from __future__ import annotations
@@ -16,7 +23,15 @@ from collections import defaultdict
 
 import numpy as np
 
-from eval.bootstrap import centred_interval
+from eval.verdict import (
+    Estimate,
+    detectable_effect,
+    paired_difference,
+    replicate_estimate,
+    replicates_needed,
+    sampling_detectable_effect,
+)
+from tasks.evaluate.spec import VERDICT_METRICS
 
 AXES = {
     "text_encoder": ("clip-tiny", "clip-small", "clip-base"),
@@ -24,25 +39,37 @@ AXES = {
     "autoencoder": ("kl-f4-dec-s", "kl-f4", "kl-f4-dec-l"),
 }
 DISTANCES = ("fid", "fd_clip")
+FLOOR_METRICS = ("fid", "fd_clip", "cmmd")
+LOWER_IS_BETTER = ("fid", "fd_clip", "cmmd")
 
 
-def _is_point(row: dict) -> bool:
-    """A generated (model, guidance) point, not a reference or reconstruction row."""
+def is_point(row: dict) -> bool:
+    """A generated (model, guidance) point, not a reference, floor or reconstruction row."""
     return row.get("guidance_scale") is not None
 
 
-def points_by_model(rows: list[dict]) -> dict[str, dict[float, dict[str, dict]]]:
-    """model -> guidance -> metric -> row, for the generated points."""
-    out: dict = defaultdict(lambda: defaultdict(dict))
+def grid_point(row: dict) -> str:
+    """The grid point a row's model was trained for (its replicates share it)."""
+    return row.get("grid_point") or row["model"]
+
+
+def replicate(row: dict) -> int:
+    """The training seed that names a row's replicate (0 for a sweep without replicates)."""
+    return int(row.get("replicate") or 0)
+
+
+def by_grid_point(rows: list[dict]) -> dict[str, dict[float, dict[str, dict[int, dict]]]]:
+    """grid point -> guidance -> metric -> replicate -> row, for the generated points."""
+    out: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
     for row in rows:
-        if _is_point(row):
-            out[row["model"]][row["guidance_scale"]][row["metric"]] = row
+        if is_point(row):
+            out[grid_point(row)][row["guidance_scale"]][row["metric"]][replicate(row)] = row
     return out
 
 
 def size_steps(rows: list[dict]) -> list[dict]:
-    """Every pair of models one preset apart on one axis, equal on the others."""
-    meta = {r["model"]: {a: r[a] for a in AXES} for r in rows if _is_point(r)}
+    """Every pair of grid points one preset apart on one axis, equal on the others."""
+    meta = {grid_point(r): {a: r[a] for a in AXES} for r in rows if is_point(r)}
     steps = []
     for small, a in meta.items():
         for large, b in meta.items():
@@ -55,81 +82,184 @@ def size_steps(rows: list[dict]) -> list[dict]:
     return steps
 
 
+def _values(by_replicate: dict[int, dict], seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(K,) values and (K, B) bootstrap replicates of one point's metric, seed by seed."""
+    return (
+        np.array([by_replicate[s]["value"] for s in seeds], dtype=np.float64),
+        np.array([by_replicate[s]["replicates"] for s in seeds], dtype=np.float64),
+    )
+
+
 def step_effects(rows: list[dict]) -> list[dict]:
-    """Per size step and matched guidance: the change in each metric with its interval."""
-    points = points_by_model(rows)
+    """Per size step, matched guidance and metric: the paired difference larger - smaller
+    over the replicates both points have, with its interval."""
+    points = by_grid_point(rows)
     effects = []
     for step in size_steps(rows):
         small, large = points[step["small"]], points[step["large"]]
         for guidance in sorted(set(small) & set(large)):
-            for metric in (*DISTANCES, "clip_score"):
+            for metric in VERDICT_METRICS:
                 a, b = small[guidance].get(metric), large[guidance].get(metric)
-                if a is None or b is None:
+                seeds = sorted(set(a or ()) & set(b or ()))
+                if not seeds:
                     continue
-                diff = np.asarray(b["replicates"]) - np.asarray(a["replicates"])
-                low, high = centred_interval(b["value"] - a["value"], diff)
-                effects.append(step | {"guidance_scale": guidance, "metric": metric,
-                                       "change": b["value"] - a["value"], "ci_low": low,
-                                       "ci_high": high})  # fmt: skip
+                est = paired_difference(*_values(a, seeds), *_values(b, seeds))
+                effects.append(step | _fields(est) | {"guidance_scale": guidance,
+                                                      "metric": metric})  # fmt: skip
     return effects
 
 
-def matched_clip_score(
-    rows: list[dict], small: str, large: str, metric: str = "fid"
-) -> float | None:
-    """Mean change in `metric` from `small` to `large` where both curves reach the same CLIP
-    scores (interpolated along guidance); None when the curves do not overlap."""
-    points = points_by_model(rows)
-
-    def curve(model):
-        pts = sorted(
-            (g[("clip_score")]["value"], g[metric]["value"]) for g in points[model].values()
-        )
-        return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
-
-    (xa, ya), (xb, yb) = curve(small), curve(large)
-    low, high = max(xa.min(), xb.min()), min(xa.max(), xb.max())
-    if low >= high:
-        return None
-    grid = np.linspace(low, high, 9)
-    return float(np.mean(np.interp(grid, xb, yb) - np.interp(grid, xa, ya)))
+def training_spreads(rows: list[dict]) -> dict[str, float]:
+    """The variance between trainings of every grid point's metric at each guidance, where
+    the sweep has K >= 2 replicates of it: "<grid point>@<guidance>:<metric>" -> σ²_b."""
+    spreads = {}
+    for point, by_guidance in by_grid_point(rows).items():
+        for guidance, metrics in by_guidance.items():
+            for metric, by_replicate in metrics.items():
+                if len(by_replicate) >= 2 and metric in VERDICT_METRICS:
+                    seeds = sorted(by_replicate)
+                    est = replicate_estimate(*_values(by_replicate, seeds))
+                    spreads[f"{point}@{guidance:g}:{metric}"] = est.var_between
+    return spreads
 
 
-def summary_lines(rows: list[dict]) -> tuple[list[str], dict]:
-    effects = step_effects(rows)
-    lines, by_axis = [], {}
-    for axis in AXES:
-        fid = [e for e in effects if e["axis"] == axis and e["metric"] == "fid"]
-        if not fid:
+def _fields(est: Estimate) -> dict:
+    return {
+        "change": est.mean, "ci_low": est.ci_low, "ci_high": est.ci_high, "k": est.k,
+        "var_between": est.var_between, "var_within": est.var_within, "resolved": est.resolved,
+    }  # fmt: skip
+
+
+def axis_effect(rows: list[dict], axis: str, metric: str) -> tuple[Estimate, dict] | None:
+    """The axis's main effect on `metric`: per replicate, the mean difference over every
+    step of the axis and every guidance scale both ends share; None when it has no step."""
+    points = by_grid_point(rows)
+    cells = []  # (smaller's replicates, larger's replicates) per step and guidance
+    for step in size_steps(rows):
+        if step["axis"] != axis:
             continue
-        mean = float(np.mean([e["change"] for e in fid]))
-        significant = sum(e["ci_high"] < 0 or e["ci_low"] > 0 for e in fid)
-        by_axis[axis] = mean
-        lines.append(
-            f"{axis} one size up: FID {mean:+.2f} on average over {len(fid)} matched-guidance "
-            f"comparisons ({significant} with an interval that excludes 0)"
+        small, large = points[step["small"]], points[step["large"]]
+        for guidance in sorted(set(small) & set(large)):
+            a, b = small[guidance].get(metric), large[guidance].get(metric)
+            if a and b:
+                cells.append((a, b))
+    if not cells:
+        return None
+    seeds = sorted(set.intersection(*(set(a) & set(b) for a, b in cells)))
+    if not seeds:
+        return None
+    diffs, boots = [], []
+    for a, b in cells:
+        (av, ab), (bv, bb) = _values(a, seeds), _values(b, seeds)
+        diffs.append(bv - av)
+        boots.append(bb - ab)
+    est = replicate_estimate(np.mean(diffs, axis=0), np.mean(boots, axis=0))
+    steps = {(s["from"], s["to"]) for s in size_steps(rows) if s["axis"] == axis}
+    return est, {"cells": len(cells), "steps": sorted(steps), "seeds": seeds}
+
+
+# ---------------------------------------------------------------------------- the summary
+
+
+def _n(rows: list[dict]) -> int:
+    return next((int(r["n"]) for r in rows if is_point(r)), 0)
+
+
+def _better(metric: str, change: float) -> bool:
+    return change < 0 if metric in LOWER_IS_BETTER else change > 0
+
+
+def verdicts(rows: list[dict], target_effects: dict[str, float] | None = None) -> list[dict]:
+    """One verdict per axis and metric: the effect with its interval, whether it is
+    resolved, the effect this K and N could detect, and the K a target effect needs."""
+    n = _n(rows)
+    found = []
+    for axis in AXES:
+        for metric in VERDICT_METRICS:
+            result = axis_effect(rows, axis, metric)
+            if result is None:
+                continue
+            est, about = result
+            row = {"axis": axis, "metric": metric, "n": n, **_fields(est), **about}
+            if est.between_known:
+                row["detectable"] = detectable_effect(est.var_between, est.var_within, est.k, n, n)
+            else:
+                row["detectable_at_least"] = sampling_detectable_effect(est.var_within)
+            target = (target_effects or {}).get(metric)
+            if target is not None and est.between_known:
+                row["target_effect"] = target
+                row["needs_k"] = {
+                    m: replicates_needed(target, est.var_between, est.var_within, m, n)
+                    for m in (n, 4 * n)
+                }
+            row["better"] = est.resolved and _better(metric, est.mean)
+            found.append(row)
+    return found
+
+
+def _verdict_line(v: dict) -> str:
+    k, n = v["k"], v["n"]
+    head = f"  {v['metric']} {v['change']:+.3g} [{v['ci_low']:+.3g}, {v['ci_high']:+.3g}]"
+    if k == 1:
+        return (
+            f"{head} (sampling only): not resolved at K = 1, N = {n}: the spread between "
+            f"trainings is unknown; sampling alone hides any effect under "
+            f"{v['detectable_at_least']:.3g}"
         )
-        for e in fid:
-            clip = next(
-                c
-                for c in effects
-                if c["metric"] == "clip_score"
-                and c["small"] == e["small"]
-                and c["large"] == e["large"]
-                and c["guidance_scale"] == e["guidance_scale"]
+    state = (
+        f"resolved at K = {k}, N = {n}: the larger is {'better' if v['better'] else 'worse'}"
+        if v["resolved"]
+        else f"not resolved at K = {k}, N = {n}"
+    )
+    line = (
+        f"{head}: {state}; detectable: {v['detectable']:.3g} (variance between trainings "
+        f"{v['var_between']:.3g}, within sampling {v['var_within']:.3g})"
+    )
+    if "needs_k" in v:
+        needs = ", ".join(
+            f"K = {kk} at N = {m}" if kk else f"more than 1000 replicates at N = {m}"
+            for m, kk in v["needs_k"].items()
+        )
+        line += f"; {v['target_effect']:g} needs {needs}"
+    return line
+
+
+def summary_lines(
+    rows: list[dict], target_effects: dict[str, float] | None = None
+) -> tuple[list[str], dict]:
+    effects = step_effects(rows)
+    found = verdicts(rows, target_effects)
+    lines = []
+    floors = {r["metric"]: r for r in rows if r.get("model") == "floor"}
+    if floors:
+        lines.append(
+            f"floor, real against real at N = {next(iter(floors.values()))['n']} "
+            f"({next(iter(floors.values())).get('floor', '')}): "
+            + ", ".join(
+                f"{m} {floors[m]['value']:.3g} [{floors[m]['ci_low']:.3g}, "
+                f"{floors[m]['ci_high']:.3g}]"
+                for m in FLOOR_METRICS
+                if m in floors
             )
-            lines.append(
-                f"  {e['from']} -> {e['to']} ({e['small']} -> {e['large']}), guidance "
-                f"{e['guidance_scale']:g}: FID {e['change']:+.2f} [{e['ci_low']:+.2f}, "
-                f"{e['ci_high']:+.2f}], CLIP score {clip['change']:+.2f} "
-                f"[{clip['ci_low']:+.2f}, {clip['ci_high']:+.2f}]"
-            )
-        for small, large in dict.fromkeys((e["small"], e["large"]) for e in fid):
-            matched = matched_clip_score(rows, small, large)
-            reach = "curves do not overlap" if matched is None else f"FID {matched:+.2f}"
-            lines.append(
-                f"  {small} -> {large} at matched CLIP score: {reach} (interpolated, no interval)"
-            )
+        )
+    ks = sorted({v["k"] for v in found})
+    if found:
+        lines.append(
+            f"verdicts (K = {'/'.join(map(str, ks))} training{'s' if ks != [1] else ''} per grid "
+            f"point, N = {_n(rows)} "
+            "samples per point; resolved only where the interval, which includes the spread "
+            "between trainings, excludes 0):"
+        )
+    for axis in AXES:
+        mine = [v for v in found if v["axis"] == axis]
+        if not mine:
+            continue
+        steps = ", ".join(f"{a} -> {b}" for a, b in mine[0]["steps"])
+        lines.append(
+            f"{axis} one size up ({steps}; mean over {mine[0]['cells']} step x guidance "
+            "comparisons):"
+        )
+        lines += [_verdict_line(v) for v in mine]
     for r in rows:
         if r["metric"] == "rfid":
             psnr = next(p for p in rows if p["model"] == r["model"] and p["metric"] == "psnr")
@@ -137,28 +267,44 @@ def summary_lines(rows: list[dict]) -> tuple[list[str], dict]:
                 f"{r['model']} reconstructions: rFID {r['value']:.2f} [{r['ci_low']:.2f}, "
                 f"{r['ci_high']:.2f}], PSNR {psnr['value']:.1f} dB"
             )
-    if by_axis:
-        winner = min(by_axis, key=by_axis.get)
-        if by_axis[winner] < 0:
-            lines.append(f"largest FID reduction per size step: {winner} ({by_axis[winner]:+.2f})")
-        else:
-            lines.append(
-                f"no size step lowered FID on average (smallest rise: {winner}, "
-                f"{by_axis[winner]:+.2f})"
-            )
+    better = sorted({v["axis"] for v in found if v["better"]})
+    worse = sorted({v["axis"] for v in found if v["resolved"] and not v["better"]})
+    if not found:
+        lines.append("no two grid points differ by one size step on one axis: no verdicts")
+    elif not better and not worse:
+        lines.append(
+            "answer: not resolved: no axis's size step is resolved on any metric"
+            + (" (one training per grid point: run --replicates 3 or more)" if ks == [1] else "")
+        )
     else:
-        lines.append("no two models differ by one size step on one axis: no size effects")
-    best = min(
-        (r for r in rows if r["metric"] == "fid" and _is_point(r)),
-        key=lambda r: r["value"],
-        default=None,
-    )
+        for name, axes in (("better", better), ("worse", worse)):
+            for axis in axes:
+                metrics = [v["metric"] for v in found if v["axis"] == axis and v["resolved"]
+                           and v["better"] == (name == "better")]  # fmt: skip
+                lines.append(f"answer: one size up on {axis} is resolved {name} on "
+                             f"{', '.join(metrics)}")  # fmt: skip
+    best = _lowest_fid(rows)
     if best is not None:
         lines.append(
-            f"best FID: {best['model']} at guidance {best['guidance_scale']:g}: {best['value']:.2f} [{best['ci_low']:.2f}, {best['ci_high']:.2f}]"
+            f"lowest FID measured: {best['model']} at guidance {best['guidance_scale']:g}: "
+            f"{best['value']:.2f} [{best['ci_low']:.2f}, {best['ci_high']:.2f}] "
+            "(one point's measurement, not a verdict)"
         )
     return lines, {
         "effects": effects,
+        "verdicts": found,
+        "training_spreads": training_spreads(rows),
+        "floors": {
+            m: {k: floors[m][k] for k in ("value", "ci_low", "ci_high", "n")} for m in floors
+        },  # fmt: skip
         "best": best
         and {k: best[k] for k in ("model", "guidance_scale", "value", "ci_low", "ci_high")},
     }
+
+
+def _lowest_fid(rows: list[dict]) -> dict | None:
+    return min(
+        (r for r in rows if r["metric"] == "fid" and is_point(r)),
+        key=lambda r: r["value"],
+        default=None,
+    )

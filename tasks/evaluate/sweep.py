@@ -50,6 +50,7 @@ from tasks.evaluate.measuring import Measuring, build_measuring, inputs_key
 from tasks.evaluate.pareto import pareto_plot
 from tasks.evaluate.point import (
     PointSettings,
+    floor_metrics,
     generate_and_measure,
     metric_rows,
     point_metrics,
@@ -125,10 +126,14 @@ def _evaluate_point(
     log,
 ) -> list[dict]:
     spec, prompts, common = m.spec, m.prompts, m.common
+    replicate = int(config.get("replicate", 0))  # training replicate of the grid point
+    text = config["text_encoder"]  # a replicate's text encoder is its replicate too
+    text_base = text.removesuffix(f"-r{replicate}") if replicate else text
     point = {
         "point_id": f"{name}@{guidance:g}", "model": name, "guidance_scale": float(guidance),
-        "text_encoder": config["text_encoder"], "unet": config["unet_preset"],
-        "autoencoder": config["autoencoder"],
+        "grid_point": f"{text_base}_{config['unet_preset']}_{config['autoencoder']}",
+        "replicate": replicate, "text_encoder": text_base, "text_encoder_checkpoint": text,
+        "unet": config["unet_preset"], "autoencoder": config["autoencoder"],
         "unet_digest": digest(workspace.checkpoint("diffusion", name)),
         "text_encoder_digest": config["text_encoder_digest"],
         "autoencoder_digest": config["autoencoder_digest"],
@@ -142,12 +147,13 @@ def _evaluate_point(
     out = generate_and_measure(
         pipe, m.judge, m.inception, prompts.captions, prompts.seeds, guidance, settings, m.device,
     )  # fmt: skip
-    metrics = point_metrics(out, m.reference, m.text_emb, m.counts)
+    metrics = point_metrics(out, m.reference, m.text_emb, m.counts, m.prompts.groups())
+    timing = {"point_s": time.perf_counter() - t0}  # what a nightly's time budget reads
     with Tracker(
         workspace, "marble-evaluate", point["point_id"], parent_run_id=parent_run_id
     ) as run:
         run.log_params(point | common)
-        rows = metric_rows(metrics, point | common, run.run_id, out["img_per_s"])
+        rows = metric_rows(metrics, point | common | timing, run.run_id, out["img_per_s"])
         run.log_metrics(
             {r["metric"]: r["value"] for r in rows} | {"img_per_s": out["img_per_s"]}, step=0
         )
@@ -204,6 +210,23 @@ def _measuring_code() -> str:
     """Digest of the code whose change changes a measurement."""
     modules = (sys.modules[__name__], measuring, prompts, sweep_point)
     return source_digest(*modules, frechet, cmmd, clip_score, inception)
+
+
+def _floor_rows(m: Measuring, workspace: Workspace) -> list[dict]:
+    """fid, fd_clip and cmmd of real images against real images at the sweep's N: the floor
+    each model's distance is read against."""
+    floor = m.prompts.floor
+    counts = resample_counts(len(floor.second), m.spec.bootstrap, m.spec.seed)
+    keys = {"data": m.prompts.digest, "judge": m.common["judge_digest"]}
+    keys["fid_weights"] = m.common["fid_weights_digest"]
+    metrics = floor_metrics(
+        floor, m.judge, m.inception, m.device, counts, workspace.cache / "reference", keys
+    )
+    meta = m.common | {
+        "point_id": "floor", "model": "floor", "n": len(floor.second), "guidance_scale": None,
+        "floor": floor.how,
+    }  # fmt: skip
+    return metric_rows(metrics, meta, None, None)
 
 
 @dataclass(frozen=True)
@@ -291,6 +314,7 @@ def plan_sweep(spec: SweepSpec, workspace: Workspace) -> SweepPlan:
     common |= {"prompt_set": prompts.name, "prompts_repeat": max(prompts.repeats) > 0}
     m = replace(m, common=common)
     rows = reference_rows(m.judge, prompts, m.reference, common, spec.seed, spec.bootstrap)
+    rows += _floor_rows(m, workspace)
     for name in sorted({config["autoencoder"] for config in configs.values()}):
         rows += _autoencoder_rows(m, workspace, name)
     _write_parquet(_table(rows), workspace.evaluations / f"{sweep_id}-reference.parquet")
@@ -324,12 +348,24 @@ def finish_sweep(
     """The summary of a sweep from every point's rows: the report (effects of each size step
     against their intervals), the Pareto plot, both logged to the parent run."""
     rows = list(plan.reference_rows) + [row for part in point_rows for row in part]
-    lines, found = summary_lines(rows)
+    lines, found = summary_lines(rows, dict(plan.spec.target_effects))
     plot = pareto_plot(rows, workspace.plots / f"pareto-{plan.sweep_id}.png")
     report = {"plot": plot, "lines": lines, **found}
+    table = _verdict_table(plan, found)
+    if table:
+        _write_parquet(_table(table), workspace.verdicts / f"{plan.sweep_id}.parquet")
     with Tracker(workspace, "marble-evaluate", "", run_id=plan.mlflow_run_id) as parent:
         parent.log_artifact(report["plot"])
         parent.log_text("\n".join(report["lines"]), "summary.txt")
+        parent.log_metrics(
+            {
+                f"verdict/{v['axis']}/{v['metric']}/{key}": v[key]
+                for v in found["verdicts"]
+                for key in ("change", "ci_low", "ci_high", "var_between", "var_within")
+                if v[key] is not None
+            },
+            step=0,
+        )
     for line in report["lines"]:
         log(line)
     points = [
@@ -341,6 +377,18 @@ def finish_sweep(
         "sweep_id": plan.sweep_id, "mlflow_run_id": plan.mlflow_run_id,
         "models": list(plan.models), "rows": points, **report,
     }  # fmt: skip
+
+
+def _verdict_table(plan: SweepPlan, found: dict) -> list[dict]:
+    """The verdicts with their variance components (one row per axis and metric, kind
+    "axis") and every step's paired difference (kind "step"), stored with the sweep."""
+    rows = []
+    for kind, items in (("axis", found["verdicts"]), ("step", found["effects"])):
+        for item in items:
+            row = {k: v for k, v in item.items() if k not in ("cells", "steps", "seeds", "needs_k")}
+            rows.append({"sweep_id": plan.sweep_id, "kind": kind, **row}
+                        | {"seeds": item.get("seeds"), "steps": str(item.get("steps", ""))})  # fmt: skip
+    return rows
 
 
 def run_sweep(spec: SweepSpec, workspace: Workspace, log=print) -> dict:

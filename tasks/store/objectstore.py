@@ -55,6 +55,7 @@ def workspace_tables(workspace: Workspace) -> dict[str, Path]:
         "pairs": workspace.pairs,
         "evaluations": workspace.evaluations,
         "samples": workspace.samples,
+        "verdicts": workspace.verdicts,
     }
 
 

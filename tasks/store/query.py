@@ -1,7 +1,8 @@
 """SQL over a workspace with DuckDB: one view per table the pipeline writes, and the MLflow runs.
 
     views: raw (data/raw), scores (data/scores), pairs (data/pairs), evaluations
-           (results/evaluations), samples (results/samples), runs (MLflow runs: run_id,
+           (results/evaluations), samples (results/samples), verdicts (results/verdicts:
+           each sweep's verdicts and variance components), runs (MLflow runs: run_id,
            experiment, run name, status, start time, then params.* and metrics.* columns)
 
 The Parquet views read the files in place (a glob per folder); `runs` is read through

@@ -22,6 +22,10 @@ from tasks.store.services_file import ServicesError, read_state
 from tasks.store.workspace import Workspace
 
 SERVER_CHECK_S = 3.0  # how long a tracking server of `marble up` has to answer
+# MLflow 3's UI opens an experiment without a kind in its GenAI view (traces); marble's are
+# model training, whose first page is the runs table with their metrics
+EXPERIMENT_KIND = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -80,9 +84,15 @@ class Tracker:
             # through a tracking server, the server's artifact root (its own store, or S3)
             served = uri.startswith(("http://", "https://"))
             location = None if served else (workspace.mlartifacts / experiment).as_uri()
-            self.experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
+            self.experiment_id = mlflow.create_experiment(
+                experiment, artifact_location=location, tags={EXPERIMENT_KIND: MODEL_TRAINING}
+            )
         else:
             self.experiment_id = exp.experiment_id
+            if exp.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
+                mlflow.MlflowClient().set_experiment_tag(
+                    exp.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING
+                )
         self._run_name = run_name
 
     def __enter__(self) -> Tracker:

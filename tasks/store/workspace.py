@@ -9,7 +9,8 @@ Layout::
       data/pairs/    kept pairs with their split
       checkpoints/   <kind>/<name>/ weights (safetensors) + config.json + state
       cache/         encoded training sets, keyed by what they were computed from
-      results/       evaluations/, samples/ (Parquet, one file per sweep point), plots/
+      results/       evaluations/, samples/ (Parquet, one file per sweep point), verdicts/
+                     (one per sweep), plots/
       mlflow.db      MLflow tracking store; mlartifacts/ its artifacts
 
 Stage outputs are written into a temporary sibling folder and renamed into place, so a
@@ -106,6 +107,11 @@ class Workspace:
     def samples(self) -> Path:
         """One Parquet file per evaluated sweep point: a row per generated image."""
         return self.results / "samples"
+
+    @property
+    def verdicts(self) -> Path:
+        """One Parquet file per sweep: its verdicts and their variance components."""
+        return self.results / "verdicts"
 
     @property
     def plots(self) -> Path:

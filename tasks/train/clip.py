@@ -60,6 +60,8 @@ class ClipTrainSpec:
     # LiT: the name of a CLIP checkpoint whose image tower is copied and locked; only the
     # text tower (and the temperature) trains. Empty: both towers train from scratch.
     image_tower: str = ""
+    # a training replicate of the grid (its own seed, `replicate_seed`): named "-r<replicate>"
+    replicate: int = 0
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             steps=600, batch_size=128, lr=1e-3, weight_decay=0.1, ema_decay=0.0
@@ -74,7 +76,17 @@ class ClipTrainSpec:
 
     @property
     def name(self) -> str:
-        return f"{self.prefix}{self.preset}"
+        return replicate_name(f"{self.prefix}{self.preset}", self.replicate)
+
+
+def replicate_name(name: str, replicate: int) -> str:
+    """The checkpoint name of a training replicate: replicate 0 keeps the plain name."""
+    return f"{name}-r{replicate}" if replicate else name
+
+
+def replicate_seed(seed: int, replicate: int) -> int:
+    """The training seed of a replicate (initialisation, data order, noise)."""
+    return seed + replicate
 
 
 def filter_clip_spec(
@@ -175,6 +187,8 @@ def train_clip(spec: ClipTrainSpec, workspace: Workspace, log=print) -> dict:
         "clip": asdict(cfg),
         "raw_pairs": spec.raw_pairs,
     }
+    if spec.replicate:  # replicate 0 keeps the config (and so the checkpoint) it always had
+        config["replicate"] = spec.replicate
     if locked is not None:
         config["image_tower"] = spec.image_tower
 

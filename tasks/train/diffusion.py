@@ -72,6 +72,7 @@ class DiffusionTrainSpec:
     timestep_sampling: TimestepSampling = "uniform"
     cond_dropout: float = 0.1  # caption replaced by "" with this probability
     guidance_scale: float = 4.0  # for the validation sample grid
+    replicate: int = 0  # a training replicate of the grid point; its text encoder's too
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             steps=2000, batch_size=128, lr=3e-3, betas=(0.9, 0.99), ema_decay=0.98
@@ -91,6 +92,7 @@ class DiffusionTrainSpec:
 
     @property
     def name(self) -> str:
+        """The text encoder's name carries the replicate (it is trained per replicate)."""
         return f"{self.text_encoder}_{self.unet}_{self.autoencoder}"
 
 
@@ -191,6 +193,8 @@ def train_diffusion(
         "cond_dropout": spec.cond_dropout,
         "latent_shape": list(latent_shape),
     }
+    if spec.replicate:  # replicate 0 keeps the config (and so the checkpoint) it always had
+        config["replicate"] = spec.replicate
 
     torch.manual_seed(spec.train.seed)
     model = UNet(unet_cfg)
