@@ -20,6 +20,7 @@ from tasks.store.pairs import ParquetPairs, decode_image
 from tasks.store.workspace import Workspace
 
 HELDOUT_SEED = 1_000_003  # the built-in held-out scenes; training data uses small seeds
+FLOOR_MIN = 2  # images in each real set of a floor (a covariance needs two)
 FLOOR_SEED = 2_000_003  # the same scenes drawn again (position and size jitter) for the floor
 SEED_RULE = "int(sha1(f'{pair_id}:{repeat}')[:15], 16)"
 
@@ -49,7 +50,8 @@ class Prompts:
     reference_captions: list[str]  # (M,)
     reference_pair_ids: list[str]  # (M,) the prompt each reference image was drawn from
     digest: str  # names the data: part of the reference statistics' cache key
-    floor: RealSets
+    floor: RealSets | None  # None: too few real images for two sets
+    no_floor: str = ""  # why there is no floor
 
     def groups(self) -> tuple[np.ndarray, np.ndarray]:
         """Integer labels of the samples' and the reference images' prompts, in one label
@@ -85,8 +87,14 @@ def build_prompts(workspace: Workspace, prompt_set: str, n: int) -> Prompts:
     images = np.stack([decode_image(val.image_bytes(i)) for i in range(len(val))])
     m = len(val)
     half = min(n, m // 2)
-    if half < 2:
-        raise ValueError(f"the val split of {workspace.pairs} has {m} images; the floor needs 4")
+    floor = RealSets(
+        first=images[0::2][:half],
+        second=images[1::2][:half],
+        first_ids=list(val.pair_ids[0::2][:half]),
+        second_ids=list(val.pair_ids[1::2][:half]),
+        paired=False,
+        how=f"two disjoint halves of the val images, {half} each (independent sets)",
+    )
     return Prompts(
         name="val",
         captions=[val.captions[i % m] for i in range(n)],
@@ -96,14 +104,8 @@ def build_prompts(workspace: Workspace, prompt_set: str, n: int) -> Prompts:
         reference_captions=list(val.captions),
         reference_pair_ids=list(val.pair_ids),
         digest=hashlib.sha1("\n".join(sorted(val.pair_ids)).encode()).hexdigest()[:16],
-        floor=RealSets(
-            first=images[0::2][:half],
-            second=images[1::2][:half],
-            first_ids=list(val.pair_ids[0::2][:half]),
-            second_ids=list(val.pair_ids[1::2][:half]),
-            paired=False,
-            how=f"two disjoint halves of the val images, {half} each (independent sets)",
-        ),
+        floor=floor if half >= FLOOR_MIN else None,
+        no_floor=f"the val split has {m} images; a floor needs {2 * FLOOR_MIN}",
     )
 
 

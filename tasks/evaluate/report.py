@@ -225,12 +225,15 @@ def _verdict_line(v: dict) -> str:
 
 
 def summary_lines(
-    rows: list[dict], target_effects: dict[str, float] | None = None
+    rows: list[dict], target_effects: dict[str, float] | None = None, no_floor: str = ""
 ) -> tuple[list[str], dict]:
+    """The summary's lines and what they found; `no_floor`: why the rows hold no floor."""
     effects = step_effects(rows)
     found = verdicts(rows, target_effects)
     lines = []
     floors = {r["metric"]: r for r in rows if r.get("model") == "floor"}
+    if not floors and no_floor:
+        lines.append(f"floor: not measured: {no_floor}")
     if floors:
         lines.append(
             f"floor, real against real at N = {next(iter(floors.values()))['n']} "

@@ -216,6 +216,8 @@ def _floor_rows(m: Measuring, workspace: Workspace) -> list[dict]:
     """fid, fd_clip and cmmd of real images against real images at the sweep's N: the floor
     each model's distance is read against."""
     floor = m.prompts.floor
+    if floor is None:
+        return []
     counts = resample_counts(len(floor.second), m.spec.bootstrap, m.spec.seed)
     keys = {"data": m.prompts.digest, "judge": m.common["judge_digest"]}
     keys["fid_weights"] = m.common["fid_weights_digest"]
@@ -241,6 +243,7 @@ class SweepPlan:
     common: dict  # the columns every row of the sweep carries
     mlflow_run_id: str  # the sweep's parent run; each point is a child run
     reference_rows: tuple[dict, ...]  # real images with the judge, the autoencoders
+    no_floor: str = ""  # why the sweep has no floor rows, when it has none
 
     @property
     def points(self) -> list[tuple[str, float]]:
@@ -321,7 +324,10 @@ def plan_sweep(spec: SweepSpec, workspace: Workspace) -> SweepPlan:
     with Tracker(workspace, "marble-evaluate", f"sweep-{sweep_id}") as parent:
         parent.log_params({"sweep": asdict(spec) | {"models": models}, "prompt_set": prompts.name})
         parent.log_metrics({f"{r['model']}/{r['metric']}": r["value"] for r in rows}, step=0)
-    plan = SweepPlan(spec, sweep_id, tuple(models), configs, common, parent.run_id, tuple(rows))
+    plan = SweepPlan(
+        spec, sweep_id, tuple(models), configs, common, parent.run_id, tuple(rows),
+        "" if prompts.floor else prompts.no_floor,
+    )  # fmt: skip
     _CACHE.keep(f"{workspace.root}:{sweep_id}", m)  # the points evaluated here reuse it
     return plan
 
@@ -348,7 +354,7 @@ def finish_sweep(
     """The summary of a sweep from every point's rows: the report (effects of each size step
     against their intervals), the Pareto plot, both logged to the parent run."""
     rows = list(plan.reference_rows) + [row for part in point_rows for row in part]
-    lines, found = summary_lines(rows, dict(plan.spec.target_effects))
+    lines, found = summary_lines(rows, dict(plan.spec.target_effects), plan.no_floor)
     plot = pareto_plot(rows, workspace.plots / f"pareto-{plan.sweep_id}.png")
     report = {"plot": plot, "lines": lines, **found}
     table = _verdict_table(plan, found)
