@@ -306,3 +306,12 @@ def test_a_verdict_is_named_only_where_replicates_resolve_it():
     assert all(not v["resolved"] for v in found["verdicts"])
     assert any("the spread between trainings is unknown" in line for line in lines)
     assert any(line.startswith("answer: not resolved") and "--replicates" in line for line in lines)
+
+
+def test_a_nightly_without_history_times_its_models(trained):
+    from tasks.evaluate import budget
+    from tasks.store.checkpoint import load_config
+
+    configs = {m: load_config(trained.checkpoint("diffusion", m)) for m in MODELS}
+    rates = budget.calibrate(trained, SweepSpec(num_inference_steps=2), configs)
+    assert set(rates) == {"unet-xs"} and rates["unet-xs"] > 0  # one preset, timed once

@@ -351,8 +351,8 @@ def evaluate_point(plan: SweepPlan, model: str, guidance: float, workspace: Work
 def finish_sweep(
     plan: SweepPlan, point_rows: list[list[dict]], workspace: Workspace, log=print
 ) -> dict:
-    """The summary of a sweep from every point's rows: the report (effects of each size step
-    against their intervals), the Pareto plot, both logged to the parent run."""
+    """The summary of a sweep from every point's rows: the report (floors, a verdict per axis
+    and metric), the Pareto plot and the verdicts table, logged to the parent run."""
     rows = list(plan.reference_rows) + [row for part in point_rows for row in part]
     lines, found = summary_lines(rows, dict(plan.spec.target_effects), plan.no_floor)
     plot = pareto_plot(rows, workspace.plots / f"pareto-{plan.sweep_id}.png")
