@@ -276,12 +276,20 @@ def reference_rows(
 
 
 def floor_metrics(
-    floor, judge, inception, device, counts: np.ndarray, folder: Path, keys: dict
+    floor,
+    judge,
+    inception,
+    device,
+    counts: np.ndarray,
+    folder: Path,
+    keys: dict,
+    reference: dict | None = None,
 ) -> dict[str, dict]:
     """fid, fd_clip and cmmd of the floor's second real set against its first (prompts.
     RealSets), with bootstrap replicates over the second set as a point's are over its
     samples: what a generator that draws from the data itself scores at this N. Features
-    are cached in `folder` under `keys` (the data, the extractors' weights)."""
+    are cached in `folder` under `keys` (the data, the extractors' weights). `reference`:
+    the sweep's reference statistics, used for the first set when it is the reference."""
 
     def features(images: np.ndarray, extractor: str):
         def compute():
@@ -292,14 +300,20 @@ def floor_metrics(
         which = keys | {"extractor": extractor, "images": images.shape, "set": id_of(images)}
         return cached(folder, which, compute)["features"].astype(np.float64)
 
+    def first_stats(extractor: str) -> tuple[np.ndarray, np.ndarray, FrechetToReference]:
+        if reference is not None:
+            ref = reference[extractor]
+            return ref["mean"], ref["cov"], ref["to_ref"]
+        stats = GaussianStats.of(features(floor.first, extractor))
+        return stats.mean, stats.covariance, FrechetToReference(stats.mean, stats.covariance)
+
     metrics = {}
     for metric, extractor in (("fid", "inception"), ("fd_clip", "clip")):
-        first, second = features(floor.first, extractor), features(floor.second, extractor)
-        stats = GaussianStats.of(first)
-        to_first = FrechetToReference(stats.mean, stats.covariance)
+        second = features(floor.second, extractor)
+        mean, cov, to_first = first_stats(extractor)
         mine = GaussianStats.of(second)
         metrics[metric] = {
-            "value": frechet_distance(mine.mean, mine.covariance, stats.mean, stats.covariance),
+            "value": frechet_distance(mine.mean, mine.covariance, mean, cov),
             "replicates": np.array([to_first(second, c) for c in counts]),
             "extractor": extractor,
         }
@@ -310,9 +324,10 @@ def floor_metrics(
             np.array([labels.setdefault(p, len(labels)) for p in floor.second_ids]),
             np.array([labels.setdefault(p, len(labels)) for p in floor.first_ids]),
         )
-    metrics["cmmd"] = _cmmd_metric(
-        features(floor.second, "clip"), features(floor.first, "clip"), counts, groups
+    first_clip = (
+        reference["clip"]["embeddings"] if reference is not None else features(floor.first, "clip")
     )
+    metrics["cmmd"] = _cmmd_metric(features(floor.second, "clip"), first_clip, counts, groups)
     return metrics
 
 

@@ -221,9 +221,11 @@ def _floor_rows(m: Measuring, workspace: Workspace) -> list[dict]:
     counts = resample_counts(len(floor.second), m.spec.bootstrap, m.spec.seed)
     keys = {"data": m.prompts.digest, "judge": m.common["judge_digest"]}
     keys["fid_weights"] = m.common["fid_weights_digest"]
+    same = floor.first is m.prompts.reference  # the held-out floor: no second extraction
     metrics = floor_metrics(
-        floor, m.judge, m.inception, m.device, counts, workspace.cache / "reference", keys
-    )
+        floor, m.judge, m.inception, m.device, counts, workspace.cache / "reference", keys,
+        reference=m.reference if same else None,
+    )  # fmt: skip
     meta = m.common | {
         "point_id": "floor", "model": "floor", "n": len(floor.second), "guidance_scale": None,
         "floor": floor.how,
