@@ -20,6 +20,7 @@ from prefect.runtime import task_run
 
 from tasks.runtime import progress
 from tasks.runtime.services import mlflow_ui_url
+from tasks.store.tracking import ui_page
 from tasks.store.workspace import Workspace
 
 
@@ -108,7 +109,7 @@ def sweep_artifacts(summary: dict, workspace: Workspace, comparison: list[dict] 
             "",
             f"![Pareto plot]({mlflow}/get-artifact?{query})",
             "",
-            f"[The sweep's MLflow run, with a sample grid per point]({mlflow}/#/runs/{run_id})",
+            f"[The sweep's MLflow run, with a sample grid per point]({ui_page(mlflow, run_id)})",
         ]
     elif run_id:
         lines += ["", f"MLflow run `{run_id}` (experiment marble-evaluate; `marble up` opens it)"]

@@ -43,6 +43,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     from flows.pipeline import pipeline_flow
     from flows.timing import Stopwatch
+    from tasks.store.tracking import ui_page
 
     evaluation = PipelineParams().evaluation
     changes = {name: getattr(args, name) for name in args.evaluation_fields}
@@ -74,7 +75,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print("\n" + "\n".join(evaluation["lines"]))
     print(f"\nPareto plot:  {evaluation['plot']}")
     print(f"sample grids: MLflow run {evaluation['mlflow_run_id']} (experiment marble-evaluate)")
-    print(f"MLflow UI:    .venv/bin/mlflow ui --backend-store-uri sqlite:///{home}/mlflow.db")
+    print(f"MLflow UI:    .venv/bin/mlflow ui --backend-store-uri sqlite:///{home}/mlflow.db, then")
+    print(f"              {ui_page('http://127.0.0.1:5000', evaluation['mlflow_run_id'])}")
     print(f"Prefect UI:   .venv/bin/marble --home {home} up")
     print(f'DuckDB:       .venv/bin/marble --home {home} query "SELECT * FROM evaluations LIMIT 5"')
     return 0
@@ -170,6 +172,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     from flows.command_params import UpParams
     from tasks.runtime import services
+    from tasks.store.tracking import ui_page
     from tasks.store.workspace import Workspace
 
     params = build_model(UpParams, args, args.fields)
@@ -185,7 +188,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     print(f"Prefect UI:  {found.prefect_url}")
     for name, page in found.deployments.items():
         print(f"  {name:<36} {page}")
-    print(f"MLflow UI:   {found.mlflow_url}")
+    print(f"MLflow UI:   {ui_page(found.mlflow_url)}")
     print(f"database:    {found.database}")
     print(f"artifacts:   {found.artifacts}")
     print(f"work pool:   {found.pool} (one process worker)")

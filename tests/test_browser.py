@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tasks.runtime.services import ROOT, free_port
+from tasks.store.tracking import ui_page
 from tests.service_helpers import assert_all_stopped, cli_env, marble, started
 
 pytestmark = pytest.mark.slow
@@ -171,11 +172,13 @@ def test_run_pipeline_from_the_prefect_form_and_read_it_in_mlflow(tmp_path, brow
         ]  # fmt: skip
         point = points[0]
         mlflow_url = state["mlflow_url"]
-        # the experiment opens on its runs (a model-training experiment), the sweep's run
-        # among them: not MLflow's GenAI view, whose first page lists traces
+        # marble's link to the experiment opens its runs table, the sweep's run among them,
+        # not MLflow's GenAI view (traces), where the UI opens any experiment by default
         sweep = client.get_run(point.data.tags["mlflow.parentRunId"])
-        page.goto(f"{mlflow_url}/#/experiments/{experiment.experiment_id}")
+        assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+        page.goto(ui_page(mlflow_url, experiment_id=experiment.experiment_id))
         page.get_by_text(sweep.info.run_name).first.wait_for()
+        assert "/runs" in page.url and "genai" not in page.url, page.url
         page.screenshot(path=SHOTS / "mlflow-experiment-runs.png", full_page=True)
         page.goto(f"{mlflow_url}/#/experiments/{experiment.experiment_id}/runs/{point.info.run_id}")
         page.get_by_text(point.info.run_name).first.wait_for()

@@ -72,7 +72,7 @@ def test_main_job_end_to_end(tmp_path):
     evaluations = list((home / "results" / "evaluations").glob("*.parquet"))
     assert len(evaluations) == 2  # the reference rows and the one grid point
     assert list((home / "results" / "plots").glob("pareto-*.png"))
-    assert "best FID: clip-tiny_unet-s_kl-f4 at guidance 3" in proc.stdout
+    assert "lowest FID measured: clip-tiny_unet-s_kl-f4 at guidance 3" in proc.stdout
     # the same job again: every stage is skipped, and says so
     again = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
@@ -118,4 +118,4 @@ def test_a_run_killed_mid_training_resumes_where_it_stopped(tmp_path):
     for stage in ("ingest", "filter", "autoencoder/kl-f4", "clip/clip-tiny"):
         assert f"skipped {stage}:" in out, stage
     assert "resuming from its checkpoint at step 200 of 250" in out
-    assert "best FID: clip-tiny_unet-xs_kl-f4 at guidance 3" in out
+    assert "lowest FID measured: clip-tiny_unet-xs_kl-f4 at guidance 3" in out

@@ -28,6 +28,14 @@ EXPERIMENT_KIND = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
 
 
+def ui_page(base_url: str, run_id: str | None = None, experiment_id: str | None = None) -> str:
+    """A page of the MLflow UI at base_url: a run's, an experiment's runs table, or the
+    experiments. MLflow 3's UI opens every experiment in its GenAI view (traces) unless
+    the address asks for the machine-learning one, whatever the experiment's kind."""
+    where = f"runs/{run_id}" if run_id else f"experiments/{experiment_id or ''}".rstrip("/")
+    return f"{base_url}/#/{where}?workflowType=machine_learning"
+
+
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """{"a": {"b": 1}} -> {"a.b": "1"}: MLflow params are flat strings."""
     out: dict[str, str] = {}
