@@ -64,6 +64,30 @@ def _wait_for_final_state(url: str, timeout_s: float = 600) -> dict:
     raise AssertionError(f"{url} did not finish in {timeout_s} s")
 
 
+def _submit(page, attempts: int = 3) -> None:
+    """Click Submit until the flow run is created. A 503 is Prefect's "retry": its server
+    answers so when SQLite's write lock is held by another writer (its own client retries;
+    its UI shows a toast and a user clicks again). Any other answer is final."""
+    for _ in range(attempts):
+        with page.expect_response(
+            lambda r: r.request.method == "POST" and r.url.endswith("/create_flow_run")
+        ) as created:
+            page.get_by_role("button", name="Submit").click()
+        if created.value.status != 503:
+            assert created.value.ok, (
+                f"create_flow_run: {created.value.status} {created.value.text()}"
+            )
+            return
+        time.sleep(1)
+    raise AssertionError(f"create_flow_run answered 503 (SQLite locked) {attempts} times")
+
+
+def _log_errors(log: Path, keep: int = 20) -> list[str]:
+    """The error lines of a service's log (its last `keep`)."""
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    return [line for line in lines if "error" in line.lower() or "locked" in line][-keep:]
+
+
 @pytest.fixture
 def browser_page(monkeypatch):
     if not Path(CHROMIUM).exists():
@@ -85,16 +109,27 @@ def _launched_page(sync_api):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         local = ("http://127.0.0.1", "data:", "blob:")
-        context.route(
-            "**/*",
-            lambda route: (
-                route.continue_() if route.request.url.startswith(local) else route.abort()
-            ),
-        )
+        trouble: list[str] = []  # what went wrong on the wire, for the failure messages
+
+        def only_loopback(route):
+            if route.request.url.startswith(local):
+                route.continue_()
+            else:
+                trouble.append(f"aborted, not loopback: {route.request.url}")
+                route.abort()
+
+        context.route("**/*", only_loopback)
         page = context.new_page()
+        page.on(
+            "requestfailed", lambda r: trouble.append(f"failed: {r.method} {r.url} {r.failure}")
+        )
+        page.on(
+            "response",
+            lambda r: r.status >= 400 and trouble.append(f"{r.status}: {r.request.method} {r.url}"),
+        )
         page.set_default_timeout(UI_TIMEOUT_MS)
         try:
-            yield page
+            yield page, trouble
         finally:
             browser.close()
 
@@ -102,7 +137,7 @@ def _launched_page(sync_api):
 def test_run_pipeline_from_the_prefect_form_and_read_it_in_mlflow(tmp_path, browser_page):
     from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-    page = browser_page
+    page, trouble = browser_page
     home, env = tmp_path / "home", cli_env(tmp_path)
     up = marble(home, "up", "--prefect-port", "0", "--mlflow-port", "0", env=env)
     processes = []
@@ -141,13 +176,16 @@ def test_run_pipeline_from_the_prefect_form_and_read_it_in_mlflow(tmp_path, brow
         for (section, label), value in small.items():
             _field(page, section, label).fill(value)
         page.screenshot(path=SHOTS / "prefect-custom-run-form.png", full_page=True)
-        page.get_by_role("button", name="Submit").click()
         try:
+            _submit(page)
             page.get_by_text("scheduled to start").last.wait_for()  # the toast of the new run
         except PlaywrightTimeoutError:
             page.screenshot(path=SHOTS / "prefect-submit-failed.png", full_page=True)
             said = page.locator(".p-toast__message").all_inner_texts()
-            raise AssertionError(f"Submit created no run; the UI said: {said}") from None
+            raise AssertionError(
+                f"Submit created no run; the UI said: {said}; on the wire: {trouble}; the "
+                f"server's log: {_log_errors(home / 'logs' / 'prefect-server.log')}"
+            ) from None
         page.get_by_text("View run").last.click()
         page.wait_for_url(re.compile(r".*/flow-run/[0-9a-f-]+$"))
         run_id = page.url.rstrip("/").split("/")[-1]

@@ -87,7 +87,11 @@ def wait_healthy(url: str, process: Process, timeout_s: float = START_TIMEOUT_S)
 
 def prefect_env(workspace: Workspace, port: int) -> dict[str, str]:
     """Settings that point Prefect's server, CLI, worker and flow runs at the workspace's
-    server on 127.0.0.1:port (the UI too: without the API host and port it calls :4200)."""
+    server on 127.0.0.1:port (the UI too: without the API host and port it calls :4200).
+
+    On SQLite a write that meets another writer's lock gets a 503, which Prefect's own client
+    retries and its UI shows as "Oops. Something went wrong."; the server logs each one here
+    (it would not by default), so its log says why a click failed."""
     home = workspace.root / "prefect"
     return {
         "PREFECT_HOME": str(home),
@@ -97,6 +101,7 @@ def prefect_env(workspace: Workspace, port: int) -> dict[str, str]:
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
         "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_LOG_RETRYABLE_ERRORS": "true",
         "PREFECT_WORKER_QUERY_SECONDS": "3",
         "MARBLE_HOME": str(workspace.root),
     }
