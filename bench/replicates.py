@@ -9,9 +9,11 @@ made once; a replicate trained before is skipped; a point evaluated before is sk
 
     python bench/replicates.py --home bench-home/replicates      # about 90 min on 2 cores
 
-Writes bench/results/replicates.json: per half, the variance components (between trainings
-and within sampling), the verdict and the detectable effect of each metric; the floors; and
-whether the halves agree.
+Writes bench/results/replicates.json: per half, the variance components (between trainings,
+within sampling and its part shared by every replicate), the verdict and the detectable
+effect of each metric; the floors; and whether the halves agree. `--report-only` draws the
+verdicts again from the rows already there (after a change to the estimator) and keeps the
+recorded run times.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ def half_report(rows: list[dict], replicates: range) -> dict:
                     "n",
                     "var_between",
                     "var_within",
+                    "var_shared",
                     "resolved",
                     "better",
                     "detectable",
@@ -109,8 +112,16 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=Path("bench-home/replicates"))
     parser.add_argument("-k", type=int, default=3, help="replicates per half")
     parser.add_argument("-n", type=int, default=500, help="samples per point")
+    parser.add_argument(
+        "--report-only", action="store_true",
+        help="no runs: the verdicts again from the rows the workspace holds (run_s kept)",
+    )  # fmt: skip
     args = parser.parse_args()
-    seconds = [run_half(args.home, 0, args.k, args.n), run_half(args.home, args.k, args.k, args.n)]
+    if args.report_only:
+        seconds = json.loads((RESULTS / "replicates.json").read_text())["run_s"]
+    else:
+        seconds = [run_half(args.home, 0, args.k, args.n),
+                   run_half(args.home, args.k, args.k, args.n)]  # fmt: skip
     rows = latest_rows(Workspace.from_env(args.home), args.n)
     halves = [half_report(rows, range(0, args.k)), half_report(rows, range(args.k, 2 * args.k))]
     result = {

@@ -126,7 +126,8 @@ def training_spreads(rows: list[dict]) -> dict[str, float]:
 def _fields(est: Estimate) -> dict:
     return {
         "change": est.mean, "ci_low": est.ci_low, "ci_high": est.ci_high, "k": est.k,
-        "var_between": est.var_between, "var_within": est.var_within, "resolved": est.resolved,
+        "var_between": est.var_between, "var_within": est.var_within,
+        "var_shared": est.var_shared, "resolved": est.resolved,
     }  # fmt: skip
 
 
@@ -182,14 +183,18 @@ def verdicts(rows: list[dict], target_effects: dict[str, float] | None = None) -
             est, about = result
             row = {"axis": axis, "metric": metric, "n": n, **_fields(est), **about}
             if est.between_known:
-                row["detectable"] = detectable_effect(est.var_between, est.var_within, est.k, n, n)
+                row["detectable"] = detectable_effect(
+                    est.var_between, est.var_within, est.k, n, n, est.var_shared
+                )
             else:
                 row["detectable_at_least"] = sampling_detectable_effect(est.var_within)
             target = (target_effects or {}).get(metric)
             if target is not None and est.between_known:
                 row["target_effect"] = target
                 row["needs_k"] = {
-                    m: replicates_needed(target, est.var_between, est.var_within, m, n)
+                    m: replicates_needed(
+                        target, est.var_between, est.var_within, m, n, var_shared=est.var_shared
+                    )
                     for m in (n, 4 * n)
                 }
             row["better"] = est.resolved and _better(metric, est.mean)
@@ -213,7 +218,8 @@ def _verdict_line(v: dict) -> str:
     )
     line = (
         f"{head}: {state}; detectable: {v['detectable']:.3g} (variance between trainings "
-        f"{v['var_between']:.3g}, within sampling {v['var_within']:.3g})"
+        f"{v['var_between']:.3g}, within sampling {v['var_within']:.3g}, of which "
+        f"{v['var_shared']:.3g} shared by every replicate's prompts)"
     )
     if "needs_k" in v:
         needs = ", ".join(

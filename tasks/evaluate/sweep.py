@@ -369,7 +369,14 @@ def finish_sweep(
             {
                 f"verdict/{v['axis']}/{v['metric']}/{key}": v[key]
                 for v in found["verdicts"]
-                for key in ("change", "ci_low", "ci_high", "var_between", "var_within")
+                for key in (
+                    "change",
+                    "ci_low",
+                    "ci_high",
+                    "var_between",
+                    "var_within",
+                    "var_shared",
+                )
                 if v[key] is not None
             },
             step=0,

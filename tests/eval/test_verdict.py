@@ -37,6 +37,62 @@ def _simulated_sweep(rng, k: int, sd_between: float, sd_sample: float, n: int, b
     return np.array(a_values), np.array(a_boot), np.array(b_values), np.array(b_boot)
 
 
+def _shared_prompt_sweep(rng, k: int, sd_between: float, sd_prompt: float, n: int):
+    """One sweep as marble samples it: every replicate of both points on the same n prompts
+    with the same seeds. Each prompt has its own effect of the size step (drawn once, so its
+    luck is shared by every replicate), each image its own noise (sd 1), each training its
+    own offset; the population's difference is TRUE_DIFF."""
+    counts = resample_counts(n, 200, int(rng.integers(1 << 31)))
+    difficulty = rng.normal(0.0, 1.0, n)  # the same for both points: cancels in the pair
+    step = TRUE_DIFF + rng.normal(0.0, sd_prompt, n)
+    a_values, a_boot, b_values, b_boot = [], [], [], []
+    for _ in range(k):
+        a = rng.normal(0.0, sd_between) + difficulty + rng.normal(0.0, 1.0, n)
+        b = rng.normal(0.0, sd_between) + difficulty + step + rng.normal(0.0, 1.0, n)
+        for values, boot, x in ((a_values, a_boot, a), (b_values, b_boot, b)):
+            values.append(x.mean())
+            boot.append(counts @ x / n)
+    return np.array(a_values), np.array(a_boot), np.array(b_values), np.array(b_boot)
+
+
+@pytest.mark.parametrize("sd_between", [0.0, 0.2, 0.6, 2.0])
+def test_the_interval_covers_the_population_when_replicates_share_their_prompts(sd_between):
+    """300 sweeps of K = 3 whose prompts' luck (sd 2 per prompt, N = 50) is shared by every
+    replicate, from no training spread to trainings dominating."""
+    rng = np.random.default_rng(3)
+    sweeps, covered = 300, 0
+    for _ in range(sweeps):
+        a, a_boot, b, b_boot = _shared_prompt_sweep(rng, 3, sd_between, 2.0, 50)
+        est = paired_difference(a, a_boot, b, b_boot)
+        covered += est.ci_low <= TRUE_DIFF <= est.ci_high
+    assert covered / sweeps >= 0.90  # 95 % nominal
+
+
+def test_the_replicates_spread_alone_misses_the_sampling_they_share():
+    """What the shared part is added for: with no training spread, the t interval over the
+    K values covers the population's difference far less often than 95 %."""
+    rng = np.random.default_rng(3)
+    sweeps, covered = 300, 0
+    for _ in range(sweeps):
+        a, _, b, _ = _shared_prompt_sweep(rng, 3, 0.0, 2.0, 50)
+        half = stats.t.ppf(0.975, 2) * np.std(b - a, ddof=1) / math.sqrt(3)
+        covered += abs((b - a).mean() - TRUE_DIFF) <= half
+    assert covered / sweeps < 0.85
+
+
+def test_the_shared_sampling_and_the_training_spread_are_recovered():
+    rng = np.random.default_rng(4)
+    shared, between = [], []
+    for _ in range(200):
+        a, a_boot, b, b_boot = _shared_prompt_sweep(rng, 6, 0.5, 2.0, 100)
+        est = paired_difference(a, a_boot, b, b_boot)
+        shared.append(est.var_shared)
+        between.append(est.var_between)
+    # the prompts' step effects: Var(mean) = 2² / 100; two trainings' offsets: 2 · 0.5²
+    assert np.mean(shared) == pytest.approx(0.04, rel=0.15)
+    assert np.mean(between) == pytest.approx(0.5, rel=0.2)
+
+
 def _two_level_bootstrap(diffs: np.ndarray, boot: np.ndarray, rng, reps: int = 400):
     """Resample replicates, then one bootstrap replicate within each: the interval the
     module's docstring compares against."""
@@ -105,6 +161,18 @@ def test_k_replicates_of_known_values_give_the_t_interval():
     assert est.resolved == (3.0 - half > 0)
 
 
+def test_replicates_closer_than_their_sampling_allows_do_not_narrow_the_interval():
+    """Three replicates 0.01 apart whose bootstraps (the same resamples; orthogonal, so
+    nothing shared) say each alone varies with variance 0.12: the interval is sampling's
+    t interval, t_{2,.975} sqrt(0.12 / 3), not the replicates' own 0.01 spread's."""
+    values = np.array([0.30, 0.31, 0.32])
+    signs = np.array([[1, -1, 1, -1], [1, 1, -1, -1], [1, -1, -1, 1]], dtype=np.float64)
+    est = replicate_estimate(values, values[:, None] + 0.3 * signs)
+    assert est.var_within == pytest.approx(0.12) and est.var_shared == pytest.approx(0.0)
+    assert est.ci_high - est.mean == pytest.approx(stats.t.ppf(0.975, 2) * math.sqrt(0.04))
+    assert est.var_between == 0.0 and not est.resolved  # 0.31 ± 0.86
+
+
 def test_detectable_effect_and_the_replicates_it_needs():
     # (t_{2,.975} + t_{2,.80}) sqrt((1 + 0.5 · 100/100) / 3)
     factor = stats.t.ppf(0.975, 2) + stats.t.ppf(0.8, 2)
@@ -119,3 +187,18 @@ def test_detectable_effect_and_the_replicates_it_needs():
     assert replicates_needed(1e-3, 1.0, 0.5, 100, 100, k_max=50) is None
     with pytest.raises(ValueError):
         detectable_effect(1.0, 0.5, 1, 100, 100)
+
+
+def test_sampling_every_replicate_shares_is_not_divided_by_k():
+    # (t_{2,.975} + t_{2,.80}) sqrt((1 + (0.5 - 0.2)) / 3 + 0.2); at 4 N the sampling parts
+    # fall by 4; more replicates never take the shared part below 0.2
+    factor = stats.t.ppf(0.975, 2) + stats.t.ppf(0.8, 2)
+    assert detectable_effect(1.0, 0.5, 3, 100, 100, 0.2) == pytest.approx(
+        factor * math.sqrt(1.3 / 3 + 0.2)
+    )
+    assert detectable_effect(1.0, 0.5, 3, 400, 100, 0.2) == pytest.approx(
+        factor * math.sqrt((1.0 + 0.075) / 3 + 0.05)
+    )
+    floor = stats.norm.ppf(0.975) + stats.norm.ppf(0.8)  # k -> infinity
+    assert replicates_needed(0.9 * floor * math.sqrt(0.2), 1.0, 0.5, 100, 100, 1000, 0.2) is None
+    assert replicates_needed(0.9 * floor * math.sqrt(0.2), 1.0, 0.5, 400, 100, 1000, 0.2)
