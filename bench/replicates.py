@@ -11,7 +11,8 @@ made once; a replicate trained before is skipped; a point evaluated before is sk
 
 Writes bench/results/replicates.json: per half, the variance components (between trainings,
 within sampling and its part shared by every replicate), the verdict and the detectable
-effect of each metric; the floors; and whether the halves agree. `--report-only` draws the
+effect of each metric; the floors; whether the halves agree; and the verdicts from all 2K
+replicates together. `--report-only` draws the
 verdicts again from the rows already there (after a change to the estimator) and keeps the
 recorded run times.
 """
@@ -124,6 +125,7 @@ def main() -> None:
                    run_half(args.home, args.k, args.k, args.n)]  # fmt: skip
     rows = latest_rows(Workspace.from_env(args.home), args.n)
     halves = [half_report(rows, range(0, args.k)), half_report(rows, range(args.k, 2 * args.k))]
+    pooled = half_report(rows, range(0, 2 * args.k))  # every replicate: the narrowest verdict
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": code_version(),
@@ -134,6 +136,7 @@ def main() -> None:
         "run_s": [round(s) for s in seconds],
         "halves": halves,
         "agree": agree(*halves),
+        "pooled": pooled,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "replicates.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -141,6 +144,8 @@ def main() -> None:
         print(f"replicates {half['replicates']}:")
         print("\n".join(half["lines"]))
     print("agree:", json.dumps(result["agree"]))
+    print(f"all {2 * args.k} replicates:")
+    print("\n".join(pooled["lines"]))
 
 
 if __name__ == "__main__":
