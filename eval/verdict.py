@@ -25,12 +25,13 @@ the t interval over replicates (exact for normal y_r, whatever the split between
 and the replicates' own sampling) widened by the normal interval of the shared sampling,
 known from the bootstrap's many resamples. s² is never taken below σ²_e: K values cannot
 truly vary less than their own sampling makes them, so where they happen to agree more
-closely (with K = 3 one sweep in 25 has a standard deviation under a fifth of it) the interval
-stays as wide as sampling alone makes it. On simulated sweeps of K = 3 (1,000 each, 95 % nominal, prompts shared by the
-replicates or not, from no training spread to trainings dominating) it covered the
-population's difference in 95-100 % of sweeps; without the shared part the t interval
-covered it in 76 % where that part dominated. With K = 1 the spread between trainings is
-unknown: the interval covers sampling alone and no verdict is drawn from it.
+closely (with K = 3, one sweep in 25 has a standard deviation under a fifth of it) the
+interval stays as wide as sampling alone makes it. On simulated sweeps of K = 3 (1,000
+each, 95 % nominal, prompts shared by the replicates or not, from no training spread to
+trainings dominating) it covered the population's difference in 95-100 % of sweeps;
+without the shared part the t interval covered it in 76 % where that part dominated. With
+K = 1 the spread between trainings is unknown: the interval covers sampling alone and no
+verdict is drawn from it.
 
 Why not resample replicates (a two-level bootstrap)? With K = 3 there are only 10 distinct
 resamples of the replicates and their spread is (K-1)/K of s², so its intervals are too

@@ -179,12 +179,13 @@ def test_run_pipeline_from_the_prefect_form_and_read_it_in_mlflow(tmp_path, brow
         try:
             _submit(page)
             page.get_by_text("scheduled to start").last.wait_for()  # the toast of the new run
-        except PlaywrightTimeoutError:
+        except (PlaywrightTimeoutError, AssertionError) as failed:
             page.screenshot(path=SHOTS / "prefect-submit-failed.png", full_page=True)
             said = page.locator(".p-toast__message").all_inner_texts()
             raise AssertionError(
-                f"Submit created no run; the UI said: {said}; on the wire: {trouble}; the "
-                f"server's log: {_log_errors(home / 'logs' / 'prefect-server.log')}"
+                f"Submit created no run ({failed}); the UI said: {said}; on the wire: "
+                f"{trouble}; the server's log: "
+                f"{_log_errors(home / 'logs' / 'prefect-server.log')}"
             ) from None
         page.get_by_text("View run").last.click()
         page.wait_for_url(re.compile(r".*/flow-run/[0-9a-f-]+$"))
