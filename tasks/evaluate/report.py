@@ -123,12 +123,25 @@ def training_spreads(rows: list[dict]) -> dict[str, float]:
     return spreads
 
 
+# what a verdict's figures are called in its row, the verdicts table and MLflow
+FIGURES = ("change", "ci_low", "ci_high", "var_between", "var_within", "var_shared")
+
+
 def _fields(est: Estimate) -> dict:
-    return {
-        "change": est.mean, "ci_low": est.ci_low, "ci_high": est.ci_high, "k": est.k,
-        "var_between": est.var_between, "var_within": est.var_within,
-        "var_shared": est.var_shared, "resolved": est.resolved,
-    }  # fmt: skip
+    figures = (est.mean, est.ci_low, est.ci_high, est.var_between, est.var_within, est.var_shared)
+    return dict(zip(FIGURES, figures, strict=True)) | {"k": est.k, "resolved": est.resolved}
+
+
+def verdict_table(sweep_id: str, found: dict) -> list[dict]:
+    """The verdicts with their variance components (one row per axis and metric, kind
+    "axis") and every step's paired difference (kind "step"), as stored with the sweep."""
+    rows = []
+    for kind, items in (("axis", found["verdicts"]), ("step", found["effects"])):
+        for item in items:
+            row = {k: v for k, v in item.items() if k not in ("cells", "steps", "seeds", "needs_k")}
+            rows.append({"sweep_id": sweep_id, "kind": kind, **row}
+                        | {"seeds": item.get("seeds"), "steps": str(item.get("steps", ""))})  # fmt: skip
+    return rows
 
 
 def axis_effect(rows: list[dict], axis: str, metric: str) -> tuple[Estimate, dict] | None:

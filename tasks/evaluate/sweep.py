@@ -59,7 +59,7 @@ from tasks.evaluate.point import (
     sample_columns,
 )
 from tasks.evaluate.prompts import SEED_RULE
-from tasks.evaluate.report import summary_lines
+from tasks.evaluate.report import FIGURES, summary_lines, verdict_table
 from tasks.evaluate.spec import SweepSpec
 from tasks.runtime.devices import pick_device
 from tasks.store.checkpoint import digest, load_config
@@ -359,7 +359,7 @@ def finish_sweep(
     lines, found = summary_lines(rows, dict(plan.spec.target_effects), plan.no_floor)
     plot = pareto_plot(rows, workspace.plots / f"pareto-{plan.sweep_id}.png")
     report = {"plot": plot, "lines": lines, **found}
-    table = _verdict_table(plan, found)
+    table = verdict_table(plan.sweep_id, found)
     if table:
         _write_parquet(_table(table), workspace.verdicts / f"{plan.sweep_id}.parquet")
     with Tracker(workspace, "marble-evaluate", "", run_id=plan.mlflow_run_id) as parent:
@@ -369,14 +369,7 @@ def finish_sweep(
             {
                 f"verdict/{v['axis']}/{v['metric']}/{key}": v[key]
                 for v in found["verdicts"]
-                for key in (
-                    "change",
-                    "ci_low",
-                    "ci_high",
-                    "var_between",
-                    "var_within",
-                    "var_shared",
-                )
+                for key in FIGURES
                 if v[key] is not None
             },
             step=0,
@@ -392,18 +385,6 @@ def finish_sweep(
         "sweep_id": plan.sweep_id, "mlflow_run_id": plan.mlflow_run_id,
         "models": list(plan.models), "rows": points, **report,
     }  # fmt: skip
-
-
-def _verdict_table(plan: SweepPlan, found: dict) -> list[dict]:
-    """The verdicts with their variance components (one row per axis and metric, kind
-    "axis") and every step's paired difference (kind "step"), stored with the sweep."""
-    rows = []
-    for kind, items in (("axis", found["verdicts"]), ("step", found["effects"])):
-        for item in items:
-            row = {k: v for k, v in item.items() if k not in ("cells", "steps", "seeds", "needs_k")}
-            rows.append({"sweep_id": plan.sweep_id, "kind": kind, **row}
-                        | {"seeds": item.get("seeds"), "steps": str(item.get("steps", ""))})  # fmt: skip
-    return rows
 
 
 def run_sweep(spec: SweepSpec, workspace: Workspace, log=print) -> dict:
