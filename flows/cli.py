@@ -13,6 +13,7 @@ exit status 2; `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -105,8 +106,11 @@ def _cmd_shapes_serve(args: argparse.Namespace) -> int:
 
     params = build_model(ShapesParams, args, args.fields)
     spec = params.to_spec()
-    out = Path(args.out) if args.out else Workspace.from_env(args.home).source
-    with serve_shapes(spec, out, port=params.port) as source:
+    workspace = Workspace.from_env(args.home)
+    out = Path(args.out) if args.out else workspace.source
+    # the workspace's own source is rewritten: not while a run serves it (one line if so)
+    lock = workspace.lock("source") if out == workspace.source else contextlib.nullcontext()
+    with lock, serve_shapes(spec, out, port=params.port) as source:
         print(f"serving {spec.n} captioned shapes at {source.base_url}")
         print(f"URL list:     {source.url_list}\nground truth: {source.truth}")
         print("Ctrl-C to stop.", flush=True)
@@ -218,6 +222,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
     from flows.command_params import TrainModelParams
+    from tasks.filter.variants import write_variant
     from tasks.store.workspace import Workspace
     from tasks.train.clip import replicate_name, replicate_seed
     from tasks.train.registry import TRAINERS
@@ -233,8 +238,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "unet": params.unet,
             "autoencoder": params.autoencoder,
             "replicate": r,
+            "data_variant": params.data_variant,
         },
     }
+    if params.kind == "diffusion" and params.data_variant != "kept":
+        write_variant(workspace, params.data_variant)  # its training set, or the current one
     trainer = TRAINERS[params.kind]
     spec = trainer.spec(**presets[params.kind])
     changes = {"device": params.device, "seed": replicate_seed(params.seed, r)}
@@ -294,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "diffusion_steps",
                 "replicates",
                 "first_replicate",
+                "data_variants",
                 "nproc_per_node",
             ),
         ),

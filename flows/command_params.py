@@ -10,7 +10,13 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from flows.params import AutoencoderPreset, ClipPreset, UNetPreset
+from flows.params import (
+    VARIANTS_HELP,
+    AutoencoderPreset,
+    ClipPreset,
+    DataVariantName,
+    UNetPreset,
+)
 from flows.spec_fields import spec_field
 from tasks.store.objectstore import parse_s3_url
 from tasks.store.query import FORMATS
@@ -55,6 +61,11 @@ class TrainModelParams(BaseModel):
         le=10_000,
         description="a training replicate of a grid model (clip, diffusion): named -r<N>, "
         "trained with seed + N; a diffusion replicate uses its text encoder's replicate",
+    )
+    data_variant: DataVariantName = spec_field(
+        DiffusionTrainSpec,
+        "data_variant",
+        description=f"diffusion's training set ({VARIANTS_HELP})",
     )
 
 

@@ -21,13 +21,13 @@ from flows.fanout import FanOutParams
 from flows.params import EvaluateParams
 from flows.train import TASKS, on_device
 from tasks.evaluate import budget, nightly
+from tasks.evaluate.measuring import resolve_models
 from tasks.evaluate.spec import SweepSpec
 from tasks.evaluate.sweep import (
     SweepPlan,
     evaluate_point,
     finish_sweep,
     plan_sweep,
-    resolve_models,
 )
 from tasks.store.checkpoint import load_config
 from tasks.store.tracking import Tracker
@@ -134,7 +134,7 @@ def fit_task(params: EvaluateParams, workspace: Workspace, hours: float | None) 
     times budget.MARGIN."""
     spec = params.to_spec()
     available = (hours * 3600 if hours else _between_runs_s()) * budget.MARGIN
-    models = resolve_models(workspace, spec.models)
+    models = resolve_models(workspace, spec.models, spec.data_variants)
     configs = {m: load_config(workspace.checkpoint("diffusion", m)) for m in models}
     rates = budget.measured_rates(workspace) or budget.calibrate(workspace, spec, configs)
     presets = [configs[m]["unet_preset"] for m in models]

@@ -27,6 +27,7 @@ from tasks.filter.score import FilterConfig
 from tasks.ingest.download import IngestConfig
 from tasks.shapes.render import DEFAULT_FAULT_RATE, FaultRates, ShapesSpec
 from tasks.store.objectstore import is_s3, parse_s3_file
+from tasks.store.workspace import DATA_VARIANTS, DEFAULT_VARIANT
 from tasks.train.clip import (
     FILTER_CLIP_EPOCHS,
     FILTER_CLIP_PRESET,
@@ -46,6 +47,10 @@ TimestepSamplingName = Literal[TIMESTEP_SAMPLINGS]
 KeepRuleName = Literal[tuple(KEEP_RULES)]
 SamplerName = Literal[tuple(SAMPLERS)]
 Distributor = Literal["multiprocessing", "pyspark", "ray"]
+DataVariantName = Literal[tuple(DATA_VARIANTS)]
+# each variant once, in the order given
+DataVariants = Annotated[list[DataVariantName], AfterValidator(lambda v: list(dict.fromkeys(v)))]
+VARIANTS_HELP = "; ".join(f"{k}: {v}" for k, v in DATA_VARIANTS.items())
 
 
 def _url_list(value: str) -> str:
@@ -195,6 +200,12 @@ class TrainingParams(BaseModel):
     unets: list[UNetPreset] = Field(
         ["unet-xs", "unet-s"], min_length=1, description="U-Net sizes (noise predictor sweep axis)"
     )
+    data_variants: DataVariants = Field(
+        [DEFAULT_VARIANT],
+        min_length=1,
+        description="training sets of the diffusion grid (data sweep axis; the encoders are "
+        f"trained on the kept pairs): {VARIANTS_HELP}",
+    )
     autoencoder_steps: int = Field(1500, ge=1, le=10_000_000, description="optimizer steps")
     image_tower_steps: int = Field(
         1200,
@@ -295,6 +306,9 @@ class EvaluateParams(BaseModel):
 
     models: list[str] = Field(
         [], description="diffusion checkpoint names; empty: every trained model"
+    )
+    data_variants: DataVariants = Field(
+        [], description=f"only models trained on these training sets; empty: all ({VARIANTS_HELP})"
     )
     guidance_scales: list[float] = spec_field(
         SweepSpec,

@@ -25,17 +25,26 @@ from tasks.shapes.server import serve_shapes
 from tasks.store.workspace import Workspace
 
 
-def _ingest(params: PipelineParams, workspace: Workspace) -> dict:
+def _ingest(params: PipelineParams, workspace: Workspace, download=download_pairs) -> dict:
+    """The URL list's pairs, or the built-in data's, into data/raw (`download`: the task, or
+    its plain function outside a flow)."""
     if params.url_list is not None:
         options = IngestParams(url_list=params.url_list, **params.ingest.model_dump())
-        return download_pairs(ingest_config(local_url_list(options, workspace)), workspace)
+        return download(ingest_config(local_url_list(options, workspace)), workspace)
     spec = params.shapes.to_spec()
-    with serve_shapes(spec, workspace.source, port=params.shapes.port) as source:
+    # One run serves and ingests the built-in data at a time: a second run waits, then binds
+    # the same port, so its URLs (and pair_ids) are the first run's and nothing is fetched
+    # twice. (Another program on the port still means new URLs: the content groups of
+    # tasks/store/content.py then keep each picture's copies on one side of the split.)
+    with (
+        workspace.lock("source", wait=True),
+        serve_shapes(spec, workspace.source, port=params.shapes.port) as source,
+    ):
         print(f"serving {spec.n} captioned shapes at {source.base_url}")
         options = params.ingest.model_dump() | {"image_size": spec.image_size}
         options["allow_host"] = [*options["allow_host"], source.base_url.removeprefix("http://")]
         cfg = ingest_config(IngestParams(url_list=str(source.url_list), **options))
-        return download_pairs(cfg, workspace)
+        return download(cfg, workspace)
 
 
 @flow(name="pipeline", log_prints=True)

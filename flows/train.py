@@ -22,9 +22,10 @@ from flows.fanout import FanOutParams
 from flows.params import TrainingParams
 from flows.spec_fields import to_spec
 from flows.timing import Stopwatch, timed
+from tasks.filter.variants import write_variant
 from tasks.runtime.devices import pick_device
 from tasks.runtime.services import GPU_TAG
-from tasks.store.workspace import Workspace
+from tasks.store.workspace import DEFAULT_VARIANT, Workspace
 from tasks.train.autoencoder import AutoencoderTrainSpec
 from tasks.train.clip import ClipTrainSpec, image_tower_spec, replicate_seed
 from tasks.train.diffusion import DiffusionTrainSpec
@@ -47,6 +48,12 @@ def training_task(kind: str, trainer: Trainer) -> Task:
 
 
 TASKS = {kind: training_task(kind, trainer) for kind, trainer in TRAINERS.items()}
+
+
+@task(name="write-data-variant", cache_policy=NO_CACHE, task_run_name="data-variant-{variant}")
+def variant_task(variant: str, workspace: Workspace) -> dict:
+    """The training set of a data variant other than the kept pairs (tasks/filter/variants.py)."""
+    return timed(write_variant, workspace, variant)
 
 
 @task(name="train-torchrun", cache_policy=NO_CACHE, task_run_name="torchrun-{kind}-{spec.name}")
@@ -110,12 +117,14 @@ def training_specs(params: TrainingParams):
                     text_encoder=text_encoders[text, r].name,
                     unet=unet,
                     autoencoder=ae,
+                    data_variant=variant,
                 ),
                 steps=params.diffusion_steps,
                 batch_size=params.diffusion_batch_size,
             ),
             r,
         )  # fmt: skip
+        for variant in params.data_variants
         for r in replicates
         for ae in params.autoencoders
         for text in params.text_encoders
@@ -144,8 +153,12 @@ def run_training(
     params: TrainingParams, workspace: Workspace, fan: FanOutParams = FanOutParams()
 ) -> dict[str, dict]:
     """Train the whole grid (call inside a flow), wave by wave; under torchrun one model at
-    a time, since each takes every process it is given. Returns summaries keyed by model."""
+    a time, since each takes every process it is given. Returns summaries keyed by model.
+    The training sets of the grid's data variants are written (or found current) first."""
     out: dict[str, dict] = {}
+    for variant in params.data_variants:
+        if variant != DEFAULT_VARIANT:  # the kept pairs are the filter's output
+            out[f"data/{variant}"] = variant_task(variant, workspace)
     for name, wave in training_waves(params):
         if params.nproc_per_node == 1:
             jobs = [

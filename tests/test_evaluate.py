@@ -14,15 +14,13 @@ from tasks.evaluate.prompts import build_prompts, image_seed
 from tasks.evaluate.spec import SweepSpec
 from tasks.evaluate.sweep import run_sweep
 from tasks.filter.score import FilterConfig, filter_pairs
-from tasks.shapes.render import FaultRates, ShapesSpec, build_table, write_as_raw_shard
-from tasks.shapes.server import write_source_tables
 from tasks.store.query import QueryError, run_query
 from tasks.store.tracking import use_tracking_store
 from tasks.store.workspace import Workspace
 from tasks.train.autoencoder import AutoencoderTrainSpec, train_autoencoder
 from tasks.train.clip import ClipTrainSpec, judge_clip_spec, train_clip
 from tasks.train.diffusion import DiffusionTrainSpec, train_diffusion
-from tests.training_helpers import tiny_train
+from tests.training_helpers import make_workspace, tiny_train
 
 pytestmark = pytest.mark.slow
 MODELS = ("clip-small_unet-xs_kl-f4", "clip-tiny_unet-xs_kl-f4")
@@ -32,17 +30,13 @@ MODELS = ("clip-small_unet-xs_kl-f4", "clip-tiny_unet-xs_kl-f4")
 def trained(tmp_path_factory) -> Workspace:
     """Built-in data (200 pairs), kept pairs, an autoencoder, two text towers, the judge and
     two diffusion models, a few steps each."""
-    workspace = Workspace(tmp_path_factory.mktemp("evaluate") / "home")
-    spec = ShapesSpec(n=200, seed=0, faults=FaultRates.uniform(0))
-    workspace.raw.mkdir(parents=True)
-    write_as_raw_shard(spec, workspace.raw / "00000.parquet")
-    workspace.source.mkdir(parents=True)
-    write_source_tables(spec, build_table(spec), "http://127.0.0.1:1", workspace.source)
+    workspace = make_workspace(tmp_path_factory.mktemp("evaluate") / "home", 200, 0, truth=True)
     tiny_clip = tiny_train(ema_decay=0.0)
     train_clip(ClipTrainSpec(train=tiny_clip), workspace)
-    config = FilterConfig(
-        model="marble:clip-tiny", workers=0, keep="top_fraction", top_fraction=0.9
-    )
+    config = FilterConfig(  # 3 of these 200 pictures' content groups fall in val at 2.2 %
+        model="marble:clip-tiny", workers=0, keep="top_fraction", top_fraction=0.9,
+        val_fraction=0.022,
+    )  # fmt: skip
     filter_pairs(config, workspace)
     train_autoencoder(AutoencoderTrainSpec(train=tiny_train()), workspace)
     train_clip(ClipTrainSpec(preset="clip-small", train=tiny_clip), workspace)
@@ -83,7 +77,8 @@ def test_rows_for_every_point_and_metric(swept):
     assert {"clip_score_real", "clip_score_shuffled", "judge_i2t_r1", "judge_t2i_r1"} <= set(
         reference
     )
-    # no floor: the val split has 3 images, too few for two real sets (the summary says so)
+    # no floor: the val split has at most 3 images, too few for two real sets (the summary
+    # says so)
     assert not [r for r in rows if r["model"] == "floor"]
     assert any(
         line.startswith("floor: not measured: the val split has") for line in summary["lines"]

@@ -65,7 +65,9 @@ def test_val_pairs_are_kept_like_train_pairs_on_small_data(tmp_path):
     truth = pq.read_table(workspace.source / "truth.parquet").to_pylist()
     is_wrong = {r["pair_id"]: r["caption_is_wrong"] for r in truth}
     rows = pq.read_table(workspace.scores / "scores.parquet").to_pylist()
-    val_right = [r for r in rows if split_of(r["pair_id"]) == "val" and not is_wrong[r["pair_id"]]]
+    val_right = [
+        r for r in rows if split_of(r["content_group"]) == "val" and not is_wrong[r["pair_id"]]
+    ]
     assert len(val_right) >= 8
     assert sum(r["kept"] for r in val_right) / len(val_right) >= 0.8
 
@@ -91,7 +93,8 @@ def test_outputs_kept_rows_and_stable_split(filtered):
     pairs = pq.read_table(workspace.pairs).to_pylist()
     kept_ids = {r["pair_id"] for r in scores.to_pylist() if r["kept"]}
     assert {r["pair_id"] for r in pairs} == kept_ids and len(pairs) == summary["kept"]
-    assert all(r["split"] == split_of(r["pair_id"]) for r in pairs)
+    group = {r["pair_id"]: r["content_group"] for r in scores.to_pylist()}
+    assert all(r["split"] == split_of(group[r["pair_id"]]) for r in pairs)
     assert all(r["png"] for r in pairs)
     val = sum(r["split"] == "val" for r in pairs) / len(pairs)
     assert 0.01 < val < 0.12

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.shapes.render import FaultRates, ShapesSpec, write_as_raw_shard
+from tasks.shapes.render import FaultRates, ShapesSpec, build_table, write_as_raw_shard
+from tasks.shapes.server import write_source_tables
 from tasks.store.workspace import Workspace
 from tasks.train.trainer import TrainConfig
 
 
-def make_workspace(root: Path, n: int = 160, seed: int = 0) -> Workspace:
-    """A workspace whose data/raw holds n rendered 32 px shapes, all downloaded fine."""
+def make_workspace(root: Path, n: int = 160, seed: int = 0, truth: bool = False) -> Workspace:
+    """A workspace whose data/raw holds n rendered 32 px shapes, all downloaded fine; with
+    `truth`, the built-in source tables beside them (the ground truth evaluation reads)."""
     workspace = Workspace(root)
     workspace.raw.mkdir(parents=True)
     spec = ShapesSpec(n=n, seed=seed, faults=FaultRates(0, 0, 0, 0, 0))
     write_as_raw_shard(spec, workspace.raw / "00000.parquet")
+    if truth:
+        workspace.source.mkdir(parents=True)
+        write_source_tables(spec, build_table(spec), "http://127.0.0.1:1", workspace.source)
     return workspace
 
 

@@ -22,9 +22,10 @@ from tasks.evaluate.point import batched, reference_statistics
 from tasks.evaluate.prompts import Prompts, build_prompts
 from tasks.evaluate.spec import SweepSpec
 from tasks.runtime.devices import pick_device
+from tasks.store.checkpoint import load_config
 from tasks.store.digests import json_digest
 from tasks.store.loaders import load_clip_embedder
-from tasks.store.workspace import Workspace
+from tasks.store.workspace import DEFAULT_VARIANT, Workspace
 
 
 @dataclass(frozen=True)
@@ -91,3 +92,33 @@ def build_measuring(spec: SweepSpec, workspace: Workspace, common: dict, code: s
         text_emb=batched(judge.texts, prompts.captions, spec.batch_size),
         counts=resample_counts(spec.num_samples, spec.bootstrap, spec.seed),
     )  # fmt: skip
+
+
+def resolve_models(
+    workspace: Workspace, names: tuple[str, ...], variants: tuple[str, ...] = ()
+) -> list[str]:
+    """The diffusion models to evaluate: `names`, or every one there is; of those, the ones
+    trained on one of `variants` (data variants; empty: any)."""
+    folder = workspace.checkpoints / "diffusion"
+    found = (
+        sorted(p.name for p in folder.iterdir() if (p / "config.json").exists())
+        if folder.is_dir()
+        else []
+    )
+    if not found:
+        raise ValueError(f"no diffusion checkpoints in {folder}; train the grid first")
+    unknown = [name for name in names if name not in found]
+    if unknown:
+        raise ValueError(
+            f"unknown diffusion model(s) {', '.join(unknown)}; found: {', '.join(found)}"
+        )
+    models = list(names) or found
+    if variants:
+        variant = {m: load_config(folder / m).get("data_variant", DEFAULT_VARIANT) for m in models}
+        models = [m for m in models if variant[m] in variants]
+        if not models:
+            raise ValueError(
+                f"no diffusion model trained on data variant(s) {', '.join(variants)}; "
+                f"found: {', '.join(f'{m} ({v})' for m, v in variant.items())}"
+            )
+    return models

@@ -2,7 +2,8 @@
 guidance along it (Imagen Fig. 4), with the floor as a band.
 
 Readable with many points: colour says the text encoder, line style the U-Net, marker the
-autoencoder; each point is the mean over its replicates with a vertical bar for its
+autoencoder, a hollow marker a training set other than the kept pairs (the data variant is
+named in the legend when the sweep has several); each point is the mean over its replicates with a vertical bar for its
 interval (over replicates when there are several, sampling otherwise); each replicate is a
 faint dot; guidance is written at each curve's ends only.
 """
@@ -14,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from eval.verdict import replicate_estimate
-from tasks.evaluate.report import AXES, DISTANCES, by_grid_point, is_point
+from tasks.evaluate.report import AXES, DISTANCES, axis_value, by_grid_point, is_point
+from tasks.store.workspace import DEFAULT_VARIANT
 
 _LINES = ("-", "--", ":", "-.")
 _MARKERS = ("o", "s", "^", "D")
@@ -38,6 +40,7 @@ def pareto_plot(rows: list[dict], path: Path) -> Path:
     meta = {r.get("grid_point") or r["model"]: r for r in rows if is_point(r)}
     colours = {v: plt.cm.tab10(i) for i, v in enumerate(AXES["text_encoder"])}
     floors = {r["metric"]: r for r in rows if r.get("model") == "floor"}
+    variants = {axis_value(m, "data_variant") for m in meta.values()}
     fig, axes = plt.subplots(1, len(DISTANCES), figsize=(6.5 * len(DISTANCES), 5))
     for ax, metric in zip(axes, DISTANCES, strict=True):
         if metric in floors:
@@ -47,11 +50,14 @@ def pareto_plot(rows: list[dict], path: Path) -> Path:
                        label=f"floor: real vs real, N = {f['n']}")  # fmt: skip
         for name, by_guidance in sorted(points.items()):
             m = meta[name]
+            variant = axis_value(m, "data_variant")
             style = {
                 "color": colours.get(m["text_encoder"], "k"),
                 "ls": _LINES[_index(AXES["unet"], m["unet"]) % len(_LINES)],
                 "marker": _MARKERS[_index(AXES["autoencoder"], m["autoencoder"]) % len(_MARKERS)],
             }
+            if variant != DEFAULT_VARIANT:
+                style["mfc"] = "none"
             gs = sorted(g for g in by_guidance if metric in by_guidance[g])
             gs = [g for g in gs if "clip_score" in by_guidance[g]]
             if not gs:
@@ -59,8 +65,9 @@ def pareto_plot(rows: list[dict], path: Path) -> Path:
             xs = [_mean(by_guidance[g]["clip_score"]) for g in gs]
             ys = [_mean(by_guidance[g][metric]) for g in gs]
             k = len(by_guidance[gs[0]][metric])
+            data = f", data {variant}" if len(variants) > 1 else ""
             ax.plot([x[0] for x in xs], [y[0] for y in ys], ms=5, lw=1.5, **style,
-                    label=f"{name} (K = {k})")  # fmt: skip
+                    label=f"{name} (K = {k}{data})")  # fmt: skip
             ax.vlines([x[0] for x in xs], [y[1] for y in ys], [y[2] for y in ys],
                       color=style["color"], lw=0.8, alpha=0.6)  # fmt: skip
             for x, y in zip(xs, ys, strict=True):

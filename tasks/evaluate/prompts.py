@@ -10,13 +10,14 @@ prompt's pair_id and repeat index (`SEED_RULE`).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from tasks.shapes.render import render_scene, sample_scene
+from tasks.store.content import fingerprint, near_pairs
 from tasks.store.ids import pair_id
-from tasks.store.pairs import ParquetPairs, decode_image
+from tasks.store.pairs import ParquetPairs, decode_image, load_split_pairs
 from tasks.store.workspace import Workspace
 
 HELDOUT_SEED = 1_000_003  # the built-in held-out scenes; training data uses small seeds
@@ -52,6 +53,8 @@ class Prompts:
     digest: str  # names the data: part of the reference statistics' cache key
     floor: RealSets | None  # None: too few real images for two sets
     no_floor: str = ""  # why there is no floor
+    # reference images that are exact or near copies of a training image (`check_reference`)
+    reference_in_train: dict[str, int] = field(default_factory=dict)
 
     def groups(self) -> tuple[np.ndarray, np.ndarray]:
         """Integer labels of the samples' and the reference images' prompts, in one label
@@ -72,6 +75,26 @@ def image_seed(pid: str, repeat: int) -> int:
 
 
 def build_prompts(workspace: Workspace, prompt_set: str, n: int) -> Prompts:
+    prompts = _build_prompts(workspace, prompt_set, n)
+    prompts.reference_in_train = check_reference(workspace, prompts.reference)
+    return prompts
+
+
+def check_reference(workspace: Workspace, reference: np.ndarray) -> dict[str, int]:
+    """How many reference images are exact copies of a training image (same pixels) and how
+    many more are near copies (thumbnails within NEAR_PSNR_DB; tasks/store/content.py): the
+    val split is cut by content group, so it has none; fresh held-out scenes may resemble
+    training ones as any two drawings of one scene do."""
+    train_images, _, _ = load_split_pairs(workspace.pairs, workspace.raw)["train"]
+    train = fingerprint(train_images.numpy())
+    ref = fingerprint(reference)
+    seen = set(train.pixel_hash)
+    exact = sum(h in seen for h in ref.pixel_hash)
+    close = len(np.unique(near_pairs(ref, train)[:, 0]))
+    return {"images": len(ref), "exact": exact, "near": close - exact}
+
+
+def _build_prompts(workspace: Workspace, prompt_set: str, n: int) -> Prompts:
     builtin = (workspace.source / "truth.parquet").exists()
     if prompt_set == "auto":
         prompt_set = "heldout" if builtin else "val"

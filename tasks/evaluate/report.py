@@ -1,8 +1,9 @@
 """What a sweep found: the floors, and a verdict per sweep axis that includes the spread
 between trainings (eval/verdict.py), or says that it cannot.
 
-Size steps: two grid points that differ only in one axis (text encoder, U-Net, or
-autoencoder decoder), one preset apart. Each grid point may be trained K times (replicates,
+Steps: two grid points that differ only in one axis (text encoder, U-Net, or autoencoder
+decoder, one preset apart; or the training set, from every pair to the filter's kept
+pairs). Each grid point may be trained K times (replicates,
 named by their training seed); every replicate is evaluated on the same prompts and seeds
 with the same bootstrap resamples. A step's difference is paired replicate by replicate
 (seed s of the larger against seed s of the smaller) and resample by resample. An axis's
@@ -19,6 +20,7 @@ Floors: each distance measured between real images and real images at the sweep'
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 
 import numpy as np
@@ -32,12 +34,32 @@ from eval.verdict import (
     sampling_detectable_effect,
 )
 from tasks.evaluate.spec import VERDICT_METRICS
+from tasks.store.content import NEAR_PSNR_DB
+from tasks.store.pairs import PairsError, describe_training_set
+from tasks.store.workspace import DEFAULT_VARIANT
 
 AXES = {
     "text_encoder": ("clip-tiny", "clip-small", "clip-base"),
     "unet": ("unet-xs", "unet-s", "unet-m", "unet-l"),
     "autoencoder": ("kl-f4-dec-s", "kl-f4", "kl-f4-dec-l"),
+    # the training set: a step is the filter's, from every pair to the kept ones
+    "data_variant": ("all", DEFAULT_VARIANT),
 }
+# how the summary names an axis's step and its far end; the size axes: `_words`' default
+STEP_WORDS = {
+    "data_variant": {
+        "head": "data_variant: the filter",
+        "step": "the filter",
+        "far": "the filtered",
+    }
+}
+
+
+def _words(axis: str) -> dict[str, str]:
+    size = {"head": f"{axis} one size up", "step": f"one size up on {axis}", "far": "the larger"}
+    return STEP_WORDS.get(axis, size)
+
+
 DISTANCES = ("fid", "fd_clip")
 FLOOR_METRICS = ("fid", "fd_clip", "cmmd")
 LOWER_IS_BETTER = ("fid", "fd_clip", "cmmd")
@@ -51,6 +73,12 @@ def is_point(row: dict) -> bool:
 def grid_point(row: dict) -> str:
     """The grid point a row's model was trained for (its replicates share it)."""
     return row.get("grid_point") or row["model"]
+
+
+def axis_value(row: dict, axis: str) -> str | None:
+    """A row's value on a sweep axis (rows from before the data axis: the kept pairs)."""
+    default = DEFAULT_VARIANT if axis == "data_variant" else None
+    return row.get(axis) or default
 
 
 def replicate(row: dict) -> int:
@@ -69,7 +97,7 @@ def by_grid_point(rows: list[dict]) -> dict[str, dict[float, dict[str, dict[int,
 
 def size_steps(rows: list[dict]) -> list[dict]:
     """Every pair of grid points one preset apart on one axis, equal on the others."""
-    meta = {grid_point(r): {a: r[a] for a in AXES} for r in rows if is_point(r)}
+    meta = {grid_point(r): {a: axis_value(r, a) for a in AXES} for r in rows if is_point(r)}
     steps = []
     for small, a in meta.items():
         for large, b in meta.items():
@@ -217,6 +245,7 @@ def verdicts(rows: list[dict], target_effects: dict[str, float] | None = None) -
 
 def _verdict_line(v: dict) -> str:
     k, n = v["k"], v["n"]
+    larger = _words(v["axis"])["far"]
     head = f"  {v['metric']} {v['change']:+.3g} [{v['ci_low']:+.3g}, {v['ci_high']:+.3g}]"
     if k == 1:
         return (
@@ -225,7 +254,7 @@ def _verdict_line(v: dict) -> str:
             f"{v['detectable_at_least']:.3g}"
         )
     state = (
-        f"resolved at K = {k}, N = {n}: the larger is {'better' if v['better'] else 'worse'}"
+        f"resolved at K = {k}, N = {n}: {larger} is {'better' if v['better'] else 'worse'}"
         if v["resolved"]
         else f"not resolved at K = {k}, N = {n}"
     )
@@ -278,7 +307,7 @@ def summary_lines(
             continue
         steps = ", ".join(f"{a} -> {b}" for a, b in mine[0]["steps"])
         lines.append(
-            f"{axis} one size up ({steps}; mean over {mine[0]['cells']} step x guidance "
+            f"{_words(axis)['head']} ({steps}; mean over {mine[0]['cells']} step x guidance "
             "comparisons):"
         )
         lines += [_verdict_line(v) for v in mine]
@@ -295,7 +324,7 @@ def summary_lines(
         lines.append("no two grid points differ by one size step on one axis: no verdicts")
     elif not better and not worse:
         lines.append(
-            "answer: not resolved: no axis's size step is resolved on any metric"
+            "answer: not resolved: no axis's step is resolved on any metric"
             + (" (one training per grid point: run --replicates 3 or more)" if ks == [1] else "")
         )
     else:
@@ -303,7 +332,7 @@ def summary_lines(
             for axis in axes:
                 metrics = [v["metric"] for v in found if v["axis"] == axis and v["resolved"]
                            and v["better"] == (name == "better")]  # fmt: skip
-                lines.append(f"answer: one size up on {axis} is resolved {name} on "
+                lines.append(f"answer: {_words(axis)['step']} is resolved {name} on "
                              f"{', '.join(metrics)}")  # fmt: skip
     best = _lowest_fid(rows)
     if best is not None:
@@ -322,6 +351,39 @@ def summary_lines(
         "best": best
         and {k: best[k] for k in ("model", "guidance_scale", "value", "ci_low", "ci_high")},
     }
+
+
+def data_lines(workspace, configs: dict[str, dict], in_train: dict[str, int]) -> tuple[str, ...]:
+    """What the sweep's models were trained on: a line per data variant of their configs
+    (`training_set_lines`), and the reference images found in training (`in_train`,
+    prompts.check_reference)."""
+    variants = sorted({c.get("data_variant", DEFAULT_VARIANT) for c in configs.values()})
+    sets = {}
+    for v in variants:
+        with contextlib.suppress(PairsError):  # trained from raw shards, before any filter
+            sets[v] = describe_training_set(workspace, v)
+    reference = (
+        f"reference images that are in the training set: {in_train['exact']} exact copies, "
+        f"{in_train['near']} more within {NEAR_PSNR_DB:g} dB, of {in_train['images']}"
+    )
+    return (*training_set_lines(sets), reference)
+
+
+def training_set_lines(summaries: dict[str, dict]) -> list[str]:
+    """A line per data variant the sweep's models were trained on: its size and digest, and
+    on the built-in truth its precision and recall (`store.pairs.training_set_summary`)."""
+    lines = []
+    for variant, t in summaries.items():
+        line = (
+            f"training set {variant}: {t['pairs']} pairs ({t['train']} train, {t['val']} val), "
+            f"digest {t['digest']}"
+        )
+        if "precision" in t:
+            line += f"; right captions {t['precision']:.1%} of its pairs (precision)"
+        if "recall" in t:
+            line += f", {t['recall']:.1%} of every usable right-caption pair (recall)"
+        lines.append(line)
+    return lines
 
 
 def _lowest_fid(rows: list[dict]) -> dict | None:

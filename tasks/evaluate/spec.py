@@ -32,6 +32,7 @@ IMAGEN_GUIDANCE = (1.0, 1.25, 1.5, 1.75, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0,
 @dataclass(frozen=True)
 class SweepSpec:
     models: tuple[str, ...] = ()  # diffusion checkpoint names; empty: every one there is
+    data_variants: tuple[str, ...] = ()  # only models trained on these; empty: every one
     guidance_scales: tuple[float, ...] = IMAGEN_GUIDANCE
     sampler: str = "ddim"
     num_inference_steps: int = 25

@@ -46,7 +46,7 @@ from models.pipeline import TextToImage
 from tasks.evaluate import measuring, prompts
 from tasks.evaluate import point as sweep_point
 from tasks.evaluate.fid_weights import load_fid_state_dict
-from tasks.evaluate.measuring import Measuring, build_measuring, inputs_key
+from tasks.evaluate.measuring import Measuring, build_measuring, inputs_key, resolve_models
 from tasks.evaluate.pareto import pareto_plot
 from tasks.evaluate.point import (
     PointSettings,
@@ -59,7 +59,7 @@ from tasks.evaluate.point import (
     sample_columns,
 )
 from tasks.evaluate.prompts import SEED_RULE
-from tasks.evaluate.report import FIGURES, summary_lines, verdict_table
+from tasks.evaluate.report import FIGURES, data_lines, summary_lines, verdict_table
 from tasks.evaluate.spec import SweepSpec
 from tasks.runtime.devices import pick_device
 from tasks.store.checkpoint import digest, load_config
@@ -74,7 +74,7 @@ from tasks.store.loaders import (
     marble_clip,
 )
 from tasks.store.tracking import Tracker, code_version
-from tasks.store.workspace import Workspace
+from tasks.store.workspace import DEFAULT_VARIANT, Workspace
 
 # ---------------------------------------------------------------------------- one point
 
@@ -91,23 +91,6 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- the sweep
-
-
-def resolve_models(workspace: Workspace, names: tuple[str, ...]) -> list[str]:
-    folder = workspace.checkpoints / "diffusion"
-    found = (
-        sorted(p.name for p in folder.iterdir() if (p / "config.json").exists())
-        if folder.is_dir()
-        else []
-    )
-    if not found:
-        raise ValueError(f"no diffusion checkpoints in {folder}; train the grid first")
-    unknown = [name for name in names if name not in found]
-    if unknown:
-        raise ValueError(
-            f"unknown diffusion model(s) {', '.join(unknown)}; found: {', '.join(found)}"
-        )
-    return list(names) or found
 
 
 def _safe(name: str) -> str:
@@ -129,9 +112,12 @@ def _evaluate_point(
     replicate = int(config.get("replicate", 0))  # training replicate of the grid point
     text = config["text_encoder"]  # a replicate's text encoder is its replicate too
     text_base = text.removesuffix(f"-r{replicate}") if replicate else text
+    variant = config.get("data_variant", DEFAULT_VARIANT)
+    suffix = "" if variant == DEFAULT_VARIANT else f"_{variant}"
     point = {
         "point_id": f"{name}@{guidance:g}", "model": name, "guidance_scale": float(guidance),
-        "grid_point": f"{text_base}_{config['unet_preset']}_{config['autoencoder']}",
+        "grid_point": f"{text_base}_{config['unet_preset']}_{config['autoencoder']}{suffix}",
+        "data_variant": variant, "training_set_digest": config.get("training_set_digest"),
         "replicate": replicate, "text_encoder": text_base, "text_encoder_checkpoint": text,
         "unet": config["unet_preset"], "autoencoder": config["autoencoder"],
         "unet_digest": digest(workspace.checkpoint("diffusion", name)),
@@ -246,6 +232,7 @@ class SweepPlan:
     mlflow_run_id: str  # the sweep's parent run; each point is a child run
     reference_rows: tuple[dict, ...]  # real images with the judge, the autoencoders
     no_floor: str = ""  # why the sweep has no floor rows, when it has none
+    data_lines: tuple[str, ...] = ()  # reference images in training; each training set
 
     @property
     def points(self) -> list[tuple[str, float]]:
@@ -299,7 +286,7 @@ _CACHE = _ProcessCache()
 def plan_sweep(spec: SweepSpec, workspace: Workspace) -> SweepPlan:
     """Check the grid and the judge, measure the reference side (real images with the
     judge, the autoencoders' reconstructions) and open the sweep's MLflow parent run."""
-    models = resolve_models(workspace, spec.models)
+    models = resolve_models(workspace, spec.models, spec.data_variants)
     configs = {m: load_config(workspace.checkpoint("diffusion", m)) for m in models}
     device = pick_device(spec.device)
     _, judge_id = load_clip_embedder(workspace, spec.judge, device)  # a bad judge: here
@@ -324,11 +311,14 @@ def plan_sweep(spec: SweepSpec, workspace: Workspace) -> SweepPlan:
         rows += _autoencoder_rows(m, workspace, name)
     _write_parquet(_table(rows), workspace.evaluations / f"{sweep_id}-reference.parquet")
     with Tracker(workspace, "marble-evaluate", f"sweep-{sweep_id}") as parent:
-        parent.log_params({"sweep": asdict(spec) | {"models": models}, "prompt_set": prompts.name})
+        parent.log_params(
+            {"sweep": asdict(spec) | {"models": models}, "prompt_set": prompts.name}
+            | {"reference_in_train": prompts.reference_in_train}
+        )
         parent.log_metrics({f"{r['model']}/{r['metric']}": r["value"] for r in rows}, step=0)
     plan = SweepPlan(
         spec, sweep_id, tuple(models), configs, common, parent.run_id, tuple(rows),
-        "" if prompts.floor else prompts.no_floor,
+        "" if prompts.floor else prompts.no_floor, data_lines(workspace, configs, prompts.reference_in_train),
     )  # fmt: skip
     _CACHE.keep(f"{workspace.root}:{sweep_id}", m)  # the points evaluated here reuse it
     return plan
@@ -357,6 +347,7 @@ def finish_sweep(
     and metric), the Pareto plot and the verdicts table, logged to the parent run."""
     rows = list(plan.reference_rows) + [row for part in point_rows for row in part]
     lines, found = summary_lines(rows, dict(plan.spec.target_effects), plan.no_floor)
+    lines = [*plan.data_lines, *lines]
     plot = pareto_plot(rows, workspace.plots / f"pareto-{plan.sweep_id}.png")
     report = {"plot": plot, "lines": lines, **found}
     table = verdict_table(plan.sweep_id, found)

@@ -13,10 +13,15 @@ Filter model, by `FilterConfig.model`:
 Keep rule, by `FilterConfig.keep`: a name in `tasks.filter.keep_rules.KEEP_RULES`.
 
 Writes, each atomically (temporary folder, then rename):
-- data/scores/scores.parquet: pair_id, caption, similarity, filter_model, kept, for every
-  raw row (failed downloads have no image: similarity null, kept false);
+- data/scores/scores.parquet: pair_id, caption, similarity, filter_model, kept,
+  content_group, duplicate_of, for every raw row (failed downloads have no image:
+  similarity and content_group null, kept false);
 - data/pairs/pairs-NNNNN.parquet: kept rows: pair_id, caption, png, width, height, split
-  (train / val, a function of pair_id, val ≈ 5 %).
+  (train / val, a function of the picture's content group, val ≈ 5 %).
+
+A pair is kept when its similarity clears the keep rule's cut and it is not a duplicate (the
+same pixels and caption as an earlier pair; `tasks.store.content`); the cut is fitted to
+the similarities of the pairs that are not duplicates.
 """
 
 from __future__ import annotations
@@ -41,11 +46,17 @@ from eval.clip_embedder import ClipEmbedder
 from tasks.filter import keep_rules
 from tasks.filter.keep_rules import KEEP_RULES
 from tasks.runtime.devices import pick_device
+from tasks.store import content
 from tasks.store.digests import files_digest, json_digest, source_digest
 from tasks.store.files import atomic_dir
-from tasks.store.ids import split_of
 from tasks.store.loaders import clip_weights_digest, load_clip_embedder
-from tasks.store.pairs import ParquetPairs, shard_paths
+from tasks.store.pairs import (
+    ParquetPairs,
+    pairs_table,
+    raw_content_plan,
+    shard_paths,
+    write_pairs,
+)
 from tasks.store.stages import recorded, write_record
 from tasks.store.tracking import Tracker
 from tasks.store.workspace import Workspace
@@ -128,7 +139,7 @@ def _inputs(cfg: FilterConfig, workspace: Workspace, shards: list[Path]) -> str:
     settings = {
         k: v for k, v in asdict(cfg).items() if k not in ("batch_size", "workers", "device")
     }
-    code = source_digest(sys.modules[__name__], keep_rules, clip_embedder)
+    code = source_digest(sys.modules[__name__], keep_rules, clip_embedder, content)
     return json_digest(
         {"raw": files_digest(shards), "model": model, "settings": settings, "code": code}
     )
@@ -150,12 +161,20 @@ def _filter_pairs(cfg: FilterConfig, workspace: Workspace, log, score_shards) ->
     parts = score_shards(shards)
     score_s = time.perf_counter() - t_score
     scores = {pid: sim for part in parts for pid, sim in part.items()}
-    sims = np.array(list(scores.values()))
+    plan = raw_content_plan(workspace.raw, cfg.val_fraction)
+    at = {pid: k for k, pid in enumerate(plan.pair_ids)}
+    sims = np.array([scores[p] for p in plan.unique_ids()])
     threshold = KEEP_RULES[cfg.keep](sims, cfg)
 
     raw = pa.concat_tables(pq.read_table(s) for s in shards)
-    similarity = pa.array([scores.get(pid) for pid in raw["pair_id"].to_pylist()], pa.float64())
-    kept = pc.fill_null(pc.greater_equal(similarity, threshold), False)
+    raw_ids = raw["pair_id"].to_pylist()
+    similarity = pa.array([scores.get(pid) for pid in raw_ids], pa.float64())
+    duplicate_of = pa.array(
+        [plan.duplicate_of[at[p]] if p in at else None for p in raw_ids], pa.string()
+    )
+    kept = pc.and_(
+        pc.fill_null(pc.greater_equal(similarity, threshold), False), pc.is_null(duplicate_of)
+    )
     score_table = pa.table(
         {
             "pair_id": raw["pair_id"],
@@ -163,24 +182,14 @@ def _filter_pairs(cfg: FilterConfig, workspace: Workspace, log, score_shards) ->
             "similarity": similarity,
             "filter_model": pa.array([model_id] * raw.num_rows, pa.string()),
             "kept": kept,
+            "content_group": pa.array(
+                [plan.group[at[p]] if p in at else None for p in raw_ids], pa.string()
+            ),
+            "duplicate_of": duplicate_of,
         }
     )
-    image_col = "png" if "png" in raw.column_names else "jpg"
     kept_rows = raw.filter(kept)
-    pairs = pa.table(
-        {
-            "pair_id": kept_rows["pair_id"],
-            "caption": kept_rows["caption"],
-            image_col: kept_rows[image_col],
-            "width": kept_rows["width"]
-            if "width" in kept_rows.column_names
-            else pa.nulls(kept_rows.num_rows, pa.int64()),
-            "height": kept_rows["height"]
-            if "height" in kept_rows.column_names
-            else pa.nulls(kept_rows.num_rows, pa.int64()),
-            "split": [split_of(p, cfg.val_fraction) for p in kept_rows["pair_id"].to_pylist()],
-        }
-    )
+    pairs = pairs_table(kept_rows, [plan.split[at[p]] for p in kept_rows["pair_id"].to_pylist()])
     summary = {
         "filter_model": model_id,
         "keep_rule": cfg.keep,
@@ -188,18 +197,23 @@ def _filter_pairs(cfg: FilterConfig, workspace: Workspace, log, score_shards) ->
         "scored": len(scores),
         "kept": pairs.num_rows,
         "dropped": len(scores) - pairs.num_rows,
+        **{k: v for k, v in plan.counts().items() if k != "images"},
         "pairs_per_s": round(len(scores) / score_s, 1),
         "wall_s": round(time.perf_counter() - t0, 1),
     }
-    summary |= ground_truth_metrics(workspace, score_table)
+    # the cut's quality on the built-in truth: duplicates are dropped for being copies
+    summary |= ground_truth_metrics(workspace, score_table.filter(pc.is_null(duplicate_of)))
     with atomic_dir(workspace.pairs) as tmp:
-        for k, start in enumerate(range(0, max(pairs.num_rows, 1), 10_000)):
-            pq.write_table(pairs.slice(start, 10_000), tmp / f"pairs-{k:05d}.parquet")
+        write_pairs(pairs, tmp)
     with atomic_dir(workspace.scores) as tmp:  # last, with the record: complete means both
         pq.write_table(score_table, tmp / "scores.parquet")
         write_record(tmp, inputs, summary)
     _log_to_mlflow(workspace, summary, sims, threshold)
-    log(f"filter: kept {summary['kept']} of {summary['scored']} at similarity >= {threshold:.3f}")
+    log(
+        f"filter: kept {summary['kept']} of {summary['scored']} at similarity >= "
+        f"{threshold:.3f}; {summary['duplicates']} duplicates dropped, "
+        f"{summary['pairs_in_shared_groups']} pairs share a picture group with another"
+    )
     return summary
 
 

@@ -38,6 +38,7 @@ from tasks.ingest.fetch_proxy import REFUSED, FetchPolicy, proxy_environment, ve
 from tasks.ingest.url_list import MAX_CAPTION_CHARS, UrlListError, read_url_list, vet_url_list
 from tasks.store.digests import files_digest, json_digest, source_digest
 from tasks.store.files import atomic_dir, atomic_write_bytes
+from tasks.store.pairs import raw_content_plan
 from tasks.store.workspace import Workspace
 
 
@@ -118,6 +119,9 @@ class IngestManifest:
     raw_dir: str
     refused_at_fetch: dict[str, int] = field(default_factory=dict)  # by the vetting proxy
     inputs_digest: str = ""  # list, settings and code: a rerun with the same is skipped
+    # over all of data/raw's images: content groups, pairs whose picture another pair shows
+    # too, duplicates (same picture and caption as an earlier pair); tasks/store/content.py
+    content: dict[str, int] = field(default_factory=dict)
     finished: str = ""  # when this run wrote data/raw
     skipped: str = ""  # why this run did nothing (empty when it ran)
     history: list[dict] = field(default_factory=list)  # earlier runs, oldest first
@@ -314,6 +318,13 @@ def _ingest(cfg: IngestConfig, workspace: Workspace, log) -> IngestManifest:
 
     raw_dir.mkdir(parents=True, exist_ok=True)
     total = Counter(read_raw_index(raw_dir)["status"].to_pylist())
+    content = raw_content_plan(raw_dir).counts() if total.get("success") else {}
+    if content.get("pairs_in_shared_groups"):
+        log(
+            f"ingest: {content['pairs_in_shared_groups']} of {content['images']} images share "
+            f"a picture (exact or near copy) with another; {content['duplicates']} are "
+            "duplicates (same picture and caption), dropped by the filter"
+        )
     previous = raw_dir / MANIFEST
     history = []
     if previous.exists():
@@ -335,6 +346,7 @@ def _ingest(cfg: IngestConfig, workspace: Workspace, log) -> IngestManifest:
         raw_dir=str(raw_dir),
         refused_at_fetch=dict(fetch_refusals),
         inputs_digest=inputs,
+        content=content,
         finished=time.strftime("%Y-%m-%d %H:%M:%S"),
         history=history,
     )

@@ -10,7 +10,8 @@ def pair_id(url: str, caption: str) -> str:
     return hashlib.sha1(f"{url}\n{caption}".encode()).hexdigest()[:16]
 
 
-def split_of(pid: str, val_fraction: float = 0.05) -> str:
-    """'train' or 'val', a pure function of the pair_id (stable across runs and machines)."""
-    bucket = int(hashlib.sha1(f"split:{pid}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+def split_of(key: str, val_fraction: float = 0.05) -> str:
+    """'train' or 'val', a pure function of a key (stable across runs and machines); pairs
+    are split by the key of their picture's content group (`store.content`)."""
+    bucket = int(hashlib.sha1(f"split:{key}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
     return "val" if bucket < val_fraction else "train"

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from tasks.store.content import ContentPlan, fingerprint, plan_content
 from tasks.store.digests import json_digest
 from tasks.store.images import to_float
 
@@ -142,6 +143,75 @@ def load_all_pairs(
     return torch.from_numpy(images), ds.captions, ds.pair_ids
 
 
+def raw_content_plan(raw_dir: Path, val_fraction: float = 0.05) -> ContentPlan:
+    """Content groups, splits and duplicates of every successfully downloaded raw pair, in
+    reading order (shards by name, rows in order: the first copy ingested is the one kept)."""
+    ds = ParquetPairs(raw_dir)
+    fp = fingerprint(decode_image(ds.image_bytes(i)) for i in range(len(ds)))
+    return plan_content(ds.pair_ids, ds.captions, fp, val_fraction)
+
+
+def pairs_table(rows: pa.Table, split: list[str]) -> pa.Table:
+    """A training set's rows from raw rows: pair_id, caption, the image column, width,
+    height, split (the filter's kept pairs and every data variant have this shape)."""
+    column = image_column(rows.schema)
+    sizes = {
+        k: rows[k] if k in rows.column_names else pa.nulls(rows.num_rows, pa.int64())
+        for k in ("width", "height")
+    }
+    return pa.table(
+        {"pair_id": rows["pair_id"], "caption": rows["caption"], column: rows[column]}
+        | sizes
+        | {"split": pa.array(split, pa.string())}
+    )
+
+
+def write_pairs(table: pa.Table, folder: Path, rows_per_shard: int = 10_000) -> None:
+    """Write a training set as pairs-NNNNN.parquet shards into `folder` (a temporary one)."""
+    for k, start in enumerate(range(0, max(table.num_rows, 1), rows_per_shard)):
+        pq.write_table(table.slice(start, rows_per_shard), Path(folder) / f"pairs-{k:05d}.parquet")
+
+
+def training_set_summary(workspace, pair_ids: list[str], splits: list[str]) -> dict:
+    """What a training set holds: pairs per split, its digest (`pairs_digest`'s), and on the
+    built-in data how clean it is: `precision`, the share of its pairs whose caption is
+    right, and `recall`, the share of every usable right-caption pair (downloaded, not a
+    duplicate: data/scores) that it holds."""
+    by_split = {s: sorted(p for p, t in zip(pair_ids, splits, strict=True) if t == s)
+                for s in ("train", "val")}  # fmt: skip
+    out = {
+        "pairs": len(pair_ids), "train": len(by_split["train"]), "val": len(by_split["val"]),
+        "digest": json_digest(by_split),
+    }  # fmt: skip
+    truth_path = workspace.source / "truth.parquet"
+    if not truth_path.exists() or not pair_ids:
+        return out
+    truth = pq.read_table(truth_path, columns=["pair_id", "caption_is_wrong"]).to_pydict()
+    wrong = dict(zip(truth["pair_id"], truth["caption_is_wrong"], strict=True))
+    known = [p for p in pair_ids if p in wrong]
+    if known:
+        out["precision"] = sum(not wrong[p] for p in known) / len(known)
+    scores = workspace.scores / "scores.parquet"
+    if scores.exists():
+        t = pq.read_table(scores, columns=["pair_id", "similarity", "duplicate_of"])
+        usable = pc.and_(pc.is_valid(t["similarity"]), pc.is_null(t["duplicate_of"]))
+        right = {p for p in t.filter(usable)["pair_id"].to_pylist() if wrong.get(p) is False}
+        if right:
+            out["recall"] = len(right & set(known)) / len(right)
+    return out
+
+
+def describe_training_set(workspace, variant: str) -> dict:
+    """`training_set_summary` of a data variant's training set as written on disk."""
+    folder = workspace.training_pairs(variant)
+    table = pa.concat_tables(
+        pq.read_table(p, columns=["pair_id", "split"]) for p in shard_paths(folder)
+    )
+    return {"variant": variant} | training_set_summary(
+        workspace, table["pair_id"].to_pylist(), table["split"].to_pylist()
+    )
+
+
 def pairs_digest(data: dict[str, tuple[torch.Tensor, list[str], list[str]]]) -> str:
     """sha1 of the pair_ids of each split of `load_split_pairs`' result: which pairs a model
     is trained on (a new filter result is new data)."""
@@ -153,11 +223,10 @@ def load_split_pairs(
 ) -> dict[str, tuple[torch.Tensor, list[str], list[str]]]:
     """Every usable pair by split: {"train": (images, captions, pair_ids), "val": ...}.
 
-    Reads the filtered pairs when they exist, else the raw shards (split by pair_id, the
-    same function the filter uses), so training runs before the filter stage has.
+    Reads the filtered pairs when they exist, else the raw shards, split by content group
+    with duplicates dropped (`raw_content_plan`, the rule the filter applies), so training
+    runs before the filter stage has.
     """
-    from tasks.store.ids import split_of
-
     if (
         pairs_dir is not None
         and Path(pairs_dir).is_dir()
@@ -165,13 +234,17 @@ def load_split_pairs(
     ):
         return {split: load_all_pairs(pairs_dir, split) for split in ("train", "val")}
     images, captions, ids = load_all_pairs(raw_dir)
+    plan = plan_content(ids, captions, fingerprint(images.numpy()))
     out = {}
     for split in ("train", "val"):
-        keep = [k for k, pid in enumerate(ids) if split_of(pid) == split]
+        keep = [
+            k for k, (s, dup) in enumerate(zip(plan.split, plan.duplicate_of, strict=True))
+            if s == split and dup is None
+        ]  # fmt: skip
         if not keep:
             raise PairsError(
-                f"no {split} pairs among the {len(ids)} in {raw_dir} (the {split} split is a "
-                "function of pair_id, val about 5 %); ingest more pairs"
+                f"no {split} pairs among the {len(ids)} in {raw_dir} (the split is a function "
+                "of each picture's content group, val about 5 %); ingest more pairs"
             )
         out[split] = (images[keep], [captions[k] for k in keep], [ids[k] for k in keep])
     return out

@@ -3,7 +3,9 @@
     views: raw (data/raw), scores (data/scores), pairs (data/pairs), evaluations
            (results/evaluations), samples (results/samples), verdicts (results/verdicts:
            each sweep's verdicts and variance components), runs (MLflow runs: run_id,
-           experiment, run name, status, start time, then params.* and metrics.* columns)
+           experiment, run name, status, start time, then params.* and metrics.* columns),
+           lineage (each sample with its model's training set and whether its prompt's pair
+           was kept)
 
 The Parquet views read the files in place (a glob per folder); `runs` is read through
 MLflow's own API from the workspace's tracking store (no DuckDB extension is needed, none is
@@ -79,11 +81,37 @@ def connect(
             "union_by_name = true)"
         )
         names.append(name)
+    if {"samples", "evaluations"} <= set(names):
+        _lineage_view(con, names)
+        names.append("lineage")
     runs = _runs_frame(workspace)
     if runs is not None:
         con.register("runs", runs)
         names.append("runs")
     return con, names
+
+
+def _lineage_view(con, names: list[str]) -> None:
+    """`lineage`: every sample with the training set its model saw (data_variant,
+    training_set_digest, from its point's evaluation rows) and whether its prompt's pair
+    was kept by the filter (null for prompts that are not raw pairs: held-out scenes)."""
+    have = {r[0] for r in con.execute("DESCRIBE evaluations").fetchall()}
+    trained = [
+        f"{c}" if c in have else f"NULL AS {c}" for c in ("data_variant", "training_set_digest")
+    ]
+    kept, join = "NULL AS prompt_pair_kept", ""
+    if "scores" in names:
+        kept, join = "sc.kept AS prompt_pair_kept", "LEFT JOIN scores sc USING (pair_id)"
+    con.execute(
+        f"""CREATE VIEW lineage AS
+        SELECT s.sweep_id, s.point_id, s.model, s.guidance_scale, s.pair_id, s.caption, s.seed,
+               e.data_variant, e.training_set_digest, {kept}
+        FROM samples s
+        LEFT JOIN (SELECT DISTINCT sweep_id, point_id, {", ".join(trained)}
+                   FROM evaluations WHERE guidance_scale IS NOT NULL) e
+          USING (sweep_id, point_id)
+        {join}"""
+    )
 
 
 def run_query(

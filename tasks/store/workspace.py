@@ -6,7 +6,8 @@ Layout::
       data/source/   built-in URL list and ground truth
       data/raw/      img2dataset Parquet shards + pair_id, and the ingest manifest
       data/scores/   filter scores, one row per raw pair
-      data/pairs/    kept pairs with their split
+      data/pairs/    kept pairs with their split (the training set of data variant "kept")
+      data/variants/ the training set of every other data variant, one folder each
       checkpoints/   <kind>/<name>/ weights (safetensors) + config.json + state
       cache/         encoded training sets, keyed by what they were computed from
       results/       evaluations/, samples/ (Parquet, one file per sweep point), verdicts/
@@ -31,6 +32,12 @@ from pathlib import Path
 from tasks.store.locks import LockHeldError, file_lock
 
 DEFAULT_HOME = "marble-home"
+# Training sets a diffusion model may be trained on (a sweep axis), with what each holds.
+DATA_VARIANTS = {
+    "kept": "the filter's kept pairs: similarity above the keep rule's cut, duplicates dropped",
+    "all": "every downloaded pair, unfiltered (duplicates dropped), split by picture as kept",
+}
+DEFAULT_VARIANT = "kept"
 CHECKPOINT_KINDS = ("autoencoder", "clip", "diffusion")
 # A checkpoint name becomes a folder name: letters, digits, '.', '_', '-', no leading dot.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -72,6 +79,16 @@ class Workspace:
     @property
     def pairs(self) -> Path:
         return self.root / "data" / "pairs"
+
+    def training_pairs(self, variant: str) -> Path:
+        """The training set of a data variant: the kept pairs, or data/variants/<variant>."""
+        if variant not in DATA_VARIANTS:
+            raise ValueError(
+                f"unknown data variant {variant!r}; choose from {', '.join(DATA_VARIANTS)}"
+            )
+        return (
+            self.pairs if variant == DEFAULT_VARIANT else self.root / "data" / "variants" / variant
+        )
 
     @property
     def checkpoints(self) -> Path:
@@ -130,9 +147,11 @@ class Workspace:
         `key` (what the work is: a rerun of the same work resumes, other work starts apart)."""
         return self.root / "data" / f".{name}.staging-{key}"
 
-    def lock(self, output: str) -> contextlib.AbstractContextManager[None]:
+    def lock(
+        self, output: str, wait: bool = False, log=print
+    ) -> contextlib.AbstractContextManager[None]:
         """Hold the lock of one stage output (`output_lock`)."""
-        return output_lock(self.root, output)
+        return output_lock(self.root, output, wait, log)
 
 
 # ---------------------------------------------------------------------------- one writer at a time
@@ -143,9 +162,10 @@ class WorkspaceBusyError(ValueError):
 
 
 @contextlib.contextmanager
-def output_lock(root: Path, output: str) -> Iterator[None]:
+def output_lock(root: Path, output: str, wait: bool = False, log=print) -> Iterator[None]:
     """An exclusive lock on one stage output of the workspace at `root`, for as long as the
-    block runs; a second run stops at once with one line naming the run that holds it.
+    block runs; a second run stops at once with one line naming the run that holds it, or
+    with `wait`, logs that line and waits for it.
 
     The lock is an flock on `.locks/<output>.lock` (store.locks): a crash never leaves a
     stale lock. The holder writes who it is into the file for that line."""
@@ -155,10 +175,14 @@ def output_lock(root: Path, output: str) -> Iterator[None]:
             fd = held.enter_context(file_lock(path, wait=False))
         except LockHeldError:
             holder = path.read_text(errors="replace").strip() or "unknown"
-            raise WorkspaceBusyError(
-                f"{output} in {root} is being written by another run ({holder}); wait for "
-                "it to finish or stop it"
-            ) from None
+            if wait:
+                log(f"{output} in {root} is held by another run ({holder}); waiting for it")
+                fd = held.enter_context(file_lock(path, wait=True))
+            else:
+                raise WorkspaceBusyError(
+                    f"{output} in {root} is being written by another run ({holder}); wait for "
+                    "it to finish or stop it"
+                ) from None
         started = time.strftime("%Y-%m-%d %H:%M:%S")
         holder = f"pid {os.getpid()}, started {started}: {' '.join(sys.argv)[:200]}"
         os.ftruncate(fd, 0)

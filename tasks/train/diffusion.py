@@ -42,9 +42,9 @@ from tasks.store.checkpoint import CheckpointDir, digest
 from tasks.store.files import atomic_file, atomic_write_text
 from tasks.store.images import save_grid, to_float, to_uint8
 from tasks.store.loaders import load_conditioning, text_to_image
-from tasks.store.pairs import load_split_pairs, pairs_digest
+from tasks.store.pairs import PairsError, load_split_pairs, pairs_digest
 from tasks.store.tracking import training_tracker
-from tasks.store.workspace import Workspace
+from tasks.store.workspace import DATA_VARIANTS, DEFAULT_VARIANT, Workspace
 from tasks.train.trainer import (
     TrainConfig,
     init_distributed,
@@ -73,6 +73,7 @@ class DiffusionTrainSpec:
     cond_dropout: float = 0.1  # caption replaced by "" with this probability
     guidance_scale: float = 4.0  # for the validation sample grid
     replicate: int = 0  # a training replicate of the grid point; its text encoder's too
+    data_variant: str = DEFAULT_VARIANT  # the training set (workspace.DATA_VARIANTS)
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             steps=2000, batch_size=128, lr=3e-3, betas=(0.9, 0.99), ema_decay=0.98
@@ -86,26 +87,37 @@ class DiffusionTrainSpec:
             "prediction_type": (self.prediction_type, PREDICTION_TYPES),
             "timestep_sampling": (self.timestep_sampling, TIMESTEP_SAMPLINGS),
         }
+        choices["data_variant"] = (self.data_variant, tuple(DATA_VARIANTS))
         for name, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; choose from {list(allowed)}")
 
     @property
     def name(self) -> str:
-        """The text encoder's name carries the replicate (it is trained per replicate)."""
-        return f"{self.text_encoder}_{self.unet}_{self.autoencoder}"
+        """The text encoder's name carries the replicate (it is trained per replicate); a
+        data variant other than the kept pairs is a suffix."""
+        variant = "" if self.data_variant == DEFAULT_VARIANT else f"_{self.data_variant}"
+        return f"{self.text_encoder}_{self.unet}_{self.autoencoder}{variant}"
 
 
 # ---------------------------------------------------------------------------- the cache
 
 
 def encode_training_set(workspace: Workspace, spec: DiffusionTrainSpec, device) -> dict:
-    """Latent posteriors and caption states of every train/val pair, cached on disk and keyed
-    by both encoders' checkpoint digests and the pair_ids of each split."""
+    """Latent posteriors and caption states of every train/val pair of the spec's data
+    variant, cached on disk and keyed by both encoders' checkpoint digests and the pair_ids
+    of each split."""
+    pairs = workspace.training_pairs(spec.data_variant)
+    if spec.data_variant != DEFAULT_VARIANT and not any(pairs.glob("*.parquet")):
+        raise PairsError(
+            f"no training set for data variant {spec.data_variant!r} in {pairs}; `marble run "
+            f"--data-variants {spec.data_variant}` or `marble train diffusion --data-variant "
+            f"{spec.data_variant}` writes it"
+        )
     encoders = f"{digest(workspace.checkpoint('autoencoder', spec.autoencoder))}-" + digest(
         workspace.checkpoint("clip", spec.text_encoder)
     )  # a missing encoder stops here, before any data is read
-    data = load_split_pairs(workspace.pairs, workspace.raw)
+    data = load_split_pairs(pairs, workspace.raw)
     key = f"{encoders}-{pairs_digest(data)}"  # a new filter result means a new cache
     path = workspace.cache / f"encoded-{key}.safetensors"
     if path.exists():
@@ -192,6 +204,8 @@ def train_diffusion(
         "timestep_sampling": spec.timestep_sampling,
         "cond_dropout": spec.cond_dropout,
         "latent_shape": list(latent_shape),
+        "data_variant": spec.data_variant,
+        "training_set_digest": cache["pairs"],
     }
     if spec.replicate:  # replicate 0 keeps the config (and so the checkpoint) it always had
         config["replicate"] = spec.replicate
@@ -255,10 +269,10 @@ def train_diffusion(
         return text_to_image(config, ema, parts[0])
 
     tracker = training_tracker(workspace, KIND, spec.name)
-    inputs = {k: config[k] for k in ("text_encoder_digest", "autoencoder_digest")}
+    inputs = ("text_encoder_digest", "autoencoder_digest", "training_set_digest")
     result = train(
         model, loss_fn, spec.train, checkpoint, config, tracker, validate, log=log,
-        desc=spec.name, inputs=inputs | {"pairs": cache["pairs"]},
+        desc=spec.name, inputs={k: config[k] for k in inputs},
     )  # fmt: skip
     if result.trained_now and info.is_main:
         pipe = _pipeline_from(result.ema)
@@ -266,6 +280,7 @@ def train_diffusion(
         prompts = list(dict.fromkeys(val_captions))[:16]
         images = pipe.generate(prompts, list(range(len(prompts))), spec.guidance_scale)
         with tracker(result.run_id) as t:
+            t.set_tags({k: config[k] for k in ("data_variant", "training_set_digest")})
             with tempfile.TemporaryDirectory() as tmp:
                 t.log_artifact(save_grid(to_uint8(images), Path(tmp) / "samples.png", ncol=8))
                 (Path(tmp) / "prompts.txt").write_text("\n".join(prompts))
