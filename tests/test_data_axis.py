@@ -178,3 +178,17 @@ def test_the_lineage_view_names_each_samples_training_set(swept):
         "USING (sweep_id, point_id) ORDER BY 1",
     )
     assert joined == [(KEPT, "kept"), (ALL, "all")]
+
+
+def test_the_run_form_lists_the_variants_with_their_descriptions():
+    """Prefect builds the pipeline's Custom run form from this schema (the browser test
+    fills that form)."""
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.pipeline import pipeline_flow
+    from tasks.store.workspace import DATA_VARIANTS
+
+    schema = parameter_schema(pipeline_flow).model_dump()
+    field = schema["definitions"]["TrainingParams"]["properties"]["data_variants"]
+    assert field["items"]["enum"] == list(DATA_VARIANTS) and field["default"] == ["kept"]
+    assert all(f"{name}: {text}" in field["description"] for name, text in DATA_VARIANTS.items())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -204,7 +205,16 @@ def test_a_heldout_sweep_measures_its_floor(trained):
     assert all(r["n"] == 8 and "drawn again" in r["floor"] for r in floor.values())
     assert floor["fid"]["value"] > 0 and floor["fid"]["ci_low"] <= floor["fid"]["ci_high"]
     assert summary["floors"]["fid"]["n"] == 8
-    assert summary["lines"][0].startswith("floor, real against real at N = 8 (the 8 held-out")
+    floor_line = "floor, real against real at N = 8 (the 8 held-out"
+    assert any(line.startswith(floor_line) for line in summary["lines"])
+    # before the floor: what the model was trained on, and the reference check
+    kept = pq.read_table(trained.pairs).num_rows
+    assert summary["lines"][0].startswith(f"training set kept: {kept} pairs")
+    assert re.fullmatch(
+        r"reference images that are in the training set: 0 exact copies, \d+ more within "
+        r"30 dB, of 8",
+        summary["lines"][1],
+    )
 
 
 def test_bad_inputs_are_one_clear_error_and_write_nothing(trained, tmp_path):
