@@ -43,7 +43,7 @@ def trained(tmp_path_factory) -> Workspace:
         val_fraction=0.15,
     )  # fmt: skip
     filter_pairs(cfg, workspace, log=lambda *_: None)
-    write_variant(workspace, "all", val_fraction=0.15, log=lambda *_: None)
+    write_variant(workspace, "all", log=lambda *_: None)  # split as the filter did
     train_autoencoder(AutoencoderTrainSpec(train=tiny_train()), workspace)
     judge = judge_clip_spec()
     train_clip(dataclasses.replace(judge, train=dataclasses.replace(tiny_clip, seed=1)), workspace)
@@ -102,12 +102,12 @@ def test_the_all_variant_holds_every_pair_split_as_kept(trained):
     wrong = _truth(trained)
     right = {p for p in unique if not wrong[p]}
     for variant, ids in (("all", unique), ("kept", set(kept))):
-        summary = write_variant(trained, variant, val_fraction=0.15, log=lambda *_: None)
+        summary = write_variant(trained, variant, log=lambda *_: None)
         assert summary["precision"] == pytest.approx(len(ids & right) / len(ids))
         assert summary["recall"] == pytest.approx(len(ids & right) / len(right))
         data = load_split_pairs(trained.training_pairs(variant), trained.raw)
         assert summary["digest"] == pairs_digest(data)
-    assert write_variant(trained, "all", val_fraction=0.15)["recall"] == 1.0
+    assert write_variant(trained, "all")["recall"] == 1.0
 
 
 def test_a_rerun_skips_an_unchanged_variant_and_redoes_a_changed_one(trained, tmp_path):
@@ -142,7 +142,7 @@ def test_rows_checkpoints_and_summary_are_keyed_by_variant(swept):
     ]
     variant = {r["model"]: r["data_variant"] for r in rows}
     assert variant == {KEPT: "kept", ALL: "all"}
-    digests = {v: write_variant(workspace, v, val_fraction=0.15)["digest"] for v in ("kept", "all")}
+    digests = {v: write_variant(workspace, v)["digest"] for v in ("kept", "all")}
     assert {r["model"]: r["training_set_digest"] for r in rows} == {
         KEPT: digests["kept"],
         ALL: digests["all"],
@@ -166,7 +166,7 @@ def test_the_lineage_view_names_each_samples_training_set(swept):
         "SELECT model, data_variant, training_set_digest, prompt_pair_kept, count(*) "
         "FROM lineage GROUP BY ALL ORDER BY model",
     )
-    digests = {v: write_variant(workspace, v, val_fraction=0.15)["digest"] for v in ("kept", "all")}
+    digests = {v: write_variant(workspace, v)["digest"] for v in ("kept", "all")}
     assert rows == [
         (KEPT, "kept", digests["kept"], True, 8),
         (ALL, "all", digests["all"], True, 8),

@@ -194,6 +194,7 @@ def _filter_pairs(cfg: FilterConfig, workspace: Workspace, log, score_shards) ->
         "filter_model": model_id,
         "keep_rule": cfg.keep,
         "threshold": threshold,
+        "val_fraction": cfg.val_fraction,  # the data variants split as the kept pairs do
         "scored": len(scores),
         "kept": pairs.num_rows,
         "dropped": len(scores) - pairs.num_rows,

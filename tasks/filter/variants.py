@@ -16,12 +16,14 @@ the training set's digest, the key its models' checkpoints and evaluation rows c
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tasks.filter.score import FilterConfig
 from tasks.store import content
 from tasks.store.digests import files_digest, json_digest, source_digest
 from tasks.store.files import atomic_dir
@@ -34,8 +36,17 @@ from tasks.store.pairs import (
     training_set_summary,
     write_pairs,
 )
-from tasks.store.stages import recorded, write_record
+from tasks.store.stages import RECORD, recorded, write_record
 from tasks.store.workspace import DATA_VARIANTS, DEFAULT_VARIANT, Workspace
+
+VAL_FRACTION = FilterConfig.val_fraction  # the filter's default
+
+
+def _filter_val_fraction(workspace: Workspace) -> float:
+    record = workspace.scores / RECORD
+    if record.exists():
+        return json.loads(record.read_text())["summary"].get("val_fraction", VAL_FRACTION)
+    return VAL_FRACTION
 
 
 def check_variants(names) -> list[str]:
@@ -50,10 +61,14 @@ def check_variants(names) -> list[str]:
 
 
 def write_variant(
-    workspace: Workspace, variant: str, val_fraction: float = 0.05, log=print
+    workspace: Workspace, variant: str, val_fraction: float | None = None, log=print
 ) -> dict:
-    """Make sure the training set of `variant` exists and is current; its summary."""
+    """Make sure the training set of `variant` exists and is current; its summary.
+    val_fraction: None splits as the kept pairs were split (the filter's recorded setting,
+    or the filter's default before any filter has run)."""
     (variant,) = check_variants([variant])
+    if val_fraction is None:
+        val_fraction = _filter_val_fraction(workspace)
     folder = workspace.training_pairs(variant)
     if variant == DEFAULT_VARIANT:  # the filter's output; none: an error saying to filter
         return describe_training_set(workspace, variant)

@@ -34,7 +34,6 @@ duplicates are a hash join at any size.
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -87,17 +86,7 @@ def fingerprint(images: Iterable[np.ndarray]) -> Fingerprints:
     return Fingerprints(hashes, np.stack(thumbs) if thumbs else empty)
 
 
-def fingerprint_bytes(blobs: Iterable[bytes]) -> Fingerprints:
-    """Fingerprints of encoded images (PNG, JPEG, WebP bytes)."""
-
-    def decode(data: bytes) -> np.ndarray:
-        with Image.open(io.BytesIO(data)) as im:
-            return np.array(im.convert("RGB"))
-
-    return fingerprint(decode(b) for b in blobs)
-
-
-def near_pairs(a: Fingerprints, b: Fingerprints | None = None, chunk: int = 1024) -> np.ndarray:
+def near_pairs(a: Fingerprints, b: Fingerprints | None = None, chunk: int = 512) -> np.ndarray:
     """(k, 2) index pairs (i in a, j in b) that are near-duplicates, exact copies included;
     with b None, the pairs within a, i < j. Mean squared differences of every pair of
     thumbnails come from one matrix product per chunk: |x|^2 + |y|^2 - 2 x.y."""
@@ -121,11 +110,15 @@ def near_pairs(a: Fingerprints, b: Fingerprints | None = None, chunk: int = 1024
 
 
 def _exact_pairs(a: list[str], b: list[str] | None) -> np.ndarray:
-    """Index pairs with equal pixel hashes (a hash join; i < j within one list)."""
+    """Index pairs with equal pixel hashes (a hash join). Within one list (b None) each copy
+    is paired with the first only: enough to join them, and linear in the copies."""
     where: dict[str, list[int]] = {}
     for j, h in enumerate(a if b is None else b):
         where.setdefault(h, []).append(j)
-    pairs = [(i, j) for i, h in enumerate(a) for j in where.get(h, ()) if b is not None or i < j]
+    if b is None:
+        pairs = [(k[0], j) for k in where.values() for j in k[1:]]
+    else:
+        pairs = [(i, j) for i, h in enumerate(a) for j in where.get(h, ())]
     return np.array(pairs, dtype=np.int64).reshape(-1, 2)
 
 
@@ -179,7 +172,15 @@ def plan_content(
     """Groups, splits and duplicates of the pairs (see the module docstring)."""
     if not len(pair_ids) == len(captions) == len(fp):
         raise ValueError("pair_ids, captions and fingerprints differ in length")
-    roots = _components(len(fp), near_pairs(fp))
+    # the near search runs over distinct pictures only (a list may hold one placeholder
+    # image thousands of times); each copy then joins its picture's first occurrence
+    first_at: dict[str, int] = {}
+    for k, h in enumerate(fp.pixel_hash):
+        first_at.setdefault(h, k)
+    distinct = np.array(list(first_at.values()), dtype=np.int64)
+    pictures = Fingerprints([fp.pixel_hash[k] for k in distinct], fp.thumbs[distinct])
+    edges = np.concatenate([distinct[near_pairs(pictures)], _exact_pairs(fp.pixel_hash, None)])
+    roots = _components(len(fp), edges)
     key: dict[int, str] = {}
     for r, h in zip(roots, fp.pixel_hash, strict=True):
         key[r] = min(key.get(r, h), h)
