@@ -66,7 +66,8 @@ def pipeline_flow(params: PipelineParams = PipelineParams()) -> dict:
         with Stopwatch() as watch:
             trained = run_training(params.training, workspace, fan)
         stages.update(trained)
-        print(f"training: {len(trained)} models in {watch.seconds:.0f} s")
+        models = [name for name in trained if not name.startswith("data/")]
+        print(f"training: {len(models)} models in {watch.seconds:.0f} s")
         evaluated = stages["evaluate"] = timed(run_evaluation, params.evaluation, workspace, fan)
     keep = ("sweep_id", "mlflow_run_id", "lines", "best", "stage_s")
     stages["evaluate"] = {k: stages["evaluate"].get(k) for k in keep} | {

@@ -14,9 +14,10 @@ Two images are *near-duplicates* when their thumbnails agree to a PSNR of at lea
 as JPEG at quality >= 85 scores >= 30.1 dB, one resized by a pixel and back >= 41 dB. Tiny
 images are crowded: 3,032 of the 5,000 built-in images have another within 30 dB (the same
 scene drawn again, its jitter a fraction of a pixel, or scenes that differ in one small
-object), in groups of at most 48; they look alike, so they stay on one side. A DCT hash (pHash) was measured too and is not used: on these
-flat 32-pixel images JPEG at quality 95 flipped up to 22 of its 64 bits, so no bit threshold
-separates copies from other pictures; the thumbnail keeps colour, which pHash drops.
+object), in groups of at most 48; they look alike, so they stay on one side. A DCT hash
+(pHash) was measured too and is not used: on these flat 32-pixel images JPEG at quality 95
+flipped up to 22 of its 64 bits, so no bit threshold separates copies from other pictures;
+the thumbnail keeps colour, which pHash drops.
 
 A *content group* is a connected set of exact and near-duplicates (union-find); its key is
 the smallest pixel hash among its members, and the split is a function of that key
@@ -26,9 +27,9 @@ nothing but weight, so it is dropped. Other captions of the same picture, and ne
 duplicates, are kept, on the same side of the split.
 
 The near-duplicate search compares every thumbnail with every other (one matrix product per
-chunk, O(n^2): 0.45 s for 5,000 images on 2 cores, by that scaling 30 s at 5 x 10^4); beyond
-about 10^5 images an approximate-neighbour index is the tool (not done yet). Exact
-duplicates are a hash join at any size.
+chunk, O(n^2): half a second for 5,000 images on 2 cores, by that scaling 30-40 s at
+5 x 10^4); beyond about 10^5 images an approximate-neighbour index is the tool (not done
+yet). Exact duplicates are a hash join at any size.
 """
 
 from __future__ import annotations
