@@ -223,7 +223,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from flows.command_params import TrainModelParams
     from tasks.filter.variants import write_variant
-    from tasks.store.workspace import Workspace
+    from tasks.store.workspace import DEFAULT_VARIANT, Workspace
     from tasks.train.clip import replicate_name, replicate_seed
     from tasks.train.registry import TRAINERS
 
@@ -241,7 +241,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "data_variant": params.data_variant,
         },
     }
-    if params.kind == "diffusion" and params.data_variant != "kept":
+    if params.kind == "diffusion" and params.data_variant != DEFAULT_VARIANT:
         write_variant(workspace, params.data_variant)  # its training set, or the current one
     trainer = TRAINERS[params.kind]
     spec = trainer.spec(**presets[params.kind])

@@ -154,6 +154,12 @@ def test_rows_checkpoints_and_summary_are_keyed_by_variant(swept):
         line.startswith("training set all: ") and "100.0% of every" in line for line in lines
     )
     assert any(line.startswith("data_variant: the filter (all -> kept;") for line in lines)
+    # the kept val images, the reference, are in neither variant's train split: both are
+    # cut by the same content groups
+    val = pq.read_table(workspace.pairs, filters=[("split", "==", "val")]).num_rows
+    for v in ("kept", "all"):
+        line = f"reference images in training set {v}: 0 exact copies, 0 more within 30 dB"
+        assert f"{line}, of {val}" in lines
     found = [v for v in summary["verdicts"] if v["axis"] == "data_variant"]
     assert {v["metric"] for v in found} >= {"fid", "clip_score"} and all(v["k"] == 1 for v in found)
     assert summary["plot"].exists()

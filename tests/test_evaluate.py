@@ -211,7 +211,7 @@ def test_a_heldout_sweep_measures_its_floor(trained):
     kept = pq.read_table(trained.pairs).num_rows
     assert summary["lines"][0].startswith(f"training set kept: {kept} pairs")
     assert re.fullmatch(
-        r"reference images that are in the training set: 0 exact copies, \d+ more within "
+        r"reference images in training set kept: 0 exact copies, \d+ more within "
         r"30 dB, of 8",
         summary["lines"][1],
     )

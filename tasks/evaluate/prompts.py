@@ -10,7 +10,7 @@ prompt's pair_id and repeat index (`SEED_RULE`).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from tasks.shapes.render import render_scene, sample_scene
 from tasks.store.content import fingerprint, near_pairs
 from tasks.store.ids import pair_id
 from tasks.store.pairs import ParquetPairs, decode_image, load_split_pairs
-from tasks.store.workspace import Workspace
+from tasks.store.workspace import DEFAULT_VARIANT, Workspace
 
 HELDOUT_SEED = 1_000_003  # the built-in held-out scenes; training data uses small seeds
 FLOOR_MIN = 2  # images in each real set of a floor (a covariance needs two)
@@ -53,8 +53,6 @@ class Prompts:
     digest: str  # names the data: part of the reference statistics' cache key
     floor: RealSets | None  # None: too few real images for two sets
     no_floor: str = ""  # why there is no floor
-    # reference images that are exact or near copies of a training image (`check_reference`)
-    reference_in_train: dict[str, int] = field(default_factory=dict)
 
     def groups(self) -> tuple[np.ndarray, np.ndarray]:
         """Integer labels of the samples' and the reference images' prompts, in one label
@@ -74,18 +72,15 @@ def image_seed(pid: str, repeat: int) -> int:
     return int(hashlib.sha1(f"{pid}:{repeat}".encode()).hexdigest()[:15], 16)
 
 
-def build_prompts(workspace: Workspace, prompt_set: str, n: int) -> Prompts:
-    prompts = _build_prompts(workspace, prompt_set, n)
-    prompts.reference_in_train = check_reference(workspace, prompts.reference)
-    return prompts
-
-
-def check_reference(workspace: Workspace, reference: np.ndarray) -> dict[str, int]:
-    """How many reference images are exact copies of a training image (same pixels) and how
-    many more are near copies (thumbnails within NEAR_PSNR_DB; tasks/store/content.py): the
-    val split is cut by content group, so it has none; fresh held-out scenes may resemble
-    training ones as any two drawings of one scene do."""
-    train_images, _, _ = load_split_pairs(workspace.pairs, workspace.raw)["train"]
+def check_reference(
+    workspace: Workspace, reference: np.ndarray, variant: str = DEFAULT_VARIANT
+) -> dict[str, int]:
+    """How many reference images are exact copies of an image in the train split of data
+    variant `variant` (same pixels) and how many more are near copies (thumbnails within
+    NEAR_PSNR_DB; tasks/store/content.py): every variant is split by content group, so the
+    val images are in none; fresh held-out scenes may resemble training ones as any two
+    drawings of one scene do."""
+    train_images, _, _ = load_split_pairs(workspace.training_pairs(variant), workspace.raw)["train"]
     train = fingerprint(train_images.numpy())
     ref = fingerprint(reference)
     seen = set(train.pixel_hash)
@@ -94,7 +89,7 @@ def check_reference(workspace: Workspace, reference: np.ndarray) -> dict[str, in
     return {"images": len(ref), "exact": exact, "near": close - exact}
 
 
-def _build_prompts(workspace: Workspace, prompt_set: str, n: int) -> Prompts:
+def build_prompts(workspace: Workspace, prompt_set: str, n: int) -> Prompts:
     builtin = (workspace.source / "truth.parquet").exists()
     if prompt_set == "auto":
         prompt_set = "heldout" if builtin else "val"

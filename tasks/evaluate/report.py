@@ -353,20 +353,20 @@ def summary_lines(
     }
 
 
-def data_lines(workspace, configs: dict[str, dict], in_train: dict[str, int]) -> tuple[str, ...]:
-    """What the sweep's models were trained on: a line per data variant of their configs
-    (`training_set_lines`), and the reference images found in training (`in_train`,
-    prompts.check_reference)."""
-    variants = sorted({c.get("data_variant", DEFAULT_VARIANT) for c in configs.values()})
+def data_lines(workspace, in_train: dict[str, dict[str, int]]) -> tuple[str, ...]:
+    """What the sweep's models were trained on, per data variant (the keys of `in_train`):
+    the training set (`training_set_lines`) and how many reference images are in it
+    (`in_train[variant]`, prompts.check_reference)."""
     sets = {}
-    for v in variants:
+    for v in in_train:
         with contextlib.suppress(PairsError):  # trained from raw shards, before any filter
             sets[v] = describe_training_set(workspace, v)
-    reference = (
-        f"reference images that are in the training set: {in_train['exact']} exact copies, "
-        f"{in_train['near']} more within {NEAR_PSNR_DB:g} dB, of {in_train['images']}"
-    )
-    return (*training_set_lines(sets), reference)
+    reference = [
+        f"reference images in training set {v}: {n['exact']} exact copies, "
+        f"{n['near']} more within {NEAR_PSNR_DB:g} dB, of {n['images']}"
+        for v, n in in_train.items()
+    ]
+    return (*training_set_lines(sets), *reference)
 
 
 def training_set_lines(summaries: dict[str, dict]) -> list[str]:

@@ -58,7 +58,7 @@ from tasks.evaluate.point import (
     reference_rows,
     sample_columns,
 )
-from tasks.evaluate.prompts import SEED_RULE
+from tasks.evaluate.prompts import SEED_RULE, check_reference
 from tasks.evaluate.report import FIGURES, data_lines, summary_lines, verdict_table
 from tasks.evaluate.spec import SweepSpec
 from tasks.runtime.devices import pick_device
@@ -310,15 +310,17 @@ def plan_sweep(spec: SweepSpec, workspace: Workspace) -> SweepPlan:
     for name in sorted({config["autoencoder"] for config in configs.values()}):
         rows += _autoencoder_rows(m, workspace, name)
     _write_parquet(_table(rows), workspace.evaluations / f"{sweep_id}-reference.parquet")
+    variants = sorted({c.get("data_variant", DEFAULT_VARIANT) for c in configs.values()})
+    in_train = {v: check_reference(workspace, prompts.reference, v) for v in variants}
     with Tracker(workspace, "marble-evaluate", f"sweep-{sweep_id}") as parent:
         parent.log_params(
             {"sweep": asdict(spec) | {"models": models}, "prompt_set": prompts.name}
-            | {"reference_in_train": prompts.reference_in_train}
+            | {"reference_in_train": in_train}
         )
         parent.log_metrics({f"{r['model']}/{r['metric']}": r["value"] for r in rows}, step=0)
     plan = SweepPlan(
         spec, sweep_id, tuple(models), configs, common, parent.run_id, tuple(rows),
-        "" if prompts.floor else prompts.no_floor, data_lines(workspace, configs, prompts.reference_in_train),
+        "" if prompts.floor else prompts.no_floor, data_lines(workspace, in_train),
     )  # fmt: skip
     _CACHE.keep(f"{workspace.root}:{sweep_id}", m)  # the points evaluated here reuse it
     return plan
