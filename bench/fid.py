@@ -1,5 +1,5 @@
 """Benchmark: FID feature extraction, marble's path (clean resize, pytorch-fid's Inception,
-streaming float64 statistics, pytorch-fid's Fréchet distance) against torchmetrics'
+streaming float64 statistics, marble's Fréchet distance) against torchmetrics'
 `FrechetInceptionDistance.update` / `compute` given the same network and the same resized
 images; then the projected wall time of an FID-10K sweep point and of the nightly grid.
 
@@ -7,8 +7,10 @@ images; then the projected wall time of an FID-10K sweep point and of the nightl
                                   [--sampling-img-s 45] [--grid 4x13]
 
 Images: built-in shapes renders (real) and the same scenes with noise added (generated).
-Both FIDs must agree; the script prints both, the img/s of each and their ratio. The
-projection uses the measured extraction rate, the `sqrtm` time of one 2,048-dim FID, and a
+Both FIDs must agree; the script prints both, the img/s of each and their ratio, and the
+seconds of one 2,048-dim distance: marble's (eval/frechet.py) and pytorch-fid's
+`calculate_frechet_distance` (its `sqrtm`). The projection uses the measured extraction
+rate, marble's distance, and a
 sampling rate (`--sampling-img-s`, from bench/sampling.py). Needs the installed FID weights
 (make install), or `--random-weights` where they are not (a GPU machine: the speeds and the
 agreement do not depend on the weights), and torchmetrics. Run it on an otherwise idle
@@ -26,6 +28,7 @@ from unittest import mock
 
 import numpy as np
 import torch
+from pytorch_fid.fid_score import calculate_frechet_distance
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tasks  # noqa: E402,F401
@@ -100,6 +103,12 @@ def main() -> None:
     marble_extract = time.perf_counter() - t0
     t0 = time.perf_counter()
     ours = frechet_distance(stats[0].mean, stats[0].covariance, stats[1].mean, stats[1].covariance)
+    fd_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with np.errstate(all="ignore"):
+        pytorch_fid = float(calculate_frechet_distance(
+            stats[0].mean, stats[0].covariance, stats[1].mean, stats[1].covariance
+        ))  # fmt: skip
     sqrtm_s = time.perf_counter() - t0
 
     metric = FrechetInceptionDistance(feature=_FromPixels(network), normalize=False).to(device)
@@ -114,7 +123,7 @@ def main() -> None:
     marble_rate = 2 * args.n / marble_extract
     theirs_rate = 2 * args.n / theirs_extract
     models, guidance = (int(v) for v in args.grid.split("x"))
-    point_s = 10_000 / args.sampling_img_s + 10_000 / marble_rate + sqrtm_s
+    point_s = 10_000 / args.sampling_img_s + 10_000 / marble_rate + fd_s
     where = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"
@@ -125,15 +134,18 @@ def main() -> None:
     )
     print(f"  marble       {marble_rate:8.1f} img/s   FID {ours:.6f}")
     print(f"  torchmetrics {theirs_rate:8.1f} img/s   FID {theirs:.6f}")
+    print(f"  ratio {marble_rate / theirs_rate:.2f}; |FID difference| {abs(ours - theirs):.2e}")
     print(
-        f"  ratio {marble_rate / theirs_rate:.2f}; |FID difference| {abs(ours - theirs):.2e}; sqrtm {sqrtm_s:.1f} s"
+        f"  one distance: marble {fd_s:.2f} s, pytorch-fid (sqrtm) {sqrtm_s:.1f} s; "
+        f"pytorch-fid's FID {pytorch_fid:.6f}"
     )
     print(
         f"  projected FID-10K point: {point_s / 60:.1f} min ({args.sampling_img_s:g} img/s sampling); nightly {args.grid} grid: {models * guidance * point_s / 3600:.1f} h"
     )
     print(json.dumps({
         "device": where, "marble_img_s": marble_rate, "torchmetrics_img_s": theirs_rate,
-        "fid_marble": ours, "fid_torchmetrics": theirs, "sqrtm_s": sqrtm_s,
+        "fid_marble": ours, "fid_torchmetrics": theirs, "fid_pytorch_fid": pytorch_fid,
+        "fd_s": fd_s, "sqrtm_s": sqrtm_s,
         "projected_point_s": point_s, "projected_grid_s": models * guidance * point_s,
         "random_weights": args.random_weights,
     }))  # fmt: skip

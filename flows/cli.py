@@ -300,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "image_tower_steps",
                 "clip_steps",
                 "diffusion_steps",
+                "diffusion_batch_size",
                 "replicates",
                 "first_replicate",
                 "data_variants",

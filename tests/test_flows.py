@@ -97,8 +97,8 @@ def test_a_run_killed_mid_training_resumes_where_it_stopped(tmp_path):
     argv = [
         str(marble), "--home", str(home), "run", "--n", "200", "--port", str(free_port()),
         "--text-encoders", "clip-tiny", "--unets", "unet-xs", "--autoencoder-steps", "3",
-        "--image-tower-steps", "3", "--clip-steps", "3", "--diffusion-steps", "250",
-        "--num-samples", "4",
+        "--image-tower-steps", "3", "--clip-steps", "3", "--diffusion-steps", "400",
+        "--diffusion-batch-size", "8", "--num-samples", "4",
         "--guidance-scales", "3", "--bootstrap", "5",
     ]  # fmt: skip
     ckpt = home / "checkpoints" / "diffusion" / "clip-tiny_unet-xs_kl-f4" / "config.json"
@@ -117,5 +117,5 @@ def test_a_run_killed_mid_training_resumes_where_it_stopped(tmp_path):
     assert again.returncode == 0, out[-3000:]
     for stage in ("ingest", "filter", "autoencoder/kl-f4", "clip/clip-tiny"):
         assert f"skipped {stage}:" in out, stage
-    assert "resuming from its checkpoint at step 200 of 250" in out
+    assert "resuming from its checkpoint at step 200 of 400" in out
     assert "lowest FID measured: clip-tiny_unet-xs_kl-f4 at guidance 3" in out

@@ -19,7 +19,7 @@ from eval.bootstrap import centred_interval, resample_counts
 from eval.clip_score import clip_scores
 from eval.cmmd import CMMD_SCALE, CMMD_SIGMA, cmmd, mmd2_unbiased_resampled
 from eval.detector import scene_matches
-from eval.frechet import FrechetToReference, GaussianStats, frechet_distance
+from eval.frechet import FrechetToReference, GaussianStats
 from eval.inception import inception_features
 from eval.retrieval import recall_at_1
 from tasks.runtime.progress import report
@@ -115,13 +115,9 @@ def point_metrics(
         ("fid", out["inception"], "inception"),
         ("fd_clip", out["clip"], "clip"),
     ):
-        stats = GaussianStats.of(feats)
-        value = frechet_distance(
-            stats.mean, stats.covariance, ref[extractor]["mean"], ref[extractor]["cov"]
-        )
         to_ref = ref[extractor]["to_ref"]
         reps = np.array([to_ref(feats, c) for c in counts])
-        results[metric] = {"value": value, "replicates": reps, "extractor": extractor}
+        results[metric] = {"value": to_ref(feats), "replicates": reps, "extractor": extractor}
     results["cmmd"] = _cmmd_metric(out["clip"], ref["clip"]["embeddings"], counts, groups)
     per_image = {"clip_score": clip_scores(out["clip"], text_emb)}
     per_image |= {k: np.asarray(v, dtype=np.float64) for k, v in out["matches"].items()}
@@ -300,21 +296,19 @@ def floor_metrics(
         which = keys | {"extractor": extractor, "images": images.shape, "set": id_of(images)}
         return cached(folder, which, compute)["features"].astype(np.float64)
 
-    def first_stats(extractor: str) -> tuple[np.ndarray, np.ndarray, FrechetToReference]:
+    def to_first(extractor: str) -> FrechetToReference:
         if reference is not None:
-            ref = reference[extractor]
-            return ref["mean"], ref["cov"], ref["to_ref"]
+            return reference[extractor]["to_ref"]
         stats = GaussianStats.of(features(floor.first, extractor))
-        return stats.mean, stats.covariance, FrechetToReference(stats.mean, stats.covariance)
+        return FrechetToReference(stats.mean, stats.covariance)
 
     metrics = {}
     for metric, extractor in (("fid", "inception"), ("fd_clip", "clip")):
         second = features(floor.second, extractor)
-        mean, cov, to_first = first_stats(extractor)
-        mine = GaussianStats.of(second)
+        to_ref = to_first(extractor)
         metrics[metric] = {
-            "value": frechet_distance(mine.mean, mine.covariance, mean, cov),
-            "replicates": np.array([to_first(second, c) for c in counts]),
+            "value": to_ref(second),
+            "replicates": np.array([to_ref(second, c) for c in counts]),
             "extractor": extractor,
         }
     groups = None
@@ -347,11 +341,10 @@ def reconstruction_metrics(
     }
     metrics = {}
     for metric, extractor in (("rfid", "inception"), ("rfd_clip", "clip")):
-        stats = GaussianStats.of(features[extractor])
-        ref = reference[extractor]
+        to_ref = reference[extractor]["to_ref"]
         metrics[metric] = {
-            "value": frechet_distance(stats.mean, stats.covariance, ref["mean"], ref["cov"]),
-            "replicates": np.array([ref["to_ref"](features[extractor], c) for c in counts]),
+            "value": to_ref(features[extractor]),
+            "replicates": np.array([to_ref(features[extractor], c) for c in counts]),
             "extractor": extractor,
         }
     values = np.minimum(psnr, 100.0)  # identical images (the identity autoencoder): capped

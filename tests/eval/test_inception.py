@@ -112,6 +112,7 @@ def test_features_equal_pytorch_fids_own_forward(fid_network):
     images = (np.random.default_rng(0).random((3, 32, 32, 3)) * 255).astype(np.uint8)
     ours = inception_features(fid_network, images)
     theirs_net = build_fid_inception(state).network  # pytorch-fid's InceptionV3 ...
+    theirs_net.to(memory_format=torch.contiguous_format)  # ... in its own layout ...
     theirs_net.normalize_input = True  # ... taking [0, 1] input, as its own scripts do
     x = torch.from_numpy(clean_resize(images)) / 255.0
     with torch.no_grad():

@@ -1,5 +1,5 @@
-"""Metric maths against closed forms: Fréchet distance, streaming statistics, CMMD, CLIP
-score and bootstrap intervals."""
+"""Metric maths against closed forms: CMMD, CLIP score and bootstrap intervals (the Fréchet
+distance: test_frechet.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-from pytorch_fid.fid_score import calculate_frechet_distance
 
 from eval.bootstrap import (
     bootstrap_interval,
@@ -18,82 +17,7 @@ from eval.bootstrap import (
 )
 from eval.clip_score import clip_scores
 from eval.cmmd import cmmd, mmd2_unbiased, mmd2_unbiased_resampled
-from eval.frechet import FrechetToReference, GaussianStats, frechet_distance
-
-
-def _random_stats(rng, dim, n):
-    x = rng.normal(size=(n, dim)) @ rng.normal(size=(dim, dim)) / math.sqrt(dim)
-    return x.mean(0), np.cov(x, rowvar=False)
-
-
-# ---------------------------------------------------------------------------- Fréchet distance
-
-
-def test_equal_covariances_give_the_squared_mean_gap():
-    cov = np.eye(8)
-    assert frechet_distance(np.zeros(8), cov, np.ones(8), cov) == pytest.approx(8.0)
-
-
-def test_one_dimensional_gaussians():
-    # FD(N(m1, s1²), N(m2, s2²)) = (m1 - m2)² + (s1 - s2)²
-    assert frechet_distance([0.5], [[4.0]], [2.0], [[0.25]]) == pytest.approx(1.5**2 + 1.5**2)
-
-
-def test_identical_sets_give_zero_and_the_distance_is_symmetric():
-    rng = np.random.default_rng(0)
-    mu1, s1 = _random_stats(rng, 16, 200)
-    mu2, s2 = _random_stats(rng, 16, 300)
-    assert abs(frechet_distance(mu1, s1, mu1, s1)) < 1e-8
-    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(frechet_distance(mu2, s2, mu1, s1))
-
-
-@pytest.mark.parametrize("dim, n", [(16, 500), (64, 40)])  # 64 dims from 40 rows: singular
-def test_equals_pytorch_fid(dim, n):
-    rng = np.random.default_rng(dim)
-    mu1, s1 = _random_stats(rng, dim, n)
-    mu2, s2 = _random_stats(rng, dim, n)
-    ours = frechet_distance(mu1, s1, mu2, s2)
-    with np.errstate(all="ignore"):
-        theirs = calculate_frechet_distance(mu1, s1, mu2, s2)
-    assert ours == pytest.approx(theirs, abs=1e-6)
-
-
-def test_mismatched_statistics_are_refused():
-    with pytest.raises(ValueError, match="differ in shape"):
-        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
-
-
-def test_streaming_statistics_in_any_batch_order_equal_numpy():
-    rng = np.random.default_rng(1)
-    x = rng.normal(loc=3.0, size=(1000, 12)) * rng.uniform(0.1, 2.0, size=12)
-    batches = np.array_split(x, [7, 100, 101, 640])
-    forward = GaussianStats(12)
-    for b in batches:
-        forward.update(b)
-    backward = GaussianStats(12)
-    for b in reversed(batches):
-        backward.update(b)
-    for stats in (forward, backward):
-        assert stats.n == 1000
-        np.testing.assert_allclose(stats.mean, x.mean(0), rtol=1e-12)
-        np.testing.assert_allclose(stats.covariance, np.cov(x, rowvar=False), rtol=1e-10)
-    with pytest.raises(ValueError, match="at least 2 samples"):
-        _ = GaussianStats(3).covariance
-
-
-@pytest.mark.parametrize("n", [300, 20])  # more rows than dimensions, and fewer
-def test_distance_to_a_fixed_reference_equals_the_direct_computation(n):
-    rng = np.random.default_rng(3)
-    mu_ref, s_ref = _random_stats(rng, 32, 400)
-    to_ref = FrechetToReference(mu_ref, s_ref)
-    x = rng.normal(size=(n, 32)) + 0.2
-    direct = frechet_distance(x.mean(0), np.cov(x, rowvar=False), mu_ref, s_ref)
-    assert to_ref(x) == pytest.approx(direct, rel=1e-7)
-    counts = rng.integers(0, 3, size=n)
-    repeated = np.repeat(x, counts, axis=0)
-    direct = frechet_distance(repeated.mean(0), np.cov(repeated, rowvar=False), mu_ref, s_ref)
-    assert to_ref(x, counts) == pytest.approx(direct, rel=1e-7)
-
+from eval.frechet import FrechetToReference
 
 # ---------------------------------------------------------------------------- CMMD
 
