@@ -52,6 +52,13 @@ def _field(page, section: str, label: str):
     return block.locator(_label_xpath(label)).first.locator("input").first
 
 
+def _dismiss(page, section: str, label: str, value: str) -> None:
+    """Take `value` out of the multi-select `label` in form section `section` (its tag's x)."""
+    field = page.locator(_label_xpath(section)).first.locator(_label_xpath(label)).first
+    tag = field.locator(".p-tag", has_text=re.compile(f"^{re.escape(value)}$"))
+    tag.locator(".p-tag__dismiss").click()
+
+
 def _wait_for_final_state(url: str, timeout_s: float = 600) -> dict:
     """The flow run, read from the API until its state is final."""
     deadline = time.monotonic() + timeout_s
@@ -175,6 +182,8 @@ def test_run_pipeline_from_the_prefect_form_and_read_it_in_mlflow(tmp_path, brow
         }
         for (section, label), value in small.items():
             _field(page, section, label).fill(value)
+        _dismiss(page, "Training", "Text Encoders", "clip-small")  # a 1 x 1 grid
+        _dismiss(page, "Training", "Unets", "unet-s")
         page.screenshot(path=SHOTS / "prefect-custom-run-form.png", full_page=True)
         try:
             _submit(page)
@@ -199,6 +208,8 @@ def test_run_pipeline_from_the_prefect_form_and_read_it_in_mlflow(tmp_path, brow
         assert "Completed" in badge.inner_text()
         params = run["parameters"]["params"]  # the form's values reached the run
         assert params["shapes"]["n"] == 200 and params["evaluation"]["num_samples"] == 6
+        training = params["training"]
+        assert training["text_encoders"] == ["clip-tiny"] and training["unets"] == ["unet-xs"]
 
         # MLflow: the first point of the sweep it produced, its metrics and sample grid
         import mlflow
