@@ -23,3 +23,22 @@ FAULTY_SPEC = ShapesSpec(n=120, faults=FaultRates(0.05, 0.05, 0.05, 0.05, 0.05),
 def faulty_source(tmp_path_factory):
     with serve_shapes(FAULTY_SPEC, tmp_path_factory.mktemp("source")) as source:
         yield source
+
+
+@pytest.fixture(scope="session")
+def ui_stack(tmp_path_factory):
+    """One `marble up` (Prefect server, deployments, worker, MLflow UI; free ports, SQLite in a
+    temporary workspace) for every test that needs the UI stack: test_browser.py, then
+    test_deployments.py, whose last test takes it down and checks that nothing is left.
+    Yields (home, env, the `up` result)."""
+    from tests.service_helpers import cli_env, marble
+
+    root = tmp_path_factory.mktemp("ui-stack")
+    home, env = root / "home", cli_env(root)
+    up = marble(home, "up", "--prefect-port", "0", "--mlflow-port", "0",
+                "--timezone", "Europe/Berlin", env=env)  # fmt: skip
+    try:
+        yield home, env, up
+    finally:
+        if (home / "services.json").exists():  # a test failed before taking it down
+            marble(home, "down", env=env)

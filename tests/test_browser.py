@@ -22,7 +22,7 @@ import pytest
 
 from tasks.runtime.services import ROOT, free_port
 from tasks.store.tracking import ui_page
-from tests.service_helpers import assert_all_stopped, cli_env, marble, started
+from tests.service_helpers import started
 
 pytestmark = pytest.mark.slow
 
@@ -141,107 +141,101 @@ def _launched_page(sync_api):
             browser.close()
 
 
-def test_run_pipeline_from_the_prefect_form_and_read_it_in_mlflow(tmp_path, browser_page):
+def test_run_pipeline_from_the_prefect_form_and_read_it_in_mlflow(ui_stack, browser_page):
+    """On the session's `marble up` (conftest.py), which test_deployments.py takes down."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
     page, trouble = browser_page
-    home, env = tmp_path / "home", cli_env(tmp_path)
-    up = marble(home, "up", "--prefect-port", "0", "--mlflow-port", "0", env=env)
-    processes = []
+    home, _, up = ui_stack
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+    state, _ = started(home)
+    base = state["prefect_url"]
+    with urllib.request.urlopen(f"{base}/api/deployments/name/pipeline/pipeline") as r:
+        deployment = json.load(r)
+
+    # the deployment page -> Run -> Custom run
+    page.goto(f"{base}/deployments/deployment/{deployment['id']}")
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.get_by_text("Custom run").first.click()
+    page.wait_for_url(re.compile(r".*/run(\?.*)?$"))
+    page.locator(".schema-form-property__label").first.wait_for()
+
+    # a value below a pydantic bound (num_samples >= 2) is refused by the form
+    _field(page, "Evaluation", "Num Samples").fill("1")
+    page.get_by_role("button", name="Submit").click()
+    page.get_by_text("1 is less than the minimum of 2").first.wait_for()
+    assert re.search(r"/run(\?.*)?$", page.url)  # still on the form: nothing was run
+    page.screenshot(path=SHOTS / "prefect-form-refuses-out-of-bounds.png", full_page=True)
+
+    # small parameters, typed into the form
+    small = {
+        ("Shapes", "N"): "200",
+        ("Shapes", "Port"): str(free_port()),
+        ("Training", "Autoencoder Steps"): "3",
+        ("Training", "Image Tower Steps"): "3",
+        ("Training", "Clip Steps"): "3",
+        ("Training", "Diffusion Steps"): "3",
+        ("Evaluation", "Num Samples"): "6",
+        ("Evaluation", "Bootstrap"): "5",
+    }
+    for (section, label), value in small.items():
+        _field(page, section, label).fill(value)
+    _dismiss(page, "Training", "Text Encoders", "clip-small")  # a 1 x 1 grid
+    _dismiss(page, "Training", "Unets", "unet-s")
+    page.screenshot(path=SHOTS / "prefect-custom-run-form.png", full_page=True)
     try:
-        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-        state, processes = started(home)
-        base = state["prefect_url"]
-        with urllib.request.urlopen(f"{base}/api/deployments/name/pipeline/pipeline") as r:
-            deployment = json.load(r)
+        _submit(page)
+        page.get_by_text("scheduled to start").last.wait_for()  # the toast of the new run
+    except (PlaywrightTimeoutError, AssertionError) as failed:
+        page.screenshot(path=SHOTS / "prefect-submit-failed.png", full_page=True)
+        said = page.locator(".p-toast__message").all_inner_texts()
+        raise AssertionError(
+            f"Submit created no run ({failed}); the UI said: {said}; on the wire: "
+            f"{trouble}; the server's log: "
+            f"{_log_errors(home / 'logs' / 'prefect-server.log')}"
+        ) from None
+    page.get_by_text("View run").last.click()
+    page.wait_for_url(re.compile(r".*/flow-run/[0-9a-f-]+$"))
+    run_id = page.url.rstrip("/").split("/")[-1]
+    run = _wait_for_final_state(f"{base}/api/flow_runs/{run_id}")
+    page.reload()  # the page shows the final state (without waiting on its live refresh)
+    badge = page.locator(".page-heading .state-badge").first
+    badge.filter(has_text=run["state_name"]).wait_for()
+    page.screenshot(path=SHOTS / "prefect-run-completed.png", full_page=True)
+    assert run["state_type"] == "COMPLETED", run["state"].get("message")
+    assert "Completed" in badge.inner_text()
+    params = run["parameters"]["params"]  # the form's values reached the run
+    assert params["shapes"]["n"] == 200 and params["evaluation"]["num_samples"] == 6
+    training = params["training"]
+    assert training["text_encoders"] == ["clip-tiny"] and training["unets"] == ["unet-xs"]
 
-        # the deployment page -> Run -> Custom run
-        page.goto(f"{base}/deployments/deployment/{deployment['id']}")
-        page.get_by_role("button", name="Run", exact=True).click()
-        page.get_by_text("Custom run").first.click()
-        page.wait_for_url(re.compile(r".*/run(\?.*)?$"))
-        page.locator(".schema-form-property__label").first.wait_for()
+    # MLflow: the first point of the sweep it produced, its metrics and sample grid
+    import mlflow
 
-        # a value below a pydantic bound (num_samples >= 2) is refused by the form
-        _field(page, "Evaluation", "Num Samples").fill("1")
-        page.get_by_role("button", name="Submit").click()
-        page.get_by_text("1 is less than the minimum of 2").first.wait_for()
-        assert re.search(r"/run(\?.*)?$", page.url)  # still on the form: nothing was run
-        page.screenshot(path=SHOTS / "prefect-form-refuses-out-of-bounds.png", full_page=True)
-
-        # small parameters, typed into the form
-        small = {
-            ("Shapes", "N"): "200",
-            ("Shapes", "Port"): str(free_port()),
-            ("Training", "Autoencoder Steps"): "3",
-            ("Training", "Image Tower Steps"): "3",
-            ("Training", "Clip Steps"): "3",
-            ("Training", "Diffusion Steps"): "3",
-            ("Evaluation", "Num Samples"): "6",
-            ("Evaluation", "Bootstrap"): "5",
-        }
-        for (section, label), value in small.items():
-            _field(page, section, label).fill(value)
-        _dismiss(page, "Training", "Text Encoders", "clip-small")  # a 1 x 1 grid
-        _dismiss(page, "Training", "Unets", "unet-s")
-        page.screenshot(path=SHOTS / "prefect-custom-run-form.png", full_page=True)
-        try:
-            _submit(page)
-            page.get_by_text("scheduled to start").last.wait_for()  # the toast of the new run
-        except (PlaywrightTimeoutError, AssertionError) as failed:
-            page.screenshot(path=SHOTS / "prefect-submit-failed.png", full_page=True)
-            said = page.locator(".p-toast__message").all_inner_texts()
-            raise AssertionError(
-                f"Submit created no run ({failed}); the UI said: {said}; on the wire: "
-                f"{trouble}; the server's log: "
-                f"{_log_errors(home / 'logs' / 'prefect-server.log')}"
-            ) from None
-        page.get_by_text("View run").last.click()
-        page.wait_for_url(re.compile(r".*/flow-run/[0-9a-f-]+$"))
-        run_id = page.url.rstrip("/").split("/")[-1]
-        run = _wait_for_final_state(f"{base}/api/flow_runs/{run_id}")
-        page.reload()  # the page shows the final state (without waiting on its live refresh)
-        badge = page.locator(".page-heading .state-badge").first
-        badge.filter(has_text=run["state_name"]).wait_for()
-        page.screenshot(path=SHOTS / "prefect-run-completed.png", full_page=True)
-        assert run["state_type"] == "COMPLETED", run["state"].get("message")
-        assert "Completed" in badge.inner_text()
-        params = run["parameters"]["params"]  # the form's values reached the run
-        assert params["shapes"]["n"] == 200 and params["evaluation"]["num_samples"] == 6
-        training = params["training"]
-        assert training["text_encoders"] == ["clip-tiny"] and training["unets"] == ["unet-xs"]
-
-        # MLflow: the first point of the sweep it produced, its metrics and sample grid
-        import mlflow
-
-        client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
-        experiment = client.get_experiment_by_name("marble-evaluate")
-        points = [
-            r for r in client.search_runs([experiment.experiment_id])
-            if r.data.tags.get("mlflow.parentRunId")
-        ]  # fmt: skip
-        point = points[0]
-        mlflow_url = state["mlflow_url"]
-        # marble's link to the experiment opens its runs table, the sweep's run among them,
-        # not MLflow's GenAI view (traces), where the UI opens any experiment by default
-        sweep = client.get_run(point.data.tags["mlflow.parentRunId"])
-        assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-        page.goto(ui_page(mlflow_url, experiment_id=experiment.experiment_id))
-        page.get_by_text(sweep.info.run_name).first.wait_for()
-        assert "/runs" in page.url and "genai" not in page.url, page.url
-        page.screenshot(path=SHOTS / "mlflow-experiment-runs.png", full_page=True)
-        page.goto(f"{mlflow_url}/#/experiments/{experiment.experiment_id}/runs/{point.info.run_id}")
-        page.get_by_text(point.info.run_name).first.wait_for()
-        page.get_by_role("tab", name="Model metrics").click()
-        page.locator(".js-plotly-plot").first.wait_for()
-        page.screenshot(path=SHOTS / "mlflow-metrics.png", full_page=True)
-        page.get_by_role("tab", name="Artifacts").click()
-        page.get_by_text("samples.png").first.click()
-        image = page.locator("img[src^='blob:']").first  # the artifact, fetched by the UI
-        image.wait_for()
-        assert image.evaluate("e => e.complete && e.naturalWidth > 0")
-        page.screenshot(path=SHOTS / "mlflow-sample-grid.png", full_page=True)
-    finally:
-        down = marble(home, "down", env=env)
-    assert down.returncode == 0, down.stderr
-    assert_all_stopped(processes)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("marble-evaluate")
+    points = [
+        r for r in client.search_runs([experiment.experiment_id])
+        if r.data.tags.get("mlflow.parentRunId")
+    ]  # fmt: skip
+    point = points[0]
+    mlflow_url = state["mlflow_url"]
+    # marble's link to the experiment opens its runs table, the sweep's run among them,
+    # not MLflow's GenAI view (traces), where the UI opens any experiment by default
+    sweep = client.get_run(point.data.tags["mlflow.parentRunId"])
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    page.goto(ui_page(mlflow_url, experiment_id=experiment.experiment_id))
+    page.get_by_text(sweep.info.run_name).first.wait_for()
+    assert "/runs" in page.url and "genai" not in page.url, page.url
+    page.screenshot(path=SHOTS / "mlflow-experiment-runs.png", full_page=True)
+    page.goto(f"{mlflow_url}/#/experiments/{experiment.experiment_id}/runs/{point.info.run_id}")
+    page.get_by_text(point.info.run_name).first.wait_for()
+    page.get_by_role("tab", name="Model metrics").click()
+    page.locator(".js-plotly-plot").first.wait_for()
+    page.screenshot(path=SHOTS / "mlflow-metrics.png", full_page=True)
+    page.get_by_role("tab", name="Artifacts").click()
+    page.get_by_text("samples.png").first.click()
+    image = page.locator("img[src^='blob:']").first  # the artifact, fetched by the UI
+    image.wait_for()
+    assert image.evaluate("e => e.complete && e.naturalWidth > 0")
+    page.screenshot(path=SHOTS / "mlflow-sample-grid.png", full_page=True)

@@ -239,15 +239,18 @@ def test_two_runs_at_once_fetch_the_builtin_scenes_once(tmp_path):
 
 def test_a_second_run_on_another_port_leaks_nothing_into_val(tmp_path):
     """When the usual port is taken by another program the built-in source gets new URLs,
-    so the same scenes are ingested again as new pairs: the manifest counts them and the
-    split keeps each picture's copies on one side."""
+    so the same scenes are ingested again as new pairs: the manifest counts them, the split
+    keeps each picture's copies on one side, and the filter CLIP, trained on the same
+    pictures, keeps its settings (else the rerun would stop at its checkpoint)."""
     from flows.ingest import download_pairs
     from flows.pipeline import _ingest
+    from tasks.train.clip import filter_clip_spec
 
     workspace = Workspace(tmp_path / "home")
     port = _free_port()
     params = _builtin_params(workspace, port)
     _ingest(params, workspace, download=download_pairs.fn)
+    first = filter_clip_spec(workspace)
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
@@ -257,6 +260,7 @@ def test_a_second_run_on_another_port_leaks_nothing_into_val(tmp_path):
     assert len(data["train"][2]) + len(data["val"][2]) == 120
     hashes = {s: set(fingerprint(d[0].numpy()).pixel_hash) for s, d in data.items()}
     assert not hashes["train"] & hashes["val"]
+    assert filter_clip_spec(workspace) == first and first.train.steps == 8  # 8 passes of 120
 
 
 def test_a_waiting_lock_names_the_holder_then_takes_it(tmp_path):

@@ -32,7 +32,7 @@ from tasks.runtime.devices import pick_device
 from tasks.store.checkpoint import CheckpointDir, digest
 from tasks.store.images import to_float
 from tasks.store.loaders import load_clip
-from tasks.store.pairs import ParquetPairs, load_split_pairs, pairs_digest
+from tasks.store.pairs import load_split_pairs, pairs_digest, raw_content_plan
 from tasks.store.tracking import training_tracker
 from tasks.store.workspace import Workspace
 from tasks.train.trainer import (
@@ -96,10 +96,12 @@ def filter_clip_spec(
     preset: str = FILTER_CLIP_PRESET,
 ) -> ClipTrainSpec:
     """The filter CLIP: the default recipe on every raw pair, for `epochs` passes over them
-    (or a fixed number of `steps`)."""
+    (or a fixed number of `steps`). The passes count the pairs it trains on, duplicates
+    dropped (`raw_content_plan`): the same pictures ingested again under new URLs leave its
+    settings, and so its checkpoint, as they were."""
     recipe = ClipTrainSpec().train
     if steps is None:
-        n_pairs = len(ParquetPairs(workspace.raw))
+        n_pairs = len(raw_content_plan(workspace.raw).unique_ids())
         steps = max(1, round(epochs * n_pairs / recipe.batch_size))
     return ClipTrainSpec(
         preset=preset,
