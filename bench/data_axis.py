@@ -18,7 +18,6 @@ effect), the per-replicate differences, the floors and the summary's lines.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from tasks.store.tracking import code_version
 from tasks.store.workspace import Workspace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from replicates import latest_rows  # noqa: E402  (the bench scripts share their readers)
+from replicates import bench_arguments, latest_rows  # noqa: E402  (the bench scripts share their readers)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = ("kept", "all")
@@ -56,15 +55,7 @@ def run(home: Path, k: int, n: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--home", type=Path, default=Path("bench-home/data_axis"))
-    parser.add_argument("-k", type=int, default=3, help="training seeds per variant")
-    parser.add_argument("-n", type=int, default=500, help="samples per point")
-    parser.add_argument(
-        "--report-only", action="store_true",
-        help="no run: the verdicts again from the rows the workspace holds (run_s kept)",
-    )  # fmt: skip
-    args = parser.parse_args()
+    args = bench_arguments("data_axis", "training seeds per variant")
     out = RESULTS / "data_axis.json"
     seconds = (
         json.loads(out.read_text())["run_s"] if args.report_only else run(args.home, args.k, args.n)

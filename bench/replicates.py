@@ -108,16 +108,22 @@ def agree(a: dict, b: dict) -> dict[str, bool]:
     return out
 
 
-def main() -> None:
+def bench_arguments(name: str, k_help: str) -> argparse.Namespace:
+    """The options of a replicate bench (this one, data_axis.py): its workspace, K, N, and
+    --report-only (no runs: the verdicts again from the rows the workspace holds)."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--home", type=Path, default=Path("bench-home/replicates"))
-    parser.add_argument("-k", type=int, default=3, help="replicates per half")
+    parser.add_argument("--home", type=Path, default=Path(f"bench-home/{name}"))
+    parser.add_argument("-k", type=int, default=3, help=k_help)
     parser.add_argument("-n", type=int, default=500, help="samples per point")
     parser.add_argument(
         "--report-only", action="store_true",
         help="no runs: the verdicts again from the rows the workspace holds (run_s kept)",
     )  # fmt: skip
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = bench_arguments("replicates", "replicates per half")
     if args.report_only:
         seconds = json.loads((RESULTS / "replicates.json").read_text())["run_s"]
     else:

@@ -255,6 +255,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- the parser
 
 
+# the training fields `marble run` offers as options; the rest are the Prefect form's
+RUN_TRAINING_OPTIONS = (
+    "text_encoders", "unets", "autoencoders", "autoencoder_steps", "image_tower_steps",
+    "clip_steps", "diffusion_steps", "diffusion_batch_size", "replicates", "first_replicate",
+    "data_variants", "nproc_per_node",
+)  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     from flows.command_params import PublishParams, QueryParams, TrainModelParams, UpParams
     from flows.params import (
@@ -292,20 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         training_fields=add_model_options(
             run,
             TrainingParams,
-            only=(
-                "text_encoders",
-                "unets",
-                "autoencoders",
-                "autoencoder_steps",
-                "image_tower_steps",
-                "clip_steps",
-                "diffusion_steps",
-                "diffusion_batch_size",
-                "replicates",
-                "first_replicate",
-                "data_variants",
-                "nproc_per_node",
-            ),
+            only=RUN_TRAINING_OPTIONS,
         ),
         evaluation_fields=add_model_options(
             run,
