@@ -40,7 +40,7 @@ FILTER_MODEL = "marble:clip-tiny"
 
 
 def few_steps(steps: int) -> TrainConfig:
-    return TrainConfig(steps=steps, batch_size=16, lr=1e-3, warmup_steps=1, log_every=10)
+    return TrainConfig(steps=steps, batch_size=16, lr=1e-3, warmup_images=16, log_every=10)
 
 
 def build_workspace(root: Path, shards: int, pairs: int) -> Workspace:

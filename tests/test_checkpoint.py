@@ -74,7 +74,9 @@ def test_settings_digest_changes_with_every_setting():
         TrainConfig(steps=8),
         TrainConfig(steps=7, lr=2e-3),
         TrainConfig(steps=7, betas=(0.9, 0.99)),
-        TrainConfig(steps=7, ema_decay=0.9),
+        TrainConfig(steps=7, ema_halflife_images=50),
+        TrainConfig(steps=7, warmup_images=640),
+        TrainConfig(steps=7, weight_decay=0.1),
         TrainConfig(steps=7, seed=1),
     ]
     digests = {settings_digest(config, cfg) for cfg in changed}

@@ -66,7 +66,7 @@ def three_shards(tmp_path_factory) -> Workspace:
         write_as_raw_shard(spec, workspace.raw / f"{seed:05d}.parquet")
     spec = ShapesSpec(n=60, seed=0, faults=FaultRates.uniform(0))
     write_source_tables(spec, build_table(spec), "http://127.0.0.1:1", workspace.source)
-    train_clip(ClipTrainSpec(train=tiny_train(ema_decay=0.0)), workspace)
+    train_clip(ClipTrainSpec(train=tiny_train(ema_halflife_images=0)), workspace)
     return workspace
 
 

@@ -36,7 +36,7 @@ def trained(tmp_path_factory) -> Workspace:
     """Built-in data (160 pairs, 20 % wrong captions), kept pairs, the `all` variant, and one
     grid point trained on each (a few steps each)."""
     workspace = make_workspace(tmp_path_factory.mktemp("data-axis") / "home", 160, 2, truth=True)
-    tiny_clip = tiny_train(ema_decay=0.0)
+    tiny_clip = tiny_train(ema_halflife_images=0)
     train_clip(ClipTrainSpec(train=tiny_clip), workspace)
     cfg = FilterConfig(
         model="marble:clip-tiny", workers=0, keep="top_fraction", top_fraction=0.7,

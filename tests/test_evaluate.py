@@ -32,7 +32,7 @@ def trained(tmp_path_factory) -> Workspace:
     """Built-in data (200 pairs), kept pairs, an autoencoder, two text towers, the judge and
     two diffusion models, a few steps each."""
     workspace = make_workspace(tmp_path_factory.mktemp("evaluate") / "home", 200, 0, truth=True)
-    tiny_clip = tiny_train(ema_decay=0.0)
+    tiny_clip = tiny_train(ema_halflife_images=0)
     train_clip(ClipTrainSpec(train=tiny_clip), workspace)
     config = FilterConfig(  # 3 of these 200 pictures' content groups fall in val at 2.2 %
         model="marble:clip-tiny", workers=0, keep="top_fraction", top_fraction=0.9,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import signal
@@ -40,7 +41,7 @@ def trained(tmp_path_factory):
     summaries = {
         "autoencoder": train_autoencoder(AutoencoderTrainSpec(train=tiny_train()), workspace),
         "identity": train_autoencoder(AutoencoderTrainSpec(preset="identity"), workspace),
-        "clip": train_clip(ClipTrainSpec(train=tiny_train(ema_decay=0.0)), workspace),
+        "clip": train_clip(ClipTrainSpec(train=tiny_train(ema_halflife_images=0)), workspace),
     }
     summaries["diffusion"] = train_diffusion(DiffusionTrainSpec(train=tiny_train()), workspace)
     return workspace, summaries
@@ -71,7 +72,7 @@ def test_each_trainer_writes_a_checkpoint(trained):
 def test_rerun_of_a_finished_training_is_a_no_op(trained):
     workspace, s = trained
     before = load_file(workspace.checkpoints / "clip" / "clip-tiny" / "ema.safetensors")
-    again = train_clip(ClipTrainSpec(train=tiny_train(ema_decay=0.0)), workspace)
+    again = train_clip(ClipTrainSpec(train=tiny_train(ema_halflife_images=0)), workspace)
     assert again["run_id"] == s["clip"]["run_id"]
     after = load_file(workspace.checkpoints / "clip" / "clip-tiny" / "ema.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -83,7 +84,7 @@ def test_new_data_trains_again_from_scratch(tmp_path):
     from tasks.shapes.render import FaultRates, ShapesSpec, write_as_raw_shard
 
     workspace = make_workspace(tmp_path, n=120)
-    spec = ClipTrainSpec(train=tiny_train(ema_decay=0.0))
+    spec = ClipTrainSpec(train=tiny_train(ema_halflife_images=0))
     first = train_clip(spec, workspace)
     assert train_clip(spec, workspace)["skipped"]  # the same pairs: nothing to do
     more = ShapesSpec(n=60, seed=9, faults=FaultRates.uniform(0))
@@ -97,7 +98,7 @@ def test_new_data_trains_again_from_scratch(tmp_path):
 def test_other_settings_on_an_existing_checkpoint_are_refused(trained):
     workspace, _ = trained
     with pytest.raises(ValueError, match="other settings"):
-        train_clip(ClipTrainSpec(train=tiny_train(ema_decay=0.0, lr=5e-3)), workspace)
+        train_clip(ClipTrainSpec(train=tiny_train(ema_halflife_images=0, lr=5e-3)), workspace)
 
 
 def test_lit_trains_the_text_tower_against_the_locked_image_tower(trained):
@@ -106,7 +107,7 @@ def test_lit_trains_the_text_tower_against_the_locked_image_tower(trained):
     a new image tower counts as new inputs (training again), and a missing one is one error."""
     workspace, s = trained
     spec = ClipTrainSpec(
-        preset="clip-small", image_tower="clip-tiny", train=tiny_train(ema_decay=0.0)
+        preset="clip-small", image_tower="clip-tiny", train=tiny_train(ema_halflife_images=0)
     )
     summary = train_clip(spec, workspace)
     lit = load_file(workspace.checkpoints / "clip" / "clip-small" / "ema.safetensors")
@@ -187,8 +188,71 @@ def test_tracking_switch_turns_mlflow_off(tmp_path, monkeypatch):
 def test_bad_train_config_is_refused_by_name():
     with pytest.raises(ValueError, match="betas must be two numbers in"):
         TrainConfig(betas=(0.9, 1.0))
-    with pytest.raises(ValueError, match="ema_decay must lie in"):
-        TrainConfig(ema_decay=1.0)
+    for name in ("weight_decay", "warmup_images", "ema_halflife_images"):
+        with pytest.raises(ValueError, match=f"{name} must be >= 0, got -1"):
+            TrainConfig(**{name: -1})
+
+
+def test_schedules_count_images_not_steps():
+    """Warm-up and EMA horizons are the same number of images at any batch size: twice the
+    batch, half the warm-up steps and the square of the per-step decay's complement share."""
+    from tasks.train.trainer import EMA_RAMPUP, ema_decay_at, lr_factor
+
+    small = TrainConfig(steps=400, batch_size=64, warmup_images=6400, ema_halflife_images=4400)
+    large = TrainConfig(steps=200, batch_size=128, warmup_images=6400, ema_halflife_images=4400)
+    assert (small.warmup_steps, large.warmup_steps) == (100, 50)
+    assert TrainConfig(batch_size=100, warmup_images=6401).warmup_steps == 65  # rounded up
+    for step in (0, 24, 49):  # the lr after the same images seen
+        assert lr_factor(2 * step + 1, small) == pytest.approx(lr_factor(step, large))
+    assert lr_factor(49, large) == 1.0 and lr_factor(199, large) == pytest.approx(0.1, abs=1e-4)
+    # a half-life of 4,400 images: 0.5 ** (128 / 4400) a step at 128, its root at 64
+    assert large.ema_decay == pytest.approx(0.5 ** (128 / 4400)) == pytest.approx(0.98004, 1e-5)
+    assert small.ema_decay**2 == pytest.approx(large.ema_decay)
+    assert TrainConfig(ema_halflife_images=0).ema_decay == 0.0
+    # warming up: the half-life is EMA_RAMPUP of the images seen, so exp(-9 / (t + 1))
+    for step in (0, 9, 99):
+        assert ema_decay_at(step, large) == pytest.approx(math.exp(-9 / (step + 1)))
+    assert 4400 / EMA_RAMPUP / 128 < 1000  # warmed up by step 1,000 at batch 128
+    assert ema_decay_at(1000, large) == large.ema_decay
+    assert ema_decay_at(2001, small) == small.ema_decay
+
+
+def test_weight_decay_reaches_only_the_matrices(tmp_path):
+    """One AdamW step with a zero gradient moves only the decayed weights, each by the
+    closed form p * (1 - lr * weight_decay): Linear and Embedding weights (>= 2-D) decay;
+    biases, LayerNorm gains and a 0-D logit_scale keep their values; a frozen tensor is left
+    out of the optimizer."""
+    from tasks.train.trainer import param_groups
+
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict(
+        {
+            "emb": torch.nn.Embedding(5, 3),
+            "lin": torch.nn.Linear(3, 2),
+            "norm": torch.nn.LayerNorm(3),
+            "frozen": torch.nn.Linear(2, 2).requires_grad_(False),
+        }
+    )
+    model.register_parameter("logit_scale", torch.nn.Parameter(torch.tensor(2.0)))
+    groups = param_groups(model, 0.1)
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+    assert {id(p) for p in groups[0]["params"]} == {id(model.emb.weight), id(model.lin.weight)}
+    assert {id(p) for p in groups[1]["params"]} == {
+        id(model.lin.bias), id(model.norm.weight), id(model.norm.bias), id(model.logit_scale)
+    }  # fmt: skip
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def loss_fn(net, step, micro, g):  # a zero gradient: Adam's own update is 0
+        return 0.0 * sum(p.sum() for p in net.parameters() if p.requires_grad), 1
+
+    cfg = TrainConfig(
+        steps=1, batch_size=1, lr=0.5, weight_decay=0.1, warmup_images=0, ema_halflife_images=0
+    )
+    train(model, loss_fn, cfg, CheckpointDir(tmp_path / "ckpt"), {}, _null_tracker(None))
+    for name, p in model.named_parameters():
+        decayed = name in ("emb.weight", "lin.weight")
+        expected = before[name] * (1 - 0.5 * 0.1) if decayed else before[name]
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=0)
 
 
 def test_unknown_choices_in_a_spec_are_refused_by_name():
@@ -221,7 +285,7 @@ def _null_tracker(workspace):
 
 def test_ema_update_closed_form():
     """ema <- d * ema + (1 - d) * model: from 0 towards 1 with d = 0.9, 0.1 then 0.19."""
-    from tasks.train.trainer import ema_decay_at, update_ema
+    from tasks.train.trainer import update_ema
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     ema = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
@@ -237,7 +301,6 @@ def test_ema_update_closed_form():
     for p in ema.parameters():
         torch.testing.assert_close(p, torch.full_like(p, 0.19))
     torch.testing.assert_close(ema[1].running_mean, torch.full((2,), 5.0))  # copied
-    assert ema_decay_at(0, 0.999) == pytest.approx(0.1) and ema_decay_at(10**6, 0.99) == 0.99
 
 
 def test_loss_falls_on_a_fixed_batch(tmp_path):
@@ -261,7 +324,7 @@ def test_loss_falls_on_a_fixed_batch(tmp_path):
         return loss, 8
 
     cfg = TrainConfig(
-        steps=60, batch_size=8, lr=2e-3, warmup_steps=5, ema_decay=0.0, ckpt_every=1000
+        steps=60, batch_size=8, lr=2e-3, warmup_images=40, ema_halflife_images=0, ckpt_every=1000
     )
     train(unet, loss_fn, cfg, CheckpointDir(tmp_path / "ckpt"), {}, _null_tracker(None))
     assert sum(losses[-5:]) / 5 < 0.3 * sum(losses[:5]) / 5
@@ -274,7 +337,7 @@ def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(tmp_path):
         out = net(torch.ones(1, 2)).sum()
         return (out * float("nan") if step == 3 else out**2), 1
 
-    cfg = TrainConfig(steps=10, batch_size=1, ckpt_every=2, ema_decay=0.0, warmup_steps=1)
+    cfg = TrainConfig(steps=10, batch_size=1, ckpt_every=2, ema_halflife_images=0, warmup_images=1)
     with pytest.raises(NonFiniteLossError, match="at step 3"):
         train(model, loss_fn, cfg, CheckpointDir(tmp_path / "ckpt"), {}, _null_tracker(None))
     assert load_state(tmp_path / "ckpt")["step"] == 2
@@ -291,7 +354,7 @@ RESUME_SCRIPT = textwrap.dedent(
     from tasks.train.diffusion import DiffusionTrainSpec, train_diffusion
     from tasks.train.trainer import TrainConfig
     torch.set_num_threads(1)
-    cfg = TrainConfig(steps=16, batch_size=8, lr=1e-3, warmup_steps=2, log_every=4, ckpt_every=2)
+    cfg = TrainConfig(steps=16, batch_size=8, lr=1e-3, warmup_images=16, log_every=4, ckpt_every=2)
     train_diffusion(DiffusionTrainSpec(autoencoder="identity", train=cfg), Workspace(Path(sys.argv[1])))
     """
 )
@@ -384,7 +447,7 @@ DDP_SCRIPT = textwrap.dedent(
         idx = rank_slice(torch.randint(32, (8,), generator=g), info)
         recon, post = net(data[idx], generator=g)
         return autoencoder_loss(data[idx], recon, post)[0], len(idx)
-    cfg = TrainConfig(steps=4, batch_size=8, warmup_steps=1, ckpt_every=2, ema_decay=0.9)
+    cfg = TrainConfig(steps=4, batch_size=8, warmup_images=8, ckpt_every=2, ema_halflife_images=50)
     out = Path(sys.argv[1])
     tracker = lambda run_id, enabled: Tracker(None, "x", "x", run_id, enabled=False)
     result = train(model, loss_fn, cfg, CheckpointDir(out / "ckpt"), {}, tracker)

@@ -26,11 +26,13 @@ def test_a_copied_workspace_writes_only_into_itself(tmp_path):
     import mlflow
 
     original = make_workspace(tmp_path / "original")
-    train_clip(ClipTrainSpec(train=tiny_train(ema_decay=0.0)), original)
+    train_clip(ClipTrainSpec(train=tiny_train(ema_halflife_images=0)), original)
     before = _snapshot(original.root)
     copy = Workspace(tmp_path / "copy")
     shutil.copytree(original.root, copy.root)
-    summary = train_clip(ClipTrainSpec(preset="clip-small", train=tiny_train(ema_decay=0.0)), copy)
+    summary = train_clip(
+        ClipTrainSpec(preset="clip-small", train=tiny_train(ema_halflife_images=0)), copy
+    )
     assert _snapshot(original.root) == before  # nothing written into the original
     run = mlflow.get_run(summary["run_id"])  # the copy's store is the current one
     assert run.info.artifact_uri.startswith(copy.mlartifacts.as_uri())
@@ -58,7 +60,7 @@ def test_processes_that_find_a_copied_store_at_once_rewrite_it_once(tmp_path):
     import sqlite3
 
     original = make_workspace(tmp_path / "original")
-    train_clip(ClipTrainSpec(train=tiny_train(ema_decay=0.0)), original)
+    train_clip(ClipTrainSpec(train=tiny_train(ema_halflife_images=0)), original)
     copy = tmp_path / "copy"
     shutil.copytree(original.root, copy)
     ctx = multiprocessing.get_context("spawn")

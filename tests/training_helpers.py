@@ -24,5 +24,5 @@ def make_workspace(root: Path, n: int = 160, seed: int = 0, truth: bool = False)
 
 
 def tiny_train(**kw) -> TrainConfig:
-    base = dict(steps=6, batch_size=8, lr=1e-3, warmup_steps=2, log_every=2, ckpt_every=3)
+    base = dict(steps=6, batch_size=8, lr=1e-3, warmup_images=16, log_every=2, ckpt_every=3)
     return TrainConfig(**(base | kw))

@@ -41,7 +41,12 @@ class AutoencoderTrainSpec:
     preset: str = "kl-f4"  # key of AE_PRESETS
     kl_weight: float = 1e-6  # as in latent-diffusion
     train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(steps=1500, batch_size=64, lr=2e-3, ema_decay=0.995)
+        default_factory=lambda: TrainConfig(
+            steps=1500,
+            batch_size=64,
+            lr=2e-3,
+            ema_halflife_images=8850,  # 0.995 a step at 64
+        )
     )
 
     def __post_init__(self):

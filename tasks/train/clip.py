@@ -64,7 +64,12 @@ class ClipTrainSpec:
     replicate: int = 0
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            steps=600, batch_size=128, lr=1e-3, weight_decay=0.1, ema_decay=0.0
+            steps=600,
+            batch_size=128,
+            lr=1e-3,
+            weight_decay=0.1,
+            warmup_images=6400,
+            ema_halflife_images=0,
         )
     )
 

@@ -76,7 +76,12 @@ class DiffusionTrainSpec:
     data_variant: str = DEFAULT_VARIANT  # the training set (workspace.DATA_VARIANTS)
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            steps=2000, batch_size=128, lr=3e-3, betas=(0.9, 0.99), ema_decay=0.98
+            steps=2000,
+            batch_size=128,
+            lr=3e-3,
+            betas=(0.9, 0.99),
+            warmup_images=6400,
+            ema_halflife_images=4400,  # a decay of 0.98 a step at batch 128
         )
     )
 

@@ -9,8 +9,10 @@ killed at any point and resumed from its last checkpoint ends bit-identical (on 
 uninterrupted run. The loop owns the rest:
 
 - device (CUDA if present, else CPU), bf16 autocast on CUDA, optional torch.compile
-- AdamW (fused, on CUDA and CPU), linear warmup then cosine decay, gradient clipping, accumulation
+- AdamW (fused, on CUDA and CPU) with weight decay on the >= 2-D weights only, linear warmup
+  then cosine decay, gradient clipping, accumulation
 - EMA of the weights (what sampling and validation use)
+- warm-up and EMA horizons counted in images, so a batch-size change leaves them in place
 - progress bar (loss, img/s), a log line and MLflow metrics every `log_every` steps
 - validation every `val_every` steps, atomic checkpoints every `ckpt_every` steps and at the end
 - DDP under torchrun: every rank draws the same batch indices and takes its own slice
@@ -75,13 +77,17 @@ class TrainConfig:
     steps: int = 1000  # optimizer steps
     batch_size: int = 64  # images per optimizer step, summed over ranks and micro-batches
     lr: float = 1e-3  # peak learning rate
+    # AdamW's decoupled decay, on the >= 2-D weights only (matrices, kernels, embedding
+    # tables); norm gains, biases and scalars such as CLIP's logit_scale are not decayed
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW (beta1, beta2)
-    warmup_steps: int = 50  # linear warmup, then cosine decay to min_lr_ratio * lr
-    min_lr_ratio: float = 0.1
+    warmup_images: int = 3200  # linear warmup over this many images, then cosine decay ...
+    min_lr_ratio: float = 0.1  # ... to min_lr_ratio * lr at the last step
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     grad_accum: int = 1  # micro-batches per optimizer step
-    ema_decay: float = 0.999  # 0 disables (the EMA is then the model itself)
+    # EMA half-life in images (the EMA weight of an image's update halves after this many
+    # more); 0 disables (the EMA is then the model itself)
+    ema_halflife_images: float = 44_000
     log_every: int = 25
     val_every: int = 0  # 0: validate at the end only
     ckpt_every: int = 200
@@ -95,8 +101,21 @@ class TrainConfig:
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))  # lists from JSON
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        for name in ("weight_decay", "warmup_images", "ema_halflife_images"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def warmup_steps(self) -> int:
+        """The warm-up in optimizer steps at this batch size."""
+        return math.ceil(self.warmup_images / self.batch_size)
+
+    @property
+    def ema_decay(self) -> float:
+        """The EMA's decay per optimizer step at this batch size, once warmed up (0: off)."""
+        if self.ema_halflife_images == 0:
+            return 0.0
+        return 0.5 ** (self.batch_size / self.ema_halflife_images)
 
 
 FINISHED = "its checkpoint finished training with the same settings"
@@ -202,12 +221,36 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.copy_(b)
 
 
-def ema_decay_at(step: int, decay: float) -> float:
-    """Warm-up of the EMA decay ((1 + step) / (10 + step), capped): early weights fade fast."""
-    return min(decay, (1 + step) / (10 + step))
+# Early in training the EMA's half-life is at most this fraction of the images seen so far,
+# so the first weights (far from any optimum) fade fast. With ln 2 / 9 the warm-up decay
+# is exp(-9 / (t + 1)) at step t, close to the familiar (1 + t) / (10 + t) once t is in the
+# tens, but counted in images rather than steps.
+EMA_RAMPUP = math.log(2) / 9
+
+
+def ema_decay_at(step: int, cfg: TrainConfig) -> float:
+    """The EMA's decay at optimizer step `step` (0-based): 0.5 ** (batch / half-life), the
+    half-life being cfg.ema_halflife_images, or EMA_RAMPUP of the images seen after this
+    step when that is less."""
+    seen = (step + 1) * cfg.batch_size
+    halflife = min(cfg.ema_halflife_images, EMA_RAMPUP * seen)
+    return 0.5 ** (cfg.batch_size / halflife)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW's parameter groups: the trainable >= 2-D weights with `weight_decay`, the rest
+    (norm gains, biases, scalars) without, as open_clip and nanoGPT do."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """The learning rate at optimizer step `step` (0-based) over cfg.lr: linear warm-up over
+    cfg.warmup_images, then a cosine from 1 to cfg.min_lr_ratio at the last step."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
@@ -250,11 +293,7 @@ def train(
     model = model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval() if cfg.ema_decay > 0 else model
     optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=cfg.lr,
-        betas=cfg.betas,
-        weight_decay=cfg.weight_decay,
-        fused=True,
+        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, fused=True
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     settings = settings_digest({k: v for k, v in config.items() if k not in inputs}, cfg)
@@ -338,7 +377,7 @@ def train(
             optimizer.step()
             scheduler.step()
             if ema is not model:
-                update_ema(ema, model, ema_decay_at(step, cfg.ema_decay))
+                update_ema(ema, model, ema_decay_at(step, cfg))
             step += 1
             window_loss += step_loss
             bar.update(1)
