@@ -26,6 +26,17 @@ def faulty_source(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def prefect_api():
+    """One Prefect test server (prefect_test_harness: a temporary database, a server on a free
+    port of 127.0.0.1) for every test that runs flows in this process; stopped at the end of
+    the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
 def ui_stack(tmp_path_factory):
     """One `marble up` (Prefect server, deployments, worker, MLflow UI; free ports, SQLite in a
     temporary workspace) for every test that needs the UI stack: test_browser.py, then

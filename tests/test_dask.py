@@ -48,14 +48,6 @@ def test_scheduler_addresses_and_runner_choice():
 
 
 @pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="module")
 def three_shards(tmp_path_factory) -> Workspace:
     """Three raw shards of built-in pairs (truth beside them) and a tiny CLIP to score with."""
     workspace = Workspace(tmp_path_factory.mktemp("dask") / "home")

@@ -14,15 +14,12 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_ingest_flow_in_process(faulty_source, tmp_path):
-    from prefect.testing.utilities import prefect_test_harness
-
+def test_ingest_flow_in_process(faulty_source, tmp_path, prefect_api):
     from flows.ingest import ingest_flow
     from flows.params import IngestParams
 
     params = IngestParams(url_list=str(faulty_source.url_list), allow_private=True, shard_size=60)
-    with prefect_test_harness(server_startup_timeout=120):
-        manifest = ingest_flow(params, home=str(tmp_path / "home"))
+    manifest = ingest_flow(params, home=str(tmp_path / "home"))
     assert manifest["total_status_counts"]["success"] == 102
     assert (tmp_path / "home" / "data" / "raw" / "_manifest.json").exists()
 
@@ -33,59 +30,15 @@ def _netns_available() -> bool:
     return subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
 
 
-def test_main_job_end_to_end(tmp_path):
+def test_main_job_end_to_end_killed_resumed_then_skipped(tmp_path):
     """`marble run` with tiny budgets: serve, ingest, filter (training its CLIP), the
-    training grid and the evaluation sweep. Where this machine allows a network namespace, the job runs in one whose
-    only interface is loopback, which proves nothing needs the internet; elsewhere it runs
-    as it is (every server it starts binds 127.0.0.1 all the same)."""
-    import socket
-
-    home = tmp_path / "home"
-    marble = Path(sys.executable).with_name("marble")
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
-    with socket.socket() as s:  # one port for both runs: the same URLs, so the same pairs
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    job = (
-        f"{marble} --home {home} run --n 200 --port {port} --text-encoders clip-tiny --unets unet-s "
-        "--autoencoder-steps 3 --image-tower-steps 3 --clip-steps 3 --diffusion-steps 3 "
-        "--num-samples 6 --guidance-scales 3 --bootstrap 5"
-    )
-    if _netns_available():
-        argv = ["unshare", "-n", "sh", "-c", f"ip link set lo up && exec {job}"]
-    else:
-        argv = job.split()
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    manifest = json.loads((home / "data" / "raw" / "_manifest.json").read_text())
-    assert manifest["accepted"] == 200
-    assert manifest["total_status_counts"]["success"] == 200 - 3  # 0.5 % of 200, rounded, x3
-    assert (home / "data" / "source" / "truth.parquet").exists()
-    assert (home / "data" / "scores" / "scores.parquet").exists()
-    for part in (
-        "clip/filter-clip-tiny",
-        "autoencoder/kl-f4",
-        "clip/clip-tiny",
-        "diffusion/clip-tiny_unet-s_kl-f4",
-    ):
-        assert (home / "checkpoints" / part / "config.json").exists(), part
-    evaluations = list((home / "results" / "evaluations").glob("*.parquet"))
-    assert len(evaluations) == 2  # the reference rows and the one grid point
-    assert list((home / "results" / "plots").glob("pareto-*.png"))
-    assert "lowest FID measured: clip-tiny_unet-s_kl-f4 at guidance 3" in proc.stdout
-    # the same job again: every stage is skipped, and says so
-    again = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    out = again.stdout + again.stderr
-    for stage in ("ingest", "filter", "autoencoder/kl-f4", "clip/clip-tiny",
-                  "diffusion/clip-tiny_unet-s_kl-f4"):  # fmt: skip
-        assert f"skipped {stage}:" in out, stage
-    assert "evaluate clip-tiny_unet-s_kl-f4@3: skipped" in out
-
-
-def test_a_run_killed_mid_training_resumes_where_it_stopped(tmp_path):
-    """kill -9 of `marble run` once the diffusion model's first checkpoint is on disk; the
-    rerun skips the finished stages and continues that training from its checkpoint."""
+    training grid and the evaluation sweep, three times on one workspace. The first run is
+    killed (SIGKILL, its whole process group) once the diffusion model's step-200 checkpoint
+    is on disk; the second skips the finished stages, continues that training from its
+    checkpoint and finishes the chain; the third skips every stage and says so. Where this
+    machine allows a network namespace, each run is in one whose only interface is loopback,
+    which proves nothing needs the internet; elsewhere it runs as it is (every server it
+    starts binds 127.0.0.1 all the same)."""
     import signal
     import time
 
@@ -94,13 +47,17 @@ def test_a_run_killed_mid_training_resumes_where_it_stopped(tmp_path):
     home = tmp_path / "home"
     marble = Path(sys.executable).with_name("marble")
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
-    argv = [
-        str(marble), "--home", str(home), "run", "--n", "200", "--port", str(free_port()),
-        "--text-encoders", "clip-tiny", "--unets", "unet-xs", "--autoencoder-steps", "3",
-        "--image-tower-steps", "3", "--clip-steps", "3", "--diffusion-steps", "400",
-        "--diffusion-batch-size", "8", "--num-samples", "4",
-        "--guidance-scales", "3", "--bootstrap", "5",
-    ]  # fmt: skip
+    # one port for every run: the same URLs, so the same pairs
+    job = (
+        f"{marble} --home {home} run --n 200 --port {free_port()} --text-encoders clip-tiny "
+        "--unets unet-xs --autoencoder-steps 3 --image-tower-steps 3 --clip-steps 3 "
+        "--diffusion-steps 400 --diffusion-batch-size 8 --num-samples 6 --guidance-scales 3 "
+        "--bootstrap 5"
+    )
+    if _netns_available():
+        argv = ["unshare", "-n", "sh", "-c", f"ip link set lo up && exec {job}"]
+    else:
+        argv = job.split()
     ckpt = home / "checkpoints" / "diffusion" / "clip-tiny_unet-xs_kl-f4" / "config.json"
     first = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)  # fmt: skip
@@ -112,10 +69,35 @@ def test_a_run_killed_mid_training_resumes_where_it_stopped(tmp_path):
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
-    again = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900)
-    out = again.stdout + again.stderr
-    assert again.returncode == 0, out[-3000:]
+
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
     for stage in ("ingest", "filter", "autoencoder/kl-f4", "clip/clip-tiny"):
         assert f"skipped {stage}:" in out, stage
     assert "resuming from its checkpoint at step 200 of 400" in out
-    assert "lowest FID measured: clip-tiny_unet-xs_kl-f4 at guidance 3" in out
+    manifest = json.loads((home / "data" / "raw" / "_manifest.json").read_text())
+    assert manifest["accepted"] == 200
+    assert manifest["total_status_counts"]["success"] == 200 - 3  # 0.5 % of 200, rounded, x3
+    assert (home / "data" / "source" / "truth.parquet").exists()
+    assert (home / "data" / "scores" / "scores.parquet").exists()
+    for part in (
+        "clip/filter-clip-tiny",
+        "autoencoder/kl-f4",
+        "clip/clip-tiny",
+        "diffusion/clip-tiny_unet-xs_kl-f4",
+    ):
+        assert (home / "checkpoints" / part / "config.json").exists(), part
+    evaluations = list((home / "results" / "evaluations").glob("*.parquet"))
+    assert len(evaluations) == 2  # the reference rows and the one grid point
+    assert list((home / "results" / "plots").glob("pareto-*.png"))
+    assert "lowest FID measured: clip-tiny_unet-xs_kl-f4 at guidance 3" in proc.stdout
+
+    again = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    out = again.stdout + again.stderr
+    for stage in ("ingest", "filter", "autoencoder/kl-f4", "clip/clip-tiny",
+                  "diffusion/clip-tiny_unet-xs_kl-f4"):  # fmt: skip
+        assert f"skipped {stage}:" in out, stage
+    assert "resuming" not in out
+    assert "evaluate clip-tiny_unet-xs_kl-f4@3: skipped" in out
