@@ -217,13 +217,11 @@ def test_schedules_count_images_not_steps():
     assert ema_decay_at(2001, small) == small.ema_decay
 
 
-def test_weight_decay_reaches_only_the_matrices(tmp_path):
-    """One AdamW step with a zero gradient moves only the decayed weights, each by the
-    closed form p * (1 - lr * weight_decay): Linear and Embedding weights (>= 2-D) decay;
-    biases, LayerNorm gains and a 0-D logit_scale keep their values; a frozen tensor is left
-    out of the optimizer."""
-    from tasks.train.trainer import param_groups
-
+def test_weight_decay_reaches_every_trainable_parameter(tmp_path):
+    """One AdamW step with a zero gradient moves each trainable parameter by the closed form
+    p * (1 - lr * weight_decay): Linear and Embedding weights, biases, LayerNorm gains and a
+    0-D logit_scale alike (the recipe measured best, docs/training.md); a frozen tensor is
+    left out of the optimizer."""
     torch.manual_seed(0)
     model = torch.nn.ModuleDict(
         {
@@ -234,12 +232,7 @@ def test_weight_decay_reaches_only_the_matrices(tmp_path):
         }
     )
     model.register_parameter("logit_scale", torch.nn.Parameter(torch.tensor(2.0)))
-    groups = param_groups(model, 0.1)
-    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
-    assert {id(p) for p in groups[0]["params"]} == {id(model.emb.weight), id(model.lin.weight)}
-    assert {id(p) for p in groups[1]["params"]} == {
-        id(model.lin.bias), id(model.norm.weight), id(model.norm.bias), id(model.logit_scale)
-    }  # fmt: skip
+    torch.nn.init.normal_(model.norm.bias)  # not zero, so its decay shows
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
 
     def loss_fn(net, step, micro, g):  # a zero gradient: Adam's own update is 0
@@ -250,9 +243,8 @@ def test_weight_decay_reaches_only_the_matrices(tmp_path):
     )
     train(model, loss_fn, cfg, CheckpointDir(tmp_path / "ckpt"), {}, _null_tracker(None))
     for name, p in model.named_parameters():
-        decayed = name in ("emb.weight", "lin.weight")
-        expected = before[name] * (1 - 0.5 * 0.1) if decayed else before[name]
-        torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=0)
+        factor = 1.0 if name.startswith("frozen.") else 1 - 0.5 * 0.1
+        torch.testing.assert_close(p.detach(), before[name] * factor, rtol=1e-6, atol=0)
 
 
 def test_unknown_choices_in_a_spec_are_refused_by_name():

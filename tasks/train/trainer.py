@@ -9,8 +9,7 @@ killed at any point and resumed from its last checkpoint ends bit-identical (on 
 uninterrupted run. The loop owns the rest:
 
 - device (CUDA if present, else CPU), bf16 autocast on CUDA, optional torch.compile
-- AdamW (fused, on CUDA and CPU) with weight decay on the >= 2-D weights only, linear warmup
-  then cosine decay, gradient clipping, accumulation
+- AdamW (fused, on CUDA and CPU), linear warmup then cosine decay, gradient clipping, accumulation
 - EMA of the weights (what sampling and validation use)
 - warm-up and EMA horizons counted in images, so a batch-size change leaves them in place
 - progress bar (loss, img/s), a log line and MLflow metrics every `log_every` steps
@@ -77,8 +76,9 @@ class TrainConfig:
     steps: int = 1000  # optimizer steps
     batch_size: int = 64  # images per optimizer step, summed over ranks and micro-batches
     lr: float = 1e-3  # peak learning rate
-    # AdamW's decoupled decay, on the >= 2-D weights only (matrices, kernels, embedding
-    # tables); norm gains, biases and scalars such as CLIP's logit_scale are not decayed
+    # AdamW's decoupled decay, on every trainable parameter (norm gains, biases and CLIP's
+    # logit_scale too: sparing them slowed the text-to-image models that use the text tower,
+    # docs/training.md)
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW (beta1, beta2)
     warmup_images: int = 3200  # linear warmup over this many images, then cosine decay ...
@@ -237,17 +237,6 @@ def ema_decay_at(step: int, cfg: TrainConfig) -> float:
     return 0.5 ** (cfg.batch_size / halflife)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW's parameter groups: the trainable >= 2-D weights with `weight_decay`, the rest
-    (norm gains, biases, scalars) without, as open_clip and nanoGPT do."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]
-
-
 def lr_factor(step: int, cfg: TrainConfig) -> float:
     """The learning rate at optimizer step `step` (0-based) over cfg.lr: linear warm-up over
     cfg.warmup_images, then a cosine from 1 to cfg.min_lr_ratio at the last step."""
@@ -293,7 +282,11 @@ def train(
     model = model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval() if cfg.ema_decay > 0 else model
     optimizer = torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, fused=True
+        [p for p in model.parameters() if p.requires_grad],
+        lr=cfg.lr,
+        betas=cfg.betas,
+        weight_decay=cfg.weight_decay,
+        fused=True,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     settings = settings_digest({k: v for k, v in config.items() if k not in inputs}, cfg)
