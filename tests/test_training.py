@@ -196,7 +196,7 @@ def test_bad_train_config_is_refused_by_name():
 def test_schedules_count_images_not_steps():
     """Warm-up and EMA horizons are the same number of images at any batch size: twice the
     batch, half the warm-up steps and the square of the per-step decay's complement share."""
-    from tasks.train.trainer import EMA_RAMPUP, ema_decay_at, lr_factor
+    from tasks.train.recipe import EMA_RAMPUP, ema_decay_at, lr_factor
 
     small = TrainConfig(steps=400, batch_size=64, warmup_images=6400, ema_halflife_images=4400)
     large = TrainConfig(steps=200, batch_size=128, warmup_images=6400, ema_halflife_images=4400)
@@ -277,7 +277,7 @@ def _null_tracker(workspace):
 
 def test_ema_update_closed_form():
     """ema <- d * ema + (1 - d) * model: from 0 towards 1 with d = 0.9, 0.1 then 0.19."""
-    from tasks.train.trainer import update_ema
+    from tasks.train.recipe import update_ema
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     ema = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
