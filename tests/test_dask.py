@@ -5,8 +5,12 @@ a LocalCluster of 2 worker processes (127.0.0.1), and the shards on an existing 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -221,6 +225,17 @@ def kept_pairs(three_shards, tmp_path_factory) -> Workspace:
     return workspace
 
 
+def _registered_models(workspace: Workspace) -> dict[str, int]:
+    """Each registered model name in the workspace's MLflow store, with its version count."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(workspace.mlflow_uri)
+    return {
+        m.name: len(client.search_model_versions(f"name = '{m.name}'"))
+        for m in client.search_registered_models()
+    }
+
+
 @pytest.mark.slow
 def test_training_waves_on_dask_equal_the_sequential_run(kept_pairs, tmp_path, prefect_api):
     """The train flow on one shared local cluster trains every model of the grid to the same
@@ -232,7 +247,7 @@ def test_training_waves_on_dask_equal_the_sequential_run(kept_pairs, tmp_path, p
         text_encoders=["clip-tiny"], unets=["unet-xs", "unet-s"], autoencoder_steps=3,
         image_tower_steps=3, clip_steps=3, diffusion_steps=3, diffusion_batch_size=16,
     )  # fmt: skip
-    weights = {}
+    weights, registered = {}, {}
     for name, fan in (("sequential", SEQUENTIAL), ("dask", DASK)):
         workspace = _copy(kept_pairs, tmp_path / name)
         with one_thread():  # as in the workers (see the sweep's test)
@@ -242,10 +257,14 @@ def test_training_waves_on_dask_equal_the_sequential_run(kept_pairs, tmp_path, p
             str(f.relative_to(workspace.checkpoints)): f.read_bytes()
             for f in sorted(workspace.checkpoints.rglob("*.safetensors"))
         }
+        registered[name] = _registered_models(workspace)
     for wave in ("train-encoders", "train-text-towers", "train-diffusion-grid"):
         assert len(_fan_out_runs(wave)) == 1, wave  # the dask run's; the sequential has none
     assert len(weights["sequential"]) >= 5
     assert weights["dask"] == weights["sequential"]
+    # every model trained on a worker is registered in MLflow, as in one process
+    assert "diffusion-clip-tiny_unet-s_kl-f4" in registered["sequential"]
+    assert registered["dask"] == registered["sequential"]
 
 
 @pytest.mark.slow
@@ -276,3 +295,28 @@ def test_local_workers_run_one_thread_with_glibc_malloc_defaults(prefect_api, mo
     assert list(envs.values()) == [("1", False, 1)] * 2
     with shared_cluster(SEQUENTIAL) as fan:
         assert fan is SEQUENTIAL  # nothing to start
+
+
+def test_a_bare_main_process_registers_a_model_and_lives(tmp_path):
+    """Dask's workers (and multiprocessing's spawned children) run a `python -c` __main__
+    with neither __spec__ nor __file__. There MLflow's model registration imports
+    pyspark.sql.connect, which took itself for a doctest run and called sys.exit(0): each
+    training on a worker killed it once, the nanny restarted it and the retried task skipped
+    the finished training, so its model was never registered."""
+    script = (
+        "import sys, json\n"
+        "from pathlib import Path\n"
+        "from tasks.store.tracking import Tracker\n"
+        "from tasks.store.workspace import Workspace\n"
+        "home = Path(sys.argv[1])\n"
+        "with Tracker(Workspace(home), 'marble-test', 'bare-main') as t:\n"
+        "    model_id = t.log_model('probe', home, {'a': 1})\n"
+        "print(json.dumps({'model_id': model_id}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "home")],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines and json.loads(lines[-1])["model_id"], done.stdout[-2000:] + done.stderr[-2000:]

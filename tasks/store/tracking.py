@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,7 @@ class Tracker:
         """Record the checkpoint as an MLflow LoggedModel and register it under `name`."""
         if not self.enabled:
             return None
+        _hide_spark_connect_from_a_bare_main()
         model = self._mlflow.create_external_model(
             name=name,
             source_run_id=self.run_id,
@@ -160,6 +162,18 @@ class Tracker:
         )
         self._mlflow.register_model(f"models:/{model.model_id}", name)
         return model.model_id
+
+
+def _hide_spark_connect_from_a_bare_main() -> None:
+    """MLflow's model registration checks whether an input example is a Spark frame by
+    importing pyspark.sql.connect. In a process whose __main__ has neither __spec__ nor
+    __file__ (a Dask worker, any `python -c` child) that import takes itself for a doctest
+    run and calls sys.exit(0), killing the process. There it can never import anyway, so
+    mark it missing: the import fails as an ImportError, which MLflow expects."""
+    main = sys.modules.get("__main__")
+    bare = getattr(main, "__spec__", None) is None and not hasattr(main, "__file__")
+    if bare and not hasattr(sys, "ps1"):
+        sys.modules.setdefault("pyspark.sql.connect", None)
 
 
 # ---------------------------------------------------------------------------- where runs go
