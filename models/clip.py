@@ -27,12 +27,18 @@ import copy
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import open_clip
 import torch
-from open_clip.loss import ClipLoss
-from open_clip.tokenizer import SimpleTokenizer
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    import open_clip
+    from open_clip.tokenizer import SimpleTokenizer
+
+# open_clip is imported where a model, tokenizer or loss is built, not with this module: it
+# brings torchvision and timm (about 2 s), which the presets and the commands that only read
+# them (`marble --help`, `up`, `down`, `query`) do not need.
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,8 @@ PARAM_COUNTS: dict[str, int] = {
 def build_clip(cfg: ClipConfig) -> open_clip.CLIP:
     """A randomly initialised open_clip CLIP (no download); deterministic under
     torch.manual_seed."""
+    import open_clip
+
     vision_cfg = open_clip.CLIPVisionCfg(
         layers=cfg.vision_layers,
         width=cfg.vision_width,
@@ -94,6 +102,8 @@ def build_clip(cfg: ClipConfig) -> open_clip.CLIP:
 
 @functools.lru_cache(maxsize=4)
 def _simple_tokenizer(context_length: int) -> SimpleTokenizer:
+    from open_clip.tokenizer import SimpleTokenizer
+
     return SimpleTokenizer(context_length=context_length)  # reads the packaged BPE table once
 
 
@@ -185,5 +195,7 @@ def clip_loss(
     contrasted with the captions of the whole global batch and each rank returns the
     loss one process would compute on that batch (the logits are B x B on every rank).
     """
+    from open_clip.loss import ClipLoss
+
     loss = ClipLoss(local_loss=False, gather_with_grad=True, rank=rank, world_size=world_size)
     return loss(image_features, text_features, logit_scale)
