@@ -165,11 +165,12 @@ class Tracker:
 
 
 def _hide_spark_connect_from_a_bare_main() -> None:
-    """MLflow's model registration checks whether an input example is a Spark frame by
-    importing pyspark.sql.connect. In a process whose __main__ has neither __spec__ nor
-    __file__ (a Dask worker, any `python -c` child) that import takes itself for a doctest
-    run and calls sys.exit(0), killing the process. There it can never import anyway, so
-    mark it missing: the import fails as an ImportError, which MLflow expects."""
+    """MLflow's model registration infers a placeholder signature and, to ask whether its
+    input is a Spark frame, imports pyspark.sql.connect. In a process whose __main__ has
+    neither __spec__ nor __file__ (a Dask worker, any `python -c` child) that import takes
+    itself for a doctest run and calls sys.exit(0), killing the process. There it can never
+    import anyway, so mark it missing: the import fails as an ImportError, which MLflow
+    expects."""
     main = sys.modules.get("__main__")
     bare = getattr(main, "__spec__", None) is None and not hasattr(main, "__file__")
     if bare and not hasattr(sys, "ps1"):
