@@ -1,6 +1,7 @@
-"""Fan-out on Prefect's Dask task runner: the filter's shards and the sweep's grid points on
-a LocalCluster of 2 worker processes (127.0.0.1), and the shards on an existing cluster
-(`dask_address`), give what the sequential run gives."""
+"""Fan-out on Prefect's Dask task runner gives what the sequential run gives: the filter's
+shards on marble's own LocalCluster of 2 worker processes (127.0.0.1) and on a cluster
+started outside marble (`dask_address`; one for the module), the sweep's grid points on that
+cluster, every training wave on marble's own."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from tests.training_helpers import tiny_train
 
 DASK = FanOutParams(task_runner="dask", dask_workers=2)
 SEQUENTIAL = FanOutParams()
+JUDGE_STEPS = 6
 
 
 @pytest.mark.parametrize(
@@ -96,12 +98,13 @@ def _fan_out_runs(name: str) -> list:
     return [r for r in runs if r.state and r.state.is_completed()]
 
 
-@contextlib.contextmanager
-def existing_cluster():
-    """A Dask cluster started outside marble (2 worker processes on 127.0.0.1, reporting to
-    this test's Prefect API): its scheduler's tcp:// address. Closed, workers included, on
-    exit. Its start leaves this process's environment as it was (Dask's worker settings,
-    MALLOC_TRIM_THRESHOLD_ among them, would pass on to later tests' clusters)."""
+@pytest.fixture(scope="module")
+def existing_cluster(prefect_api) -> FanOutParams:
+    """A Dask cluster started outside marble, once for this module's tests (2 worker
+    processes on 127.0.0.1, reporting to the tests' Prefect API): the runner that points at
+    it (`--dask-address`). Closed, workers included, when the module ends. Its start leaves
+    this process's environment as it was (Dask's worker settings, MALLOC_TRIM_THRESHOLD_
+    among them, would pass on to later tests' clusters)."""
     from distributed import LocalCluster
 
     from flows.fanout import current_api_url, environ_kept
@@ -111,32 +114,28 @@ def existing_cluster():
             n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
             dashboard_address=None, env={"PREFECT_API_URL": current_api_url()},
         )  # fmt: skip
-    try:
+    with cluster:
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
-        yield cluster.scheduler_address
-    finally:
-        cluster.close()
+        yield FanOutParams(task_runner="dask", dask_address=cluster.scheduler_address)
 
 
 @pytest.mark.slow
-def test_filter_shards_on_dask_equal_the_sequential_run(three_shards, tmp_path, prefect_api):
+def test_filter_shards_on_dask_equal_the_sequential_run(
+    three_shards, tmp_path, prefect_api, existing_cluster
+):
     from flows.filter import filter_flow
     from flows.params import FilterParams
 
     params = FilterParams(model="marble:clip-tiny", keep="top_fraction", top_fraction=0.7)
     results = {}
-    with existing_cluster() as address:  # what --dask-address points at
-        runners = {
-            "sequential": SEQUENTIAL,
-            "dask": DASK,
-            "address": FanOutParams(task_runner="dask", dask_address=address),
-        }
-        for name, fan in runners.items():
-            workspace = _copy(three_shards, tmp_path / name)
-            summary = filter_flow(params, home=str(workspace.root), fan_out=fan)
-            scores = pq.read_table(workspace.scores / "scores.parquet").sort_by("pair_id")
-            pairs = pq.read_table(workspace.pairs).sort_by("pair_id")
-            results[name] = (summary, scores, pairs)
+    # marble's own local cluster, and one started outside it
+    runners = {"sequential": SEQUENTIAL, "dask": DASK, "address": existing_cluster}
+    for name, fan in runners.items():
+        workspace = _copy(three_shards, tmp_path / name)
+        summary = filter_flow(params, home=str(workspace.root), fan_out=fan)
+        scores = pq.read_table(workspace.scores / "scores.parquet").sort_by("pair_id")
+        pairs = pq.read_table(workspace.pairs).sort_by("pair_id")
+        results[name] = (summary, scores, pairs)
     assert len(_fan_out_runs("filter-shards")) == 2  # both dask runs went through the subflow
     seq, seq_scores, seq_pairs = results.pop("sequential")
     assert seq_scores.num_rows == 180 and seq["scored"] == 180
@@ -149,14 +148,16 @@ def test_filter_shards_on_dask_equal_the_sequential_run(three_shards, tmp_path, 
 
 @pytest.fixture(scope="module")
 def grid(three_shards, tmp_path_factory) -> Workspace:
-    """Kept pairs, an autoencoder and two diffusion models (U-Nets xs and s on clip-tiny), a
-    few steps each; the flow trains its judge (6 steps)."""
+    """Kept pairs, an autoencoder, the sweep's judge (clip-tiny, 6 steps: the flows find it
+    current) and two diffusion models (U-Nets xs and s on clip-tiny), a few steps each."""
     from tasks.filter.score import FilterConfig, filter_pairs
+    from tasks.train.clip import judge_clip_spec
 
     workspace = _copy(three_shards, tmp_path_factory.mktemp("grid") / "home")
     cfg = FilterConfig(model="marble:clip-tiny", workers=0, keep="top_fraction", top_fraction=0.9)
     filter_pairs(cfg, workspace, log=lambda *_: None)
     train_autoencoder(AutoencoderTrainSpec(train=tiny_train()), workspace)
+    train_clip(judge_clip_spec(JUDGE_STEPS, "clip-tiny"), workspace)
     for unet in ("unet-xs", "unet-s"):
         spec = DiffusionTrainSpec(text_encoder="clip-tiny", unet=unet, train=tiny_train(steps=3))
         train_diffusion(spec, workspace)
@@ -164,16 +165,18 @@ def grid(three_shards, tmp_path_factory) -> Workspace:
 
 
 @pytest.mark.slow
-def test_sweep_points_on_dask_equal_the_sequential_run(grid, tmp_path, prefect_api):
+def test_sweep_points_on_dask_equal_the_sequential_run(
+    grid, tmp_path, prefect_api, existing_cluster
+):
     from flows.evaluate import evaluate_flow
     from flows.params import EvaluateParams
 
     params = EvaluateParams(
-        judge="marble:judge-clip-tiny", judge_steps=6, guidance_scales=[3.0], num_samples=8,
-        prompt_set="val", bootstrap=10, batch_size=8, num_inference_steps=4,
+        judge="marble:judge-clip-tiny", judge_steps=JUDGE_STEPS, guidance_scales=[3.0],
+        num_samples=8, prompt_set="val", bootstrap=10, batch_size=8, num_inference_steps=4,
     )  # fmt: skip
     values = {}
-    for name, fan in (("sequential", SEQUENTIAL), ("dask", DASK)):
+    for name, fan in (("sequential", SEQUENTIAL), ("dask", existing_cluster)):
         workspace = _copy(grid, tmp_path / name)
         # Dask's workers run one OpenMP / BLAS thread each; a float sum split over another
         # number of threads rounds differently, so the flow's own process runs one as well.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -80,6 +82,42 @@ def test_assemble_sorts_a_new_shard_by_key(tmp_path):
     ingest_mod._assemble(tmp_path / "no-raw-yet", new, set(), "b1", out)
     (written,) = out.iterdir()
     assert pq.read_table(written).column("pair_id").to_pylist() == ["a", "b", "c"]
+
+
+def test_the_download_process_and_its_workers_leave_torch_unloaded():
+    # A spawned worker imports the main module as __mp_main__ before anything else, as here;
+    # img2dataset then imports webdataset, which loads torch when it can (2 s a process).
+    code = (
+        "import runpy, sys\n"
+        "runpy.run_module('tasks.ingest.img2dataset_run', run_name='__mp_main__')\n"
+        "import img2dataset.downloader, img2dataset.writer\n"
+        "print(sys.modules.get('torch'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "None"
+
+
+@pytest.mark.parametrize(
+    "pairs, shard_size, processes, expected",
+    [(120, 1000, 2, 1), (120, 120, 4, 1), (121, 120, 4, 2), (120, 50, 2, 2), (120, 10, 3, 3)],
+)
+def test_download_starts_no_more_processes_than_shards(
+    tmp_path, monkeypatch, pairs, shard_size, processes, expected
+):
+    seen = {}
+
+    def run(command, env):  # stands in for the img2dataset process: reads what it is given
+        seen.update(json.loads((tmp_path / "staging" / "download.json").read_text()))
+        return ingest_mod.subprocess.CompletedProcess(command, 3)
+
+    monkeypatch.setattr(ingest_mod.subprocess, "run", run)
+    cfg = IngestConfig(tmp_path / "list.parquet", processes=processes, shard_size=shard_size)
+    ids = [f"p{i}" for i in range(pairs)]
+    with pytest.raises(RuntimeError, match="img2dataset ended with status 3"):
+        ingest_mod._download(cfg, ids, ids, ids, tmp_path / "staging", {})
+    assert seen["processes_count"] == expected
+    assert seen["subjob_size"] == -(-pairs // shard_size)  # every shard in one subjob
 
 
 def test_rerun_downloads_nothing_new(ingested, faulty_source):

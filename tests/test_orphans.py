@@ -40,7 +40,8 @@ def test_sigkill_of_marble_leaves_nothing_it_started(tmp_path):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
     marble = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "--home", str(tmp_path / "home"), "ingest",
-         str(tmp_path / "list.parquet"), "--allow-host", host, "--processes", "2"],
+         str(tmp_path / "list.parquet"), "--allow-host", host, "--processes", "2",
+         "--shard-size", "20"],  # two shards: two download processes
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:

@@ -170,6 +170,7 @@ def _download(cfg: IngestConfig, urls, captions, ids, staging: Path, env: dict) 
             pa.table({"url": urls, "caption": captions, "pair_id": ids}), staging / "input.parquet"
         )
         atomic_write_bytes(marker, json.dumps(settings).encode())
+    shards = max(1, -(-len(ids) // cfg.shard_size))
     arguments = dict(
         url_list=str(staging / "input.parquet"),
         input_format="parquet",
@@ -182,10 +183,12 @@ def _download(cfg: IngestConfig, urls, captions, ids, staging: Path, env: dict) 
         resize_mode=cfg.resize_mode,
         encode_format=cfg.encode_format,
         encode_quality=9 if cfg.encode_format == "png" else 95,  # png: compression level
-        processes_count=cfg.processes,
+        # a process downloads one shard at a time: more processes than shards only start
+        # (each imports img2dataset, torch among it) and wait
+        processes_count=min(cfg.processes, shards),
         thread_count=cfg.threads,
         number_sample_per_shard=cfg.shard_size,
-        subjob_size=max(1, -(-len(ids) // cfg.shard_size)),
+        subjob_size=shards,
         timeout=cfg.timeout_s,
         retries=cfg.retries,
         incremental_mode="incremental",

@@ -25,6 +25,12 @@ from pathlib import Path
 
 JVM_EXIT_TIMEOUT_S = 30.0
 
+# Neither this process nor its download workers (spawned: each imports this module first)
+# use torch. img2dataset's writers import webdataset, which takes torch when it is installed
+# (2 of img2dataset's 3.5 s of import here) and its own stand-ins when it is not; marked
+# missing, it is not loaded. Spark's Python workers do not run this module.
+sys.modules.setdefault("torch", None)
+
 
 def spark_session(master: str, processes: int, scratch: Path):
     """A SparkSession on `master` that touches nothing but loopback and `scratch`."""
