@@ -37,6 +37,17 @@ def prefect_api():
 
 
 @pytest.fixture(scope="session")
+def ui_shapes_port() -> int:
+    """The built-in data's port for the pipeline runs on the session's `marble up`: the same
+    URLs in each, so a run there finds the pairs and models of an earlier one of the same
+    settings and skips them (test_browser.py's run trains; test_deployments.py's, of the same
+    small settings, then runs the chain from the API without training it again)."""
+    from tasks.runtime.services import free_port
+
+    return free_port()
+
+
+@pytest.fixture(scope="session")
 def ui_stack(tmp_path_factory):
     """One `marble up` (Prefect server, deployments, worker, MLflow UI; free ports, SQLite in a
     temporary workspace) for every test that needs the UI stack: test_browser.py, then

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.runtime.services import ROOT, free_port
+from tasks.runtime.services import ROOT
 from tasks.store.tracking import ui_page
 from tests.service_helpers import started
 
@@ -141,7 +141,9 @@ def _launched_page(sync_api):
             browser.close()
 
 
-def test_run_pipeline_from_the_prefect_form_and_read_it_in_mlflow(ui_stack, browser_page):
+def test_run_pipeline_from_the_prefect_form_and_read_it_in_mlflow(
+    ui_stack, ui_shapes_port, browser_page
+):
     """On the session's `marble up` (conftest.py), which test_deployments.py takes down."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
@@ -170,7 +172,7 @@ def test_run_pipeline_from_the_prefect_form_and_read_it_in_mlflow(ui_stack, brow
     # small parameters, typed into the form
     small = {
         ("Shapes", "N"): "200",
-        ("Shapes", "Port"): str(free_port()),
+        ("Shapes", "Port"): str(ui_shapes_port),
         ("Training", "Autoencoder Steps"): "3",
         ("Training", "Image Tower Steps"): "3",
         ("Training", "Clip Steps"): "3",

@@ -10,7 +10,6 @@ import urllib.request
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.runtime.services import free_port
 from tests.service_helpers import assert_all_stopped, marble, started, wait_final
 
 pytestmark = pytest.mark.slow
@@ -29,9 +28,10 @@ SMALL = {  # the built-in data with tiny budgets: every stage runs, in about a m
 }
 
 
-def test_up_deploys_and_runs_from_the_api(ui_stack):
+def test_up_deploys_and_runs_from_the_api(ui_stack, ui_shapes_port):
     """On the session's `marble up` (conftest.py), which test_browser.py may have run a
-    pipeline on first."""
+    pipeline on first: of these data and training settings, so this run's training stages
+    are skipped then, and run here when that test did not run."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -62,7 +62,7 @@ def test_up_deploys_and_runs_from_the_api(ui_stack):
             client.read_deployment_by_name("ingest/ingest")
             assert client.read_work_pool("marble-process").type == "process"
 
-            params = {"params": SMALL | {"shapes": SMALL["shapes"] | {"port": free_port()}}}
+            params = {"params": SMALL | {"shapes": SMALL["shapes"] | {"port": ui_shapes_port}}}
             created = run_deployment("pipeline/pipeline", parameters=params, timeout=0)
             run = wait_final(client, created.id)
             assert run.state.is_completed(), run.state.message
