@@ -346,8 +346,8 @@ RESUME_SCRIPT = textwrap.dedent(
     from tasks.train.diffusion import DiffusionTrainSpec, train_diffusion
     from tasks.train.trainer import TrainConfig
     torch.set_num_threads(1)
-    cfg = TrainConfig(steps=16, batch_size=8, lr=1e-3, warmup_images=16, log_every=4, ckpt_every=2)
-    train_diffusion(DiffusionTrainSpec(autoencoder="identity", train=cfg), Workspace(Path(sys.argv[1])))
+    cfg = TrainConfig(steps=32, batch_size=8, lr=1e-3, warmup_images=16, log_every=4, ckpt_every=2)
+    train_diffusion(DiffusionTrainSpec(train=cfg), Workspace(Path(sys.argv[1])))
     """
 )
 
@@ -355,7 +355,7 @@ RESUME_SCRIPT = textwrap.dedent(
 def _prepare_home(trained, root: Path):
     workspace, _ = trained
     shutil.copytree(workspace.raw, root / "data" / "raw")
-    for kind, name in (("clip", "clip-tiny"), ("autoencoder", "identity")):
+    for kind, name in (("clip", "clip-tiny"), ("autoencoder", "kl-f4")):
         shutil.copytree(workspace.checkpoints / kind / name, root / "checkpoints" / kind / name)
     return root
 
@@ -368,7 +368,7 @@ def test_sigkill_then_resume_is_bit_identical(trained, tmp_path):
     subprocess.run([sys.executable, script, straight], check=True, env=env, capture_output=True)
 
     killed = _prepare_home(trained, tmp_path / "killed")
-    state = killed / "checkpoints" / "diffusion" / "clip-tiny_unet-xs_identity" / "state.pt"
+    state = killed / "checkpoints" / "diffusion" / "clip-tiny_unet-xs_kl-f4" / "state.pt"
     proc = subprocess.Popen(
         [sys.executable, script, killed],
         env=env,
@@ -383,7 +383,7 @@ def test_sigkill_then_resume_is_bit_identical(trained, tmp_path):
     assert proc.poll() is None, "training finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert load_state(state.parent)["step"] < 16
+    assert load_state(state.parent)["step"] < 32
     subprocess.run([sys.executable, script, killed], check=True, env=env, capture_output=True)
 
     for name in ("model", "ema"):
@@ -391,7 +391,7 @@ def test_sigkill_then_resume_is_bit_identical(trained, tmp_path):
             straight
             / "checkpoints"
             / "diffusion"
-            / "clip-tiny_unet-xs_identity"
+            / "clip-tiny_unet-xs_kl-f4"
             / f"{name}.safetensors"
         )
         b = load_file(state.parent / f"{name}.safetensors")
