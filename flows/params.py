@@ -120,7 +120,13 @@ class IngestOptions(BaseModel):
     image_size: int = spec_field(
         IngestConfig, "image_size", ge=8, le=4096, description="output side, pixels (centre crop)"
     )
-    processes: int = spec_field(IngestConfig, "processes", ge=1, le=256)
+    processes: int = spec_field(
+        IngestConfig,
+        "processes",
+        ge=1,
+        le=256,
+        description="download processes, one per shard at most",
+    )
     threads: int = spec_field(IngestConfig, "threads", ge=1, le=1024)
     shard_size: int = spec_field(
         IngestConfig, "shard_size", ge=1, le=1_000_000, description="rows per Parquet shard"

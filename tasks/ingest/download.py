@@ -183,8 +183,8 @@ def _download(cfg: IngestConfig, urls, captions, ids, staging: Path, env: dict) 
         resize_mode=cfg.resize_mode,
         encode_format=cfg.encode_format,
         encode_quality=9 if cfg.encode_format == "png" else 95,  # png: compression level
-        # a process downloads one shard at a time: more processes than shards only start
-        # (each imports img2dataset, torch among it) and wait
+        # a process downloads one shard at a time: more processes than shards would only
+        # start (each imports img2dataset, 1.5 s) and wait
         processes_count=min(cfg.processes, shards),
         thread_count=cfg.threads,
         number_sample_per_shard=cfg.shard_size,
