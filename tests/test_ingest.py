@@ -96,6 +96,10 @@ def test_the_download_process_and_its_workers_leave_torch_unloaded():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "None"
+    # imported as a module (not the program), it leaves torch importable
+    code = "import tasks.ingest.img2dataset_run, torch\nprint(torch.tensor([2]).item())\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "2", out.stderr[-2000:]
 
 
 @pytest.mark.parametrize(

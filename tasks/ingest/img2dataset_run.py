@@ -25,11 +25,13 @@ from pathlib import Path
 
 JVM_EXIT_TIMEOUT_S = 30.0
 
-# Neither this process nor its download workers (spawned: each imports this module first)
-# use torch. img2dataset's writers import webdataset, which takes torch when it is installed
-# (2 of img2dataset's 3.5 s of import here) and its own stand-ins when it is not; marked
-# missing, it is not loaded. Spark's Python workers do not run this module.
-sys.modules.setdefault("torch", None)
+# Neither this process nor its download workers (spawned: each runs this module first, as
+# __mp_main__) use torch. img2dataset's writers import webdataset, which takes torch when it
+# is installed (2 of img2dataset's 3.5 s of import here) and its own stand-ins when it is
+# not; marked missing, it is not loaded. Only where this module is the program: imported
+# anywhere else, it leaves that process's torch alone. Spark's Python workers do not run it.
+if __name__ in ("__main__", "__mp_main__"):
+    sys.modules.setdefault("torch", None)
 
 
 def spark_session(master: str, processes: int, scratch: Path):
