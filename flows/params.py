@@ -121,11 +121,7 @@ class IngestOptions(BaseModel):
         IngestConfig, "image_size", ge=8, le=4096, description="output side, pixels (centre crop)"
     )
     processes: int = spec_field(
-        IngestConfig,
-        "processes",
-        ge=1,
-        le=256,
-        description="download processes, one per shard at most",
+        IngestConfig, "processes", ge=1, le=256, description="downloaders, one per shard at most"
     )
     threads: int = spec_field(IngestConfig, "threads", ge=1, le=1024)
     shard_size: int = spec_field(
