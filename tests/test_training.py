@@ -247,6 +247,26 @@ def test_weight_decay_reaches_every_trainable_parameter(tmp_path):
         torch.testing.assert_close(p.detach(), before[name] * factor, rtol=1e-6, atol=0)
 
 
+def test_every_step_trains_in_train_mode_after_a_validation_that_switches_it(tmp_path):
+    """Without an EMA the validated model is the trained one; a validation that puts it in
+    eval mode must not leave the steps after it there (dropout, norms' running stats)."""
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+    modes = []
+
+    def loss_fn(net, step, micro, g):
+        modes.append(net.training)
+        return net(torch.ones(4, 2)).square().mean(), 4
+
+    def validate(ema, step):
+        ema.eval()
+        return {}
+
+    cfg = TrainConfig(steps=4, batch_size=4, val_every=1, warmup_images=0, ema_halflife_images=0)
+    train(model, loss_fn, cfg, CheckpointDir(tmp_path / "ckpt"), {}, _null_tracker(None),
+          validate, log=lambda *_: None)  # fmt: skip
+    assert modes == [True] * 4
+
+
 def test_unknown_choices_in_a_spec_are_refused_by_name():
     with pytest.raises(ValueError, match="unknown timestep_sampling 'beta'"):
         DiffusionTrainSpec(timestep_sampling="beta")

@@ -6,6 +6,7 @@ place. The loop that uses them is `tasks.train.trainer`."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -59,17 +60,28 @@ class TrainConfig:
         return 0.5 ** (self.batch_size / self.ema_halflife_images)
 
 
-@torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, for every parameter, in one multi-tensor
-    kernel; buffers are copied."""
-    ema_params, params = list(ema.parameters()), list(model.parameters())
+def ema_updater(ema: nn.Module, model: nn.Module) -> Callable[[float], None]:
+    """update(decay): ema <- decay * ema + (1 - decay) * model, for every parameter, in one
+    multi-tensor kernel; buffers are copied. The tensor lists are gathered once here, not at
+    every step (walking a U-Net's modules took ~2 ms a step on the CPU)."""
+    ema_params, params = list(ema.parameters()), [p.detach() for p in model.parameters()]
     if len(ema_params) != len(params):
         raise ValueError(f"EMA has {len(ema_params)} parameters, the model {len(params)}")
-    if params:
-        torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1.0 - decay)
-    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
-        e.copy_(b)
+    buffers = list(zip(ema.buffers(), model.buffers(), strict=True))
+
+    @torch.no_grad()
+    def update(decay: float) -> None:
+        if params:
+            torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        for e, b in buffers:
+            e.copy_(b)
+
+    return update
+
+
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """One EMA update (`ema_updater` for a loop that updates the same pair at every step)."""
+    ema_updater(ema, model)(decay)
 
 
 # Early in training the EMA's half-life is at most this fraction of the images seen so far,

@@ -41,7 +41,7 @@ from tqdm import tqdm
 from tasks.runtime.devices import pick_device
 from tasks.runtime.progress import report
 from tasks.store.digests import json_digest
-from tasks.train.recipe import TrainConfig, ema_decay_at, lr_factor, update_ema
+from tasks.train.recipe import TrainConfig, ema_decay_at, ema_updater, lr_factor
 
 LossFn = Callable[[nn.Module, int, int, torch.Generator], tuple[Tensor, int]]
 ValidateFn = Callable[[nn.Module, int], dict[str, float]]
@@ -258,8 +258,10 @@ def train(
             total=cfg.steps, initial=step, desc=desc, disable=not info.is_main, mininterval=2.0
         )
         window_loss, window_images, window_t = 0.0, 0, time.perf_counter()
+        params = list(model.parameters())  # gathered once: a module walk costs ~1 ms a step
+        update_ema = ema_updater(ema, model) if ema is not model else None
+        model.train()
         while step < cfg.steps:
-            model.train()
             optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
             for micro in range(cfg.grad_accum):
@@ -277,11 +279,11 @@ def train(
                 images += n * info.world
                 window_images += n * info.world
             if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
             optimizer.step()
             scheduler.step()
-            if ema is not model:
-                update_ema(ema, model, ema_decay_at(step, cfg))
+            if update_ema is not None:
+                update_ema(ema_decay_at(step, cfg))
             step += 1
             window_loss += step_loss
             bar.update(1)
@@ -301,6 +303,7 @@ def train(
             if validate is not None and info.is_main:
                 if (cfg.val_every and step % cfg.val_every == 0) or step == cfg.steps:
                     metrics = validate(ema, step)
+                    model.train()  # without an EMA, `ema` is the model: validation may switch it
                     tracker.log_metrics(metrics, step)
                     log(
                         f"{desc} step {step}: "
