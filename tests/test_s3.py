@@ -227,13 +227,18 @@ def test_an_s3_url_list_must_name_a_list_object(s3, tmp_path):
 
 
 @pytest.mark.slow
-def test_marble_ingest_reads_a_url_list_from_s3(s3, faulty_source, tmp_path):
+def test_marble_ingest_reads_a_url_list_from_s3(s3, faulty_source, tmp_path, prefect_api):
+    """The CLI's ingest from an s3:// list, reporting to the session's Prefect server (its
+    own temporary server's start is test_orphans.py's and test_flows.py's to check)."""
+    from flows.fanout import current_api_url
+
     fs = objectstore.filesystem()
     fs.pipe_file(f"{BUCKET}/lists/urls.parquet", faulty_source.url_list.read_bytes())
     host = faulty_source.base_url.removeprefix("http://")
     home = tmp_path / "home"
     result = marble(home, "ingest", f"s3://{BUCKET}/lists/urls.parquet", "--allow-host", host,
-                    "--processes", "1", "--retries", "0", env=cli_env(tmp_path))  # fmt: skip
+                    "--processes", "1", "--retries", "0",
+                    env=cli_env(tmp_path) | {"PREFECT_API_URL": current_api_url()})  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     start = ("\n" + result.stdout).rindex("\n{")  # the manifest, printed last
     manifest, _ = json.JSONDecoder().raw_decode(result.stdout[start:])
