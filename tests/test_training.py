@@ -297,7 +297,7 @@ def _null_tracker(workspace):
 
 def test_ema_update_closed_form():
     """ema <- d * ema + (1 - d) * model: from 0 towards 1 with d = 0.9, 0.1 then 0.19."""
-    from tasks.train.recipe import update_ema
+    from tasks.train.recipe import ema_updater
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     ema = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
@@ -306,10 +306,11 @@ def test_ema_update_closed_form():
     for p in ema.parameters():
         torch.nn.init.zeros_(p)
     model[1].running_mean.fill_(5.0)
-    update_ema(ema, model, 0.9)
+    update_ema = ema_updater(ema, model)
+    update_ema(0.9)
     for p in ema.parameters():
         torch.testing.assert_close(p, torch.full_like(p, 0.1))
-    update_ema(ema, model, 0.9)
+    update_ema(0.9)
     for p in ema.parameters():
         torch.testing.assert_close(p, torch.full_like(p, 0.19))
     torch.testing.assert_close(ema[1].running_mean, torch.full((2,), 5.0))  # copied

@@ -79,11 +79,6 @@ def ema_updater(ema: nn.Module, model: nn.Module) -> Callable[[float], None]:
     return update
 
 
-def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """One EMA update (`ema_updater` for a loop that updates the same pair at every step)."""
-    ema_updater(ema, model)(decay)
-
-
 # Early in training the EMA's half-life is at most this fraction of the images seen so far,
 # so the first weights (far from any optimum) fade fast. With ln 2 / 9 the warm-up decay
 # is exp(-9 / (t + 1)) at step t, close to the familiar (1 + t) / (10 + t) once t is in the
