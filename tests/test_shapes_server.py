@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import http.client
+import http.server
 import io
+import select
+import socket
 import time
 from urllib.parse import urlsplit
 
@@ -72,3 +75,51 @@ def test_server_stops_on_exit(tmp_path):
         assert _get(f"{source.base_url}/shapes/0/0.png").status == 200
     with pytest.raises(OSError):
         _get(f"{source.base_url}/shapes/0/0.png")
+
+
+def _handshakes(port: int, n: int = 100, wait_s: float = 1.0) -> int:
+    """Connections of n clients at once that the kernel completes within wait_s while the
+    server accepts none (its backlog holds them; past it, SYNs are dropped)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+        pending, done = set(socks), 0
+        deadline = time.monotonic() + wait_s
+        while pending and (left := deadline - time.monotonic()) > 0:
+            _, writable, _ = select.select([], list(pending), [], left)
+            for s in writable:
+                pending.discard(s)
+                done += s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+        return done
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_the_servers_hold_every_downloader_that_connects_at_once(monkeypatch):
+    """The built-in data's server and the vetting proxy listen with a backlog as deep as an
+    ingest's downloaders (64 by default): with socketserver's 5, the kernel dropped hundreds
+    of connections in one ingest test, each costing a client a SYN retry of a second or more."""
+    from tasks.ingest import fetch_proxy
+    from tasks.runtime.httpserver import LoopbackHTTPServer
+    from tasks.shapes.server import _bind
+
+    server = _bind(http.server.BaseHTTPRequestHandler, 0)  # bound and listening, not serving
+    try:
+        assert isinstance(server, LoopbackHTTPServer)
+        assert _handshakes(server.server_address[1]) == 100
+    finally:
+        server.server_close()
+
+    built = []
+
+    class Recorded(LoopbackHTTPServer):
+        def __init__(self, *args):
+            built.append(self)
+            super().__init__(*args)
+
+    monkeypatch.setattr(fetch_proxy, "LoopbackHTTPServer", Recorded)
+    with fetch_proxy.vetting_proxy(fetch_proxy.FetchPolicy()):
+        assert len(built) == 1

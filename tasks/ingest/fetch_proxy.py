@@ -31,12 +31,13 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
 from PIL import Image, UnidentifiedImageError
 
 from tasks.ingest.addresses import AddressRefused, Resolver, resolve_checked, system_resolver
+from tasks.runtime.httpserver import LoopbackHTTPServer
 
 REFUSED = "marble-refused"
 SNIFF_BYTES = 1 << 20  # enough for any image header (a JPEG's SOF can sit behind EXIF)
@@ -217,7 +218,7 @@ def _handler(policy: FetchPolicy) -> type[BaseHTTPRequestHandler]:
 @contextlib.contextmanager
 def vetting_proxy(policy: FetchPolicy) -> Iterator[str]:
     """Serve the proxy on 127.0.0.1 (a free port) while the block runs; yields its URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(policy))
+    server = LoopbackHTTPServer(("127.0.0.1", 0), _handler(policy))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="vetting-proxy", daemon=True)
     thread.start()

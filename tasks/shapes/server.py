@@ -17,13 +17,14 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.runtime.httpserver import LoopbackHTTPServer
 from tasks.shapes.render import ShapesSpec, ShapesTable, build_table, render_png
 from tasks.store.files import atomic_dir
 from tasks.store.ids import pair_id
@@ -111,13 +112,13 @@ def spec_digest(spec: ShapesSpec) -> str:
     return hashlib.sha1(repr(spec).encode()).hexdigest()[:12]
 
 
-def _bind(handler: type[BaseHTTPRequestHandler], port: int) -> ThreadingHTTPServer:
+def _bind(handler: type[BaseHTTPRequestHandler], port: int) -> LoopbackHTTPServer:
     try:
-        return ThreadingHTTPServer(("127.0.0.1", port), handler)
+        return LoopbackHTTPServer(("127.0.0.1", port), handler)
     except OSError:
         if port == 0:
             raise
-        return ThreadingHTTPServer(("127.0.0.1", 0), handler)  # busy: take a free port
+        return LoopbackHTTPServer(("127.0.0.1", 0), handler)  # busy: take a free port
 
 
 @contextlib.contextmanager
