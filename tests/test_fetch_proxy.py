@@ -9,11 +9,10 @@ import http.client
 import io
 import socket
 import struct
-import threading
 import urllib.error
 import urllib.request
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,6 +21,7 @@ from PIL import Image
 
 from tasks.ingest.download import IngestConfig, ingest
 from tasks.ingest.fetch_proxy import FetchPolicy, declared_pixels, vetting_proxy
+from tasks.runtime.httpserver import LoopbackHTTPServer, serving
 
 
 def _png(width: int, height: int) -> bytes:
@@ -69,14 +69,8 @@ def _server(routes: dict):
             self.end_headers()
             self.wfile.write(body)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(LoopbackHTTPServer(("127.0.0.1", 0), Handler), "test-origin") as server:
         yield server.server_address[1], hits
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,6 +21,7 @@ from PIL import Image
 
 from tasks.ingest.download import IngestConfig, ingest, raw_shards
 from tasks.ingest.url_list import UrlListError
+from tasks.runtime.httpserver import LoopbackHTTPServer, serving
 from tasks.runtime.processes import alive
 from tasks.runtime.reaper import descendants
 from tasks.store.workspace import Workspace
@@ -48,13 +49,8 @@ def _server(routes: dict) -> Iterator[tuple[int, list[str]]]:
             self.end_headers()
             self.wfile.write(body)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serving(LoopbackHTTPServer(("127.0.0.1", 0), Handler), "test-origin") as server:
         yield server.server_address[1], hits
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _png() -> bytes:

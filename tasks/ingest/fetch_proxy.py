@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 from PIL import Image, UnidentifiedImageError
 
 from tasks.ingest.addresses import AddressRefused, Resolver, resolve_checked, system_resolver
-from tasks.runtime.httpserver import LoopbackHTTPServer
+from tasks.runtime.httpserver import LoopbackHTTPServer, serving
 
 REFUSED = "marble-refused"
 SNIFF_BYTES = 1 << 20  # enough for any image header (a JPEG's SOF can sit behind EXIF)
@@ -218,16 +218,8 @@ def _handler(policy: FetchPolicy) -> type[BaseHTTPRequestHandler]:
 @contextlib.contextmanager
 def vetting_proxy(policy: FetchPolicy) -> Iterator[str]:
     """Serve the proxy on 127.0.0.1 (a free port) while the block runs; yields its URL."""
-    server = LoopbackHTTPServer(("127.0.0.1", 0), _handler(policy))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="vetting-proxy", daemon=True)
-    thread.start()
-    try:
+    with serving(LoopbackHTTPServer(("127.0.0.1", 0), _handler(policy)), "vetting-proxy") as server:
         yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def proxy_environment(proxy_url: str, max_pixels: int) -> dict[str, str]:

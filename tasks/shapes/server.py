@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.runtime.httpserver import LoopbackHTTPServer
+from tasks.runtime.httpserver import LoopbackHTTPServer, serving
 from tasks.shapes.render import ShapesSpec, ShapesTable, build_table, render_png
 from tasks.store.files import atomic_dir
 from tasks.store.ids import pair_id
@@ -129,18 +128,10 @@ def serve_shapes(spec: ShapesSpec, source_dir: Path, port: int = 0) -> Iterator[
     then differ from a run on the usual port).
     """
     table = build_table(spec)
-    server = _bind(_handler_for(spec, table), port)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="shapes-http", daemon=True)
-    thread.start()
-    try:
+    with serving(_bind(_handler_for(spec, table), port), "shapes-http") as server:
         base_url = f"http://127.0.0.1:{server.server_address[1]}"
         with atomic_dir(source_dir) as tmp:
             write_source_tables(spec, table, base_url, tmp)
         yield ShapesSource(
             base_url, source_dir / "urls.parquet", source_dir / "truth.parquet", spec
         )
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
