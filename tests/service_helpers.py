@@ -49,5 +49,5 @@ def wait_final(client, run_id, timeout_s: float = 600):
         run = client.read_flow_run(run_id)
         if run.state is not None and run.state.is_final():
             return run
-        time.sleep(2)
+        time.sleep(0.5)
     raise AssertionError(f"flow run {run_id} did not finish in {timeout_s} s")
