@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=150, help="steps between evaluations")
     parser.add_argument("--prompts", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0, help="seed of the diffusion training")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     os.environ["MARBLE_TRACKING"] = "off"
@@ -72,7 +73,7 @@ def main() -> None:
         text_encoder=args.text_encoder, unet=args.unet, autoencoder=args.autoencoder,
         train=dataclasses.replace(
             recipe.train, steps=args.steps, val_every=args.every, seed=args.seed,
-            ckpt_every=10**9,
+            ckpt_every=10**9, lr=args.lr or recipe.train.lr,
         ),
     )  # fmt: skip
     eval_prompts = prompts(args.prompts)
@@ -103,7 +104,8 @@ def main() -> None:
         clock["start"] = time.perf_counter()
         train_diffusion(spec, workspace, log=lambda *_: None, validate_fn=validate_fn)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"diffusion_steps_{spec.name}.json"
+    lr = "" if args.lr is None else f"_lr{args.lr:g}"
+    path = args.out / f"diffusion_steps_{spec.name}{lr}.json"
     record = {"args": {**vars(args), "home": str(args.home), "out": str(args.out)}}
     path.write_text(json.dumps(record | {"machine": machine, "points": points}, indent=2))
     print(f"wrote {path}")
