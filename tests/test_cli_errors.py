@@ -13,7 +13,9 @@ from flows.cli import main
 from tasks.shapes.render import FaultRates, ShapesSpec, write_as_raw_shard
 from tasks.store.workspace import Workspace
 
-pytestmark = pytest.mark.slow
+# The commands run in this process; those whose error is found inside a flow report to the
+# session's Prefect server rather than start a temporary one (about 8 s).
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 
 
 @pytest.fixture(scope="module")
