@@ -384,7 +384,9 @@ def _prepare_home(trained, root: Path):
 def test_sigkill_then_resume_is_bit_identical(trained, tmp_path):
     script = tmp_path / "resume.py"
     script.write_text(RESUME_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    # MLflow off: the weights are the question here (a resumed `marble run`, tracked, is
+    # test_flows.py's main job); each process saves the store's creation and the logging
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MARBLE_TRACKING": "off"}
     straight = _prepare_home(trained, tmp_path / "straight")
     subprocess.run([sys.executable, script, straight], check=True, env=env, capture_output=True)
 
