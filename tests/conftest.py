@@ -35,7 +35,7 @@ def prefect_api(tmp_path_factory) -> Path:
     port of 127.0.0.1) for every test that runs flows in this process; stopped at the end of
     the session. Yields a copy of its database taken as it started (migrated, no runs yet):
     `prefect.db` in a new Prefect home saves a `marble` subprocess's temporary server the
-    migrations (about 8 of its 14 s)."""
+    migrations (about 7 of its 14 s)."""
     from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
     from prefect.testing.utilities import prefect_test_harness
 
