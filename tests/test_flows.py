@@ -37,10 +37,10 @@ def test_main_job_end_to_end_killed_resumed_then_skipped(tmp_path, prefect_api):
     is on disk; the second skips the finished stages, continues that training from its
     checkpoint and finishes the chain; the third skips every stage and says so. Where this
     machine allows a network namespace, the first two runs are in one whose only interface
-    is loopback, which proves nothing needs the internet; elsewhere it runs as it is (every server it
-    starts binds 127.0.0.1 all the same). The two that work start a temporary Prefect server
-    each, on a Prefect home whose database is migrated already (test_orphans starts one on
-    a new home); the third reports to the session's."""
+    is loopback, which proves nothing needs the internet; elsewhere they run as they are
+    (every server they start binds 127.0.0.1 all the same). The two that work start a
+    temporary Prefect server each, on a Prefect home whose database is migrated already
+    (test_orphans starts one on a new home); the third reports to the session's."""
     import signal
     import time
 
