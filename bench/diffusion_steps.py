@@ -73,7 +73,7 @@ def main() -> None:
         text_encoder=args.text_encoder, unet=args.unet, autoencoder=args.autoencoder,
         train=dataclasses.replace(
             recipe.train, steps=args.steps, val_every=args.every, seed=args.seed,
-            ckpt_every=10**9, lr=args.lr or recipe.train.lr,
+            ckpt_every=10**9, lr=recipe.train.lr if args.lr is None else args.lr,
         ),
     )  # fmt: skip
     eval_prompts = prompts(args.prompts)

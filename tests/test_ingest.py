@@ -289,10 +289,10 @@ def test_two_ingests_at_once_lose_nothing(faulty_source, tmp_path, workspace):
     first; the first's rows land, and the second, run again, adds its own."""
     import subprocess
     import sys
-    import threading
     import time
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
 
+    from tasks.runtime.httpserver import LoopbackHTTPServer, serving
     from tasks.store.workspace import WorkspaceBusyError
 
     image = _png_bytes()
@@ -308,34 +308,34 @@ def test_two_ingests_at_once_lose_nothing(faulty_source, tmp_path, workspace):
             self.end_headers()
             self.wfile.write(image)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    slow_host = f"127.0.0.1:{server.server_address[1]}"
-    first, second = tmp_path / "first.parquet", tmp_path / "second.parquet"
-    urls = [f"http://{slow_host}/{k}.png" for k in range(8)]
-    pq.write_table(pa.table({"url": urls, "caption": [f"slow {k}" for k in range(8)]}), first)
-    pq.write_table(pq.read_table(faulty_source.url_list).slice(0, 10), second)
-    script = (
-        "import sys; from pathlib import Path; from tasks.ingest.download import IngestConfig, ingest; "
-        "from tasks.store.workspace import Workspace; "
-        f"ingest(IngestConfig(url_list=Path({str(first)!r}), allowed_hosts=({slow_host!r},), "
-        f"processes=1, threads=1), Workspace(Path({str(workspace.root)!r})))"
-    )
-    running = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        lock = workspace.root / ".locks" / "raw.lock"
-        deadline = time.time() + 60
-        while time.time() < deadline and not (lock.exists() and lock.read_text()):
-            time.sleep(0.05)
-        with pytest.raises(WorkspaceBusyError) as busy:
-            ingest(_config(faulty_source, url_list=second), workspace)
-        assert running.poll() is None, "the first ingest ended before the second started"
-    finally:
-        assert running.wait(timeout=300) == 0, running.stderr.read()[-2000:]
-        server.shutdown()
-        server.server_close()
+    with serving(LoopbackHTTPServer(("127.0.0.1", 0), Slow), "test-origin") as server:
+        slow_host = f"127.0.0.1:{server.server_address[1]}"
+        first, second = tmp_path / "first.parquet", tmp_path / "second.parquet"
+        urls = [f"http://{slow_host}/{k}.png" for k in range(8)]
+        pq.write_table(pa.table({"url": urls, "caption": [f"slow {k}" for k in range(8)]}), first)
+        pq.write_table(pq.read_table(faulty_source.url_list).slice(0, 10), second)
+        script = (
+            "import sys; from pathlib import Path; from tasks.ingest.download import IngestConfig, ingest; "
+            "from tasks.store.workspace import Workspace; "
+            f"ingest(IngestConfig(url_list=Path({str(first)!r}), allowed_hosts=({slow_host!r},), "
+            f"processes=1, threads=1), Workspace(Path({str(workspace.root)!r})))"
+        )
+        running = subprocess.Popen(
+            [sys.executable, "-c", script],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            lock = workspace.root / ".locks" / "raw.lock"
+            deadline = time.time() + 60
+            while time.time() < deadline and not (lock.exists() and lock.read_text()):
+                time.sleep(0.05)
+            with pytest.raises(WorkspaceBusyError) as busy:
+                ingest(_config(faulty_source, url_list=second), workspace)
+            assert running.poll() is None, "the first ingest ended before the second started"
+        finally:
+            assert running.wait(timeout=300) == 0, running.stderr.read()[-2000:]
     assert f"pid {running.pid}" in str(busy.value) and "\n" not in str(busy.value)
     assert len(_rows(workspace)) == 8
     ingest(_config(faulty_source, url_list=second), workspace)
