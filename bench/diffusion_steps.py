@@ -10,7 +10,15 @@ The workspace is only read: its pairs are linked and its two encoder checkpoints
 a temporary workspace, where the U-Net trains (MLflow off). The points are those of one run
 of `--steps`: its learning rate has not decayed yet at the earlier ones.
 
+With `--text-tower lit` or `whole` the text encoder is not copied but trained there first,
+by its own recipe (`ClipTrainSpec`) for `--text-steps` at `--text-seed`: `lit` against the
+workspace's locked `image-clip-tiny` image tower (as `make run` trains its text encoders),
+`whole` both towers from scratch (as `make run` trains that image tower). That measures
+what the draw of a text tower does to the U-Net trained on it.
+
     python bench/diffusion_steps.py --home marble-home --unet unet-xs --steps 900 --every 150
+    python bench/diffusion_steps.py --home marble-home --steps 900 --every 900 \
+        --text-tower whole --text-steps 1200 --text-seed 1
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from eval.detector import attribute_scores
 from tasks.shapes.render import sample_scene
 from tasks.store.images import to_uint8
 from tasks.store.workspace import Workspace
+from tasks.train.clip import ClipTrainSpec, image_tower_spec, train_clip
 from tasks.train.diffusion import DiffusionTrainSpec, train_diffusion
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -41,12 +50,17 @@ def prompts(n: int) -> list[str]:
     return [sample_scene(PROMPT_SEED, i, 0.25)[0].caption(i % 3) for i in range(n)]
 
 
-def scratch_workspace(source: Workspace, root: Path, spec: DiffusionTrainSpec) -> Workspace:
-    """A workspace in `root` that sees `source`'s data and holds copies of the encoders."""
+def scratch_workspace(
+    source: Workspace, root: Path, spec: DiffusionTrainSpec, text_tower: str
+) -> Workspace:
+    """A workspace in `root` that sees `source`'s data and holds copies of the encoders (with
+    `text_tower` lit: the image tower in place of the text encoder; whole: neither)."""
     scratch = Workspace(root)
     scratch.root.mkdir(parents=True)
     (scratch.root / "data").symlink_to(source.root.resolve() / "data")
-    for kind, name in (("autoencoder", spec.autoencoder), ("clip", spec.text_encoder)):
+    clip = {"copy": spec.text_encoder, "lit": image_tower_spec().name}.get(text_tower)
+    copies = [("autoencoder", spec.autoencoder)] + ([("clip", clip)] if clip else [])
+    for kind, name in copies:
         found = source.checkpoint(kind, name)
         if not (found / "config.json").exists():
             raise SystemExit(f"no {kind} checkpoint {found}: run `marble run` (or train) first")
@@ -65,6 +79,12 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0, help="seed of the diffusion training")
     parser.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
+    parser.add_argument(
+        "--text-tower", choices=("copy", "lit", "whole"), default="copy",
+        help="copy: the workspace's text encoder; lit / whole: train one here first",
+    )  # fmt: skip
+    parser.add_argument("--text-steps", type=int, help="default: 150 (lit), 1200 (whole)")
+    parser.add_argument("--text-seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     os.environ["MARBLE_TRACKING"] = "off"
@@ -99,16 +119,41 @@ def main() -> None:
         clock["eval_s"] += time.perf_counter() - t_eval
         return {}
 
+    text_record = {}
     with tempfile.TemporaryDirectory() as tmp:
-        workspace = scratch_workspace(Workspace(args.home), Path(tmp) / "home", spec)
+        workspace = scratch_workspace(
+            Workspace(args.home), Path(tmp) / "home", spec, args.text_tower
+        )
+        if args.text_tower != "copy":
+            text_record = train_text_tower(workspace, spec.text_encoder, args)
         clock["start"] = time.perf_counter()
         train_diffusion(spec, workspace, log=lambda *_: None, validate_fn=validate_fn)
     args.out.mkdir(parents=True, exist_ok=True)
     lr = "" if args.lr is None else f"_lr{args.lr:g}"
-    path = args.out / f"diffusion_steps_{spec.name}{lr}.json"
+    tower = (
+        "" if args.text_tower == "copy" else f"_{args.text_tower}{args.text_steps}s{args.text_seed}"
+    )
+    seed = f"_seed{args.seed}" if args.seed else ""
+    path = args.out / f"diffusion_steps_{spec.name}{lr}{tower}{seed}.json"
     record = {"args": {**vars(args), "home": str(args.home), "out": str(args.out)}}
+    record |= {"text_tower": text_record} if text_record else {}
     path.write_text(json.dumps(record | {"machine": machine, "points": points}, indent=2))
     print(f"wrote {path}")
+
+
+def train_text_tower(workspace: Workspace, name: str, args) -> dict:
+    """Train the text encoder `name` (a CLIP preset) in the scratch workspace by its recipe:
+    LiT on the copied image tower, or both towers; returns its steps, seconds and val
+    retrieval figures."""
+    lit = args.text_tower == "lit"
+    args.text_steps = args.text_steps or (150 if lit else 1200)
+    base = ClipTrainSpec(preset=name, image_tower=image_tower_spec().name if lit else "")
+    train = dataclasses.replace(base.train, steps=args.text_steps, seed=args.text_seed)
+    t0 = time.perf_counter()
+    summary = train_clip(dataclasses.replace(base, train=train), workspace, log=lambda *_: None)
+    seconds = round(time.perf_counter() - t0, 1)
+    print(f"text tower ({args.text_tower}, {args.text_steps} steps): {seconds} s", flush=True)
+    return {"seconds": seconds, **{k: v for k, v in summary.items() if k.startswith("val_")}}
 
 
 if __name__ == "__main__":
