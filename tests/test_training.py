@@ -472,12 +472,6 @@ DDP_SCRIPT = textwrap.dedent(
 )
 
 
-def test_ddp_two_processes_end_with_identical_weights(tmp_path):
-    _torchrun_two_gloo_processes(DDP_SCRIPT, tmp_path)
-    assert (tmp_path / "rank0.txt").read_text() == (tmp_path / "rank1.txt").read_text()
-    assert load_state(tmp_path / "ckpt")["step"] == 4
-
-
 CLIP_DDP_SCRIPT = textwrap.dedent(
     """
     import json, sys, torch
@@ -522,12 +516,26 @@ CLIP_DDP_SCRIPT = textwrap.dedent(
 )
 
 
-def test_clip_loss_under_ddp_is_the_whole_batch_loss(tmp_path):
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory) -> Path:
+    """Both scripts above, one after the other in one torchrun launch of 2 gloo processes (a
+    launch is ~10 s, most of it imports); the autoencoder's writes rank<r>.txt and ckpt/,
+    the CLIP loss's rank<r>.json."""
+    out = tmp_path_factory.mktemp("ddp")
+    _torchrun_two_gloo_processes(DDP_SCRIPT + CLIP_DDP_SCRIPT, out)
+    return out
+
+
+def test_ddp_two_processes_end_with_identical_weights(ddp_run):
+    assert (ddp_run / "rank0.txt").read_text() == (ddp_run / "rank1.txt").read_text()
+    assert load_state(ddp_run / "ckpt")["step"] == 4
+
+
+def test_clip_loss_under_ddp_is_the_whole_batch_loss(ddp_run):
     """2 gloo processes, each with half the batch, compute the loss and (averaged) gradients
     one process computes on the whole batch: every image sees every caption as a negative."""
-    _torchrun_two_gloo_processes(CLIP_DDP_SCRIPT, tmp_path)
     for rank in (0, 1):
-        out = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        out = json.loads((ddp_run / f"rank{rank}.json").read_text())
         assert out["loss"] == pytest.approx(out["whole"], abs=1e-6)
         assert out["grad_error"] <= 1e-5 * out["grad_scale"]
         # the loss over a rank's own slice alone is a different objective (4 negatives, not 8)
