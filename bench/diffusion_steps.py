@@ -87,6 +87,8 @@ def main() -> None:
     parser.add_argument("--text-seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.text_tower != "copy" and args.text_steps is None:
+        args.text_steps = 150 if args.text_tower == "lit" else 1200  # make run's recipes
     os.environ["MARBLE_TRACKING"] = "off"
     recipe = DiffusionTrainSpec()
     spec = DiffusionTrainSpec(
@@ -143,10 +145,9 @@ def main() -> None:
 
 def train_text_tower(workspace: Workspace, name: str, args) -> dict:
     """Train the text encoder `name` (a CLIP preset) in the scratch workspace by its recipe:
-    LiT on the copied image tower, or both towers; returns its steps, seconds and val
-    retrieval figures."""
+    LiT on the copied image tower, or both towers; returns its seconds and val retrieval
+    figures."""
     lit = args.text_tower == "lit"
-    args.text_steps = args.text_steps or (150 if lit else 1200)
     base = ClipTrainSpec(preset=name, image_tower=image_tower_spec().name if lit else "")
     train = dataclasses.replace(base.train, steps=args.text_steps, seed=args.text_seed)
     t0 = time.perf_counter()
