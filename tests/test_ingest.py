@@ -297,6 +297,9 @@ def test_two_ingests_at_once_lose_nothing(faulty_source, tmp_path, workspace):
 
     image = _png_bytes()
 
+    slow = 3  # images of a second each, after img2dataset's start of a few seconds: the first
+    # run holds the lock well past the second's attempt, which fails at once
+
     class Slow(BaseHTTPRequestHandler):  # every image takes a second: the first run is slow
         def log_message(self, *args):
             pass
@@ -311,8 +314,10 @@ def test_two_ingests_at_once_lose_nothing(faulty_source, tmp_path, workspace):
     with serving(LoopbackHTTPServer(("127.0.0.1", 0), Slow), "test-origin") as server:
         slow_host = f"127.0.0.1:{server.server_address[1]}"
         first, second = tmp_path / "first.parquet", tmp_path / "second.parquet"
-        urls = [f"http://{slow_host}/{k}.png" for k in range(8)]
-        pq.write_table(pa.table({"url": urls, "caption": [f"slow {k}" for k in range(8)]}), first)
+        urls = [f"http://{slow_host}/{k}.png" for k in range(slow)]
+        pq.write_table(
+            pa.table({"url": urls, "caption": [f"slow {k}" for k in range(slow)]}), first
+        )
         pq.write_table(pq.read_table(faulty_source.url_list).slice(0, 10), second)
         script = (
             "import sys; from pathlib import Path; from tasks.ingest.download import IngestConfig, ingest; "
@@ -337,9 +342,9 @@ def test_two_ingests_at_once_lose_nothing(faulty_source, tmp_path, workspace):
         finally:
             assert running.wait(timeout=300) == 0, running.stderr.read()[-2000:]
     assert f"pid {running.pid}" in str(busy.value) and "\n" not in str(busy.value)
-    assert len(_rows(workspace)) == 8
+    assert len(_rows(workspace)) == slow
     ingest(_config(faulty_source, url_list=second), workspace)
-    assert len(_rows(workspace)) == 8 + 10
+    assert len(_rows(workspace)) == slow + 10
 
 
 def _png_bytes() -> bytes:
