@@ -297,8 +297,9 @@ def test_two_ingests_at_once_lose_nothing(faulty_source, tmp_path, workspace):
 
     image = _png_bytes()
 
-    slow = 3  # images of a second each, after img2dataset's start of a few seconds: the first
-    # run holds the lock well past the second's attempt, which fails at once
+    # images of a second each, after img2dataset's start of a few seconds: the first run
+    # holds the lock well past the second's attempt, which fails at once
+    slow = 3
 
     class Slow(BaseHTTPRequestHandler):  # every image takes a second: the first run is slow
         def log_message(self, *args):

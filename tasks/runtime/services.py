@@ -274,10 +274,10 @@ def _up(workspace, prefect_port, mlflow_port, timezone, cron, gpus, log, url, st
     # Database URLs go through the environment, never argv (`ps` shows argv to everyone),
     # and only to the process that needs them.
     server_env, worker_env = env, env
-    mlflow_env = env | MLFLOW_SERVER_ENV | {"MLFLOW_BACKEND_STORE_URI": workspace.mlflow_uri}
+    mlflow_store = workspace.mlflow_uri if url is None else url.mlflow_url
+    mlflow_env = env | MLFLOW_SERVER_ENV | {"MLFLOW_BACKEND_STORE_URI": mlflow_store}
     if url is not None:
         server_env = env | {"PREFECT_API_DATABASE_CONNECTION_URL": url.prefect_url}
-        mlflow_env = env | MLFLOW_SERVER_ENV | {"MLFLOW_BACKEND_STORE_URI": url.mlflow_url}
     if url is not None or store is not None:
         worker_env = env | {"MLFLOW_TRACKING_URI": services.mlflow_url}
     if store is None:
