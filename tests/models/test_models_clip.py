@@ -14,6 +14,7 @@ from models.clip import (
     clip_loss,
     encode_text_tokens,
     make_tokenizer,
+    trim_padding,
 )
 
 CAPTIONS = ["a large red circle on the left", "", "a small blue square"]
@@ -59,6 +60,8 @@ def test_tokenizer_is_open_clip_with_config_context_length(tiny):
 
 
 def test_text_hidden_states_and_mask(tiny):
+    import open_clip
+
     cfg, model = tiny
     tokens = make_tokenizer(cfg)(CAPTIONS)
     hidden, mask = encode_text_tokens(model, tokens)
@@ -69,7 +72,8 @@ def test_text_hidden_states_and_mask(tiny):
     assert mask[:, 0].all() and not mask[1, 2:].any()
     # Pooling our hidden states at EOT and projecting gives open_clip's own text features.
     pooled = hidden[torch.arange(3), tokens.argmax(-1)] @ model.text_projection
-    torch.testing.assert_close(pooled, model.encode_text(tokens), rtol=1e-5, atol=1e-5)
+    open_clips = open_clip.CLIP.encode_text(model, tokens)  # build_clip's class trims; not this
+    torch.testing.assert_close(pooled, open_clips, rtol=1e-5, atol=1e-5)
 
 
 def test_hidden_states_causal_so_padding_does_not_change_real_tokens(tiny):
@@ -78,6 +82,33 @@ def test_hidden_states_causal_so_padding_does_not_change_real_tokens(tiny):
     full, mask = encode_text_tokens(model, tokens)
     trimmed, _ = encode_text_tokens(model, tokens[:, :12])  # shorter L also works
     torch.testing.assert_close(full[:, :12], trimmed)
+
+
+def test_trim_padding_drops_only_padding(tiny):
+    cfg, _ = tiny
+    tokens = make_tokenizer(cfg)(CAPTIONS)  # the longest, row 0: SOT + 7 words + EOT
+    trimmed = trim_padding(tokens)
+    assert trimmed.shape == (3, 9) and torch.equal(trimmed, tokens[:, :9])
+    assert torch.equal(trimmed.argmax(-1), tokens.argmax(-1))  # every EOT kept
+    assert not tokens[:, 9:].any()  # what was dropped is padding
+    assert trim_padding(tokens[1:2]).tolist() == [[49406, 49407]]
+
+
+def test_encode_text_of_a_trimmed_batch_equals_open_clips(tiny):
+    """The features, and their gradients, of the batch run to its longest caption equal those
+    of open_clip's encode_text over every context position."""
+    import open_clip
+
+    _, model = tiny
+    tokens = make_tokenizer(tiny[0])(CAPTIONS)
+    ours = model.encode_text(tokens, normalize=True)
+    theirs = open_clip.CLIP.encode_text(model, tokens, normalize=True)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+    weights = torch.randn_like(ours)
+    grads = [torch.autograd.grad((f * weights).sum(), model.token_embedding.weight)[0]
+             for f in (ours, theirs)]  # fmt: skip
+    scale = grads[1].abs().max()  # sums over positions: float order differs, ~1e-5 of it
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-4 * scale.item())
 
 
 def test_text_conditioner_is_frozen_copy(tiny):
