@@ -69,6 +69,24 @@ def test_each_trainer_writes_a_checkpoint(trained):
     assert images.shape == (1, 3, 32, 32) and images.abs().max() <= 1
 
 
+def test_encoded_captions_end_at_the_longest_caption(trained):
+    """The training set's cached text states stop at the longest caption's EOT (the rest is
+    padding every caption masks) and equal the frozen text tower's own up to there."""
+    from tasks.store.loaders import load_conditioning
+    from tasks.train.diffusion import encode_training_set
+
+    workspace, _ = trained
+    cache = encode_training_set(workspace, DiffusionTrainSpec(), torch.device("cpu"))
+    context, mask = cache["context"], cache["mask"]
+    length = mask.shape[1]
+    assert mask[:, -1].any() and mask.sum(1).max() == length < 32  # padding went, no caption
+    assert torch.equal(mask, mask.cummin(dim=1).values)  # each row: True up to its EOT
+    parts = load_conditioning(workspace, "clip-tiny", "kl-f4", torch.device("cpu"))
+    full, full_mask = parts.text(parts.tokenizer(cache["captions"]))
+    assert not full_mask[:, length:].any()
+    torch.testing.assert_close(context, full[:, :length], rtol=0, atol=1e-5)
+
+
 def test_rerun_of_a_finished_training_is_a_no_op(trained):
     workspace, s = trained
     before = load_file(workspace.checkpoints / "clip" / "clip-tiny" / "ema.safetensors")
