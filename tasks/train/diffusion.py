@@ -154,9 +154,10 @@ def encode_training_set(workspace: Workspace, spec: DiffusionTrainSpec, device) 
             masks.append(mask.cpu())
     # (U, L', D) and (U, L'), L' the longest caption with its EOT: every caption masks the
     # positions after it, so the U-Net's cross-attention need not run over them
-    length = int(torch.cat(masks).sum(dim=1).max())
-    tensors["context"] = torch.cat(contexts)[:, :length].contiguous()
-    tensors["mask"] = torch.cat(masks)[:, :length].contiguous()
+    context, mask = torch.cat(contexts), torch.cat(masks)
+    length = int(mask.sum(dim=1).max())
+    tensors["context"] = context[:, :length].contiguous()
+    tensors["mask"] = mask[:, :length].contiguous()
     meta = {"captions": captions, "null_index": index[""], "pairs": pairs_digest(data)}
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta))
     with atomic_file(path) as tmp:  # the tensors appear last: present means complete
