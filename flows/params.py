@@ -186,10 +186,10 @@ class TrainingParams(BaseModel):
     """What to train, and for how long. The grid is text encoders x U-Nets (x autoencoders).
 
     The step budgets are the built-in run's, for `make run` on 2 CPU cores: each is what
-    the measurements in docs/training.md showed it buys (the autoencoder's 1,500 steps read
-    back 92 % of scenes right, 800 only 54 %; one locked 1,200-step image tower lets 150
-    text-tower steps tell the shapes apart; 900 diffusion steps draw 74-83 % of fresh
-    prompts all correct with unet-s and unet-xs, 300 steps 4-20 %)."""
+    the measurements in docs/training.md showed it buys (the autoencoder's 1,600 steps of 32
+    read back 93 % of scenes right, 800 of 64 only 54 %; one locked 1,200-step image tower
+    lets 150 text-tower steps tell the shapes apart; 900 diffusion steps draw 74-83 % of
+    fresh prompts all correct with unet-s and unet-xs, 300 steps 4-20 %)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -208,7 +208,7 @@ class TrainingParams(BaseModel):
         description="training sets of the diffusion grid (data sweep axis; the encoders are "
         f"trained on the kept pairs): {VARIANTS_HELP}",
     )
-    autoencoder_steps: int = Field(1500, ge=1, le=10_000_000, description="optimizer steps")
+    autoencoder_steps: int = Field(1600, ge=1, le=10_000_000, description="optimizer steps")
     image_tower_steps: int = Field(
         1200,
         ge=0,

@@ -38,13 +38,31 @@ REPO = Path(__file__).resolve().parents[1]
 def trained(tmp_path_factory):
     """One workspace with an autoencoder, a CLIP and a diffusion model, a few steps each."""
     workspace = make_workspace(tmp_path_factory.mktemp("trained"))
+    checks = []  # what the autoencoder's extra validation saw
+
+    def check(ema, step):
+        checks.append((step, ema.training))
+        return {"extra_check": float(step)}
+
     summaries = {
-        "autoencoder": train_autoencoder(AutoencoderTrainSpec(train=tiny_train()), workspace),
+        "autoencoder": train_autoencoder(
+            AutoencoderTrainSpec(train=tiny_train(val_every=4)), workspace, validate_fn=check
+        ),
         "identity": train_autoencoder(AutoencoderTrainSpec(preset="identity"), workspace),
         "clip": train_clip(ClipTrainSpec(train=tiny_train(ema_halflife_images=0)), workspace),
     }
     summaries["diffusion"] = train_diffusion(DiffusionTrainSpec(train=tiny_train()), workspace)
+    summaries["autoencoder_checks"] = checks
     return workspace, summaries
+
+
+def test_the_autoencoder_takes_an_extra_validation(trained):
+    """bench/autoencoder_steps.py reads reconstructions back through `validate_fn`: it runs at
+    every validation (step 4 of 6, and the last) on the EMA model in eval mode, and what it
+    returns joins the trainer's own metrics."""
+    _, s = trained
+    assert s["autoencoder_checks"] == [(4, False), (6, False)]
+    assert s["autoencoder"]["extra_check"] == 6.0 and "val_psnr" in s["autoencoder"]
 
 
 def test_each_trainer_writes_a_checkpoint(trained):
