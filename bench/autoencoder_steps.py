@@ -28,6 +28,7 @@ import torch
 
 from eval.detector import attribute_scores
 from eval.reconstruction import psnr
+from models.autoencoder import AE_PRESETS
 from tasks.store.images import to_float, to_uint8
 from tasks.store.pairs import load_split_pairs
 from tasks.store.workspace import Workspace
@@ -41,7 +42,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--home", type=Path, required=True, help="a workspace after the filter")
     recipe = AutoencoderTrainSpec()
-    parser.add_argument("--preset", default=recipe.preset)
+    trained = [name for name, cfg in AE_PRESETS.items() if not cfg.identity]
+    parser.add_argument("--preset", default=recipe.preset, choices=trained)
     parser.add_argument("--steps", type=int, default=recipe.train.steps)
     parser.add_argument("--batch", type=int, default=recipe.train.batch_size)
     parser.add_argument("--lr", type=float, default=recipe.train.lr)
