@@ -61,7 +61,7 @@ def main() -> None:
     )  # fmt: skip
     source = Workspace(args.home)
     data = load_split_pairs(source.pairs, source.raw)
-    images = torch.cat([data["val"][0], data["train"][0][:TRAIN_CHECKED]])
+    x = to_float(torch.cat([data["val"][0], data["train"][0][:TRAIN_CHECKED]]))
     captions = list(data["val"][1]) + list(data["train"][1][:TRAIN_CHECKED])
     n_val = len(data["val"][1])
     points: list[dict] = []
@@ -70,7 +70,6 @@ def main() -> None:
     def check(ema, step):
         started = time.perf_counter()
         with torch.no_grad():
-            x = to_float(images)
             recon = torch.cat(
                 [ema.decode(ema.encode(x[i : i + 256]).mode()) for i in range(0, len(x), 256)]
             )
