@@ -13,8 +13,8 @@ from models.clip import (
     build_clip,
     clip_loss,
     encode_text_tokens,
+    length_groups,
     make_tokenizer,
-    trim_padding,
 )
 
 CAPTIONS = ["a large red circle on the left", "", "a small blue square"]
@@ -84,35 +84,49 @@ def test_hidden_states_causal_so_padding_does_not_change_real_tokens(tiny):
     torch.testing.assert_close(full[:, :12], trimmed)
 
 
-def test_trim_padding_drops_only_padding(tiny):
-    cfg, _ = tiny
-    tokens = make_tokenizer(cfg)(CAPTIONS)  # the longest, row 0: SOT + 7 words + EOT
-    trimmed = trim_padding(tokens)
-    assert trimmed.shape == (3, 9) and torch.equal(trimmed, tokens[:, :9])
-    assert torch.equal(trimmed.argmax(-1), tokens.argmax(-1))  # every EOT kept
-    assert not tokens[:, 9:].any()  # what was dropped is padding
-    assert trim_padding(tokens[1:2]).tolist() == [[49406, 49407]]
+def test_length_groups_merge_the_neighbours_that_add_the_least_padding():
+    lengths = torch.tensor([9, 3, 12, 9, 3, 5, 9])  # distinct 3 (x2), 5, 9 (x3), 12
+    as_lists = lambda groups: [(rows.tolist(), length) for rows, length in groups]  # noqa: E731
+    assert as_lists(length_groups(lengths, 4)) == [([1, 4], 3), ([5], 5), ([0, 3, 6], 9), ([2], 12)]
+    # merging 3 into 5 pads 2 rows by 2 (4); 5 into 9: 1 row by 4 (4); 9 into 12: 3 by 3 (9):
+    # the first of the cheapest goes
+    assert as_lists(length_groups(lengths, 3)) == [([1, 4, 5], 5), ([0, 3, 6], 9), ([2], 12)]
+    # then {3, 5} into 9 pads 3 rows by 4 (12), 9 into 12 pads 3 by 3 (9)
+    assert as_lists(length_groups(lengths, 2)) == [([1, 4, 5], 5), ([0, 2, 3, 6], 12)]
+    assert as_lists(length_groups(lengths, 1)) == [(list(range(7)), 12)]
+    assert as_lists(length_groups(lengths, 10)) == as_lists(length_groups(lengths, 4))
+    with pytest.raises(ValueError, match="max_groups must be at least 1"):
+        length_groups(lengths, 0)
 
 
-def test_encode_text_of_a_trimmed_batch_equals_open_clips(tiny):
-    """The features, and their gradients, of the batch run to its longest caption equal those
-    of open_clip's encode_text over every context position."""
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_encode_text_by_length_equals_open_clips(tiny, monkeypatch, groups):
+    """The features, and their gradients, of the batch run in groups of like length, each to
+    its longest caption, equal those of open_clip's encode_text over every context
+    position."""
     import open_clip
 
+    import models.clip
+
+    monkeypatch.setattr(models.clip, "TEXT_GROUPS", groups)
     _, model = tiny
-    tokens = make_tokenizer(tiny[0])(CAPTIONS)
-    lengths = []  # the sequence length each encode_text runs its transformer over
+    captions = [*CAPTIONS, "a red circle", "a blue square on the left"]  # 9 2 6 5 8
+    tokens = make_tokenizer(tiny[0])(captions)
+    assert (tokens.argmax(-1) + 1).tolist() == [9, 2, 6, 5, 8]
+    lengths = []  # the sequence length each transformer pass runs over
     hook = model.transformer.register_forward_hook(lambda m, a, out: lengths.append(out.shape[1]))
     ours = model.encode_text(tokens, normalize=True)
     theirs = open_clip.CLIP.encode_text(model, tokens, normalize=True)
     hook.remove()
-    assert lengths == [9, 32]  # ours ran to the longest caption, open_clip's over all 32
+    # one group: the longest caption; two: {2, 5, 6} and {8, 9}; four: {2} {5, 6} {8} {9}
+    assert lengths == {1: [9], 2: [6, 9], 4: [2, 6, 8, 9]}[groups] + [32]  # open_clip's: 32
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
     weights = torch.randn(ours.shape, generator=torch.Generator().manual_seed(0))
     grads = [torch.autograd.grad((f * weights).sum(), model.token_embedding.weight)[0]
              for f in (ours, theirs)]  # fmt: skip
     scale = grads[1].abs().max()  # sums over positions in another order: ~1e-6 of it apart
     torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-4 * scale.item())
+    assert model.encode_text(tokens[:0]).shape == (0, ours.shape[1])  # an empty batch
 
 
 def test_text_conditioner_is_frozen_copy(tiny):
