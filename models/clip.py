@@ -113,7 +113,7 @@ def _trimming_clip_class() -> type[open_clip.CLIP]:
     nothing it returns; open_clip's own `encode_text` still runs all `context_length` of
     them. On the CPU the batch's rows are grouped by length (`length_groups`) and each group
     runs to its longest caption: the built-in captions hold 11 to 24 tokens (15 on average)
-    of 32, so this runs 15 to 16 positions a caption where open_clip runs 32. On CUDA the
+    of 32, so this runs 15 to 16 positions a caption where open_clip runs 32. On a GPU the
     batch runs as one group, to its longest caption: small kernels cost their launch there,
     not their padding. Same modules, same state dict, the same features up to float
     rounding."""
@@ -124,7 +124,8 @@ def _trimming_clip_class() -> type[open_clip.CLIP]:
         def encode_text(self, text: Tensor, normalize: bool = False) -> Tensor:
             if self.attn_mask is None or self.text_pool_type != "argmax" or not len(text):
                 return super().encode_text(text, normalize)  # not causal, not EOT-pooled, or empty
-            groups = length_groups(text.argmax(dim=-1) + 1, 1 if text.is_cuda else TEXT_GROUPS)
+            on_cpu = text.device.type == "cpu"
+            groups = length_groups(text.argmax(dim=-1) + 1, TEXT_GROUPS if on_cpu else 1)
             # embedded once: each lookup's backward fills a dense gradient of the whole table
             embedded = _text_embedded(self, text[:, : groups[-1][1]])  # (B, L', D)
             pooled = []  # per group: (b, D), its rows run to the group's longest caption
