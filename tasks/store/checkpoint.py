@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
+from torch import Tensor, nn
 
 from tasks.store.digests import file_digest
 from tasks.store.files import atomic_dir
@@ -35,11 +35,15 @@ class CheckpointNotFoundError(ValueError):
 
 
 def save_checkpoint(
-    ckpt_dir: Path, modules: dict[str, nn.Module], config: dict[str, Any], state: dict[str, Any]
+    ckpt_dir: Path,
+    weights: dict[str, dict[str, Tensor]],
+    config: dict[str, Any],
+    state: dict[str, Any],
 ) -> None:
+    """weights: a state dict per module name (model, ema), each written to <name>.safetensors."""
     with atomic_dir(ckpt_dir) as tmp:
-        for name, module in modules.items():
-            tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        for name, tensors in weights.items():
+            tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
             save_file(tensors, tmp / f"{name}.safetensors")
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
         torch.save(state, tmp / "state.pt")
@@ -66,8 +70,13 @@ def _config_path(ckpt_dir: Path) -> Path:
 
 def load_weights(ckpt_dir: Path, module: nn.Module, name: str = "model") -> nn.Module:
     """Load `<name>.safetensors` into `module` (strict: every key must match)."""
-    module.load_state_dict(load_file(Path(ckpt_dir) / f"{name}.safetensors"))
+    module.load_state_dict(read_weights(ckpt_dir, name))
     return module
+
+
+def read_weights(ckpt_dir: Path, name: str = "model") -> dict[str, Tensor]:
+    """The tensors of `<name>.safetensors`, by state-dict key."""
+    return load_file(Path(ckpt_dir) / f"{name}.safetensors")
 
 
 def load_state(ckpt_dir: Path) -> dict[str, Any] | None:
@@ -105,4 +114,4 @@ class CheckpointDir:
     def save(
         self, modules: dict[str, nn.Module], config: dict[str, Any], state: dict[str, Any]
     ) -> None:
-        save_checkpoint(self.path, modules, config, state)
+        save_checkpoint(self.path, {k: m.state_dict() for k, m in modules.items()}, config, state)

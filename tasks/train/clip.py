@@ -35,6 +35,12 @@ from tasks.store.loaders import load_clip
 from tasks.store.pairs import load_split_pairs, pairs_digest, raw_content_plan
 from tasks.store.tracking import training_tracker
 from tasks.store.workspace import Workspace
+from tasks.train.token_rows import (
+    RowsCheckpoint,
+    TokenRows,
+    optimizer_index,
+    shrink_token_table,
+)
 from tasks.train.trainer import (
     TrainConfig,
     init_distributed,
@@ -206,6 +212,11 @@ def train_clip(spec: ClipTrainSpec, workspace: Workspace, log=print) -> dict:
         lock_image_tower(model, locked)
         features = image_features(model.to(device), train_images, device)
         del locked
+    # the token table trains on the rows these captions use; the checkpoint holds it whole
+    rows = TokenRows.of(cfg.vocab_size, train_tokens, val_tokens)
+    initial = shrink_token_table(model, rows)
+    train_tokens, val_tokens = rows.index(train_tokens), rows.index(val_tokens)
+    checkpoint = RowsCheckpoint(checkpoint, rows, initial, spec.train, optimizer_index(model))
 
     def loss_fn(net, step, micro, g):
         per_micro = spec.train.batch_size // spec.train.grad_accum
