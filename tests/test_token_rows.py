@@ -9,11 +9,9 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from models.clip import ClipConfig, build_clip, clip_loss
-from tasks.store.checkpoint import CheckpointDir, load_state
-from tasks.store.tracking import Tracker
+from tasks.store.checkpoint import CheckpointDir, load_state, read_weights
 from tasks.train.recipe import TrainConfig
 from tasks.train.token_rows import (
     TABLE,
@@ -24,6 +22,7 @@ from tasks.train.token_rows import (
     shrink_token_table,
 )
 from tasks.train.trainer import train
+from tests.training_helpers import null_tracker
 
 VOCAB = 300
 CFG = ClipConfig(
@@ -73,18 +72,13 @@ def _train(folder, shrunk: bool, crash_at: int | None = None, cfg: TrainConfig =
         image_f, text_f, scale = net(images[idx], tokens[idx])[:3]
         return clip_loss(image_f, text_f, scale), len(idx)
 
-    tracker = lambda run_id, enabled: Tracker(None, "t", "loop", run_id, enabled=False)  # noqa: E731
-    train(model, loss_fn, cfg, checkpoint, {}, tracker, log=lambda *_: None)
-
-
-def _weights(folder, name):
-    return load_file(folder / f"{name}.safetensors")
+    train(model, loss_fn, cfg, checkpoint, {}, null_tracker(), log=lambda *_: None)
 
 
 def _assert_same_checkpoint(a, b, exact: bool = False):
     close = torch.equal if exact else lambda x, y: torch.allclose(x, y, rtol=1e-4, atol=1e-6)
     for name in ("model", "ema"):
-        wa, wb = _weights(a, name), _weights(b, name)
+        wa, wb = read_weights(a, name), read_weights(b, name)
         assert wa.keys() == wb.keys()
         for key in wa:
             assert wa[key].shape == wb[key].shape and close(wa[key], wb[key]), (name, key)
@@ -110,9 +104,9 @@ def test_a_shrunk_token_table_trains_as_the_whole_table_does(tmp_path):
     model, ema = decay_factors(TRAIN, TRAIN.steps)
     assert model < 0.95 and model < ema < 1  # the decay shows, and the EMA lags it
     for name, factor in (("model", model), ("ema", ema)):
-        table = _weights(tmp_path / "rows", name)[TABLE][unused]
+        table = read_weights(tmp_path / "rows", name)[TABLE][unused]
         torch.testing.assert_close(table, initial * factor, rtol=0, atol=0)
-        whole = _weights(tmp_path / "whole", name)[TABLE][unused]  # AdamW's own, step by step
+        whole = read_weights(tmp_path / "whole", name)[TABLE][unused]  # AdamW's own, step by step
         torch.testing.assert_close(whole, initial * factor, rtol=1e-6, atol=0)
 
 

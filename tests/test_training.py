@@ -28,7 +28,7 @@ from tasks.train.autoencoder import AutoencoderTrainSpec, train_autoencoder
 from tasks.train.clip import ClipTrainSpec, lit_config, train_clip
 from tasks.train.diffusion import DiffusionTrainSpec, train_diffusion
 from tasks.train.trainer import NonFiniteLossError, TrainConfig, train
-from tests.training_helpers import make_workspace, tiny_train
+from tests.training_helpers import make_workspace, null_tracker, tiny_train
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -277,7 +277,7 @@ def test_weight_decay_reaches_every_trainable_parameter(tmp_path):
     cfg = TrainConfig(
         steps=1, batch_size=1, lr=0.5, weight_decay=0.1, warmup_images=0, ema_halflife_images=0
     )
-    train(model, loss_fn, cfg, CheckpointDir(tmp_path / "ckpt"), {}, _null_tracker(None))
+    train(model, loss_fn, cfg, CheckpointDir(tmp_path / "ckpt"), {}, null_tracker())
     for name, p in model.named_parameters():
         factor = 1.0 if name.startswith("frozen.") else 1 - 0.5 * 0.1
         torch.testing.assert_close(p.detach(), before[name] * factor, rtol=1e-6, atol=0)
@@ -298,7 +298,7 @@ def test_every_step_trains_in_train_mode_after_a_validation_that_switches_it(tmp
         return {}
 
     cfg = TrainConfig(steps=4, batch_size=4, val_every=1, warmup_images=0, ema_halflife_images=0)
-    train(model, loss_fn, cfg, CheckpointDir(tmp_path / "ckpt"), {}, _null_tracker(None),
+    train(model, loss_fn, cfg, CheckpointDir(tmp_path / "ckpt"), {}, null_tracker(),
           validate, log=lambda *_: None)  # fmt: skip
     assert modes == [True] * 4
 
@@ -325,10 +325,6 @@ def test_missing_encoder_checkpoint_is_one_clear_error(tmp_path):
 
 
 # ---------------------------------------------------------------------------- loop behaviour
-
-
-def _null_tracker(workspace):
-    return lambda run_id, enabled: Tracker(workspace, "marble-test", "loop", run_id, enabled=False)
 
 
 def test_ema_update_closed_form():
@@ -375,7 +371,7 @@ def test_loss_falls_on_a_fixed_batch(tmp_path):
     cfg = TrainConfig(
         steps=60, batch_size=8, lr=2e-3, warmup_images=40, ema_halflife_images=0, ckpt_every=1000
     )
-    train(unet, loss_fn, cfg, CheckpointDir(tmp_path / "ckpt"), {}, _null_tracker(None))
+    train(unet, loss_fn, cfg, CheckpointDir(tmp_path / "ckpt"), {}, null_tracker())
     assert sum(losses[-5:]) / 5 < 0.3 * sum(losses[:5]) / 5
 
 
@@ -388,7 +384,7 @@ def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(tmp_path):
 
     cfg = TrainConfig(steps=10, batch_size=1, ckpt_every=2, ema_halflife_images=0, warmup_images=1)
     with pytest.raises(NonFiniteLossError, match="at step 3"):
-        train(model, loss_fn, cfg, CheckpointDir(tmp_path / "ckpt"), {}, _null_tracker(None))
+        train(model, loss_fn, cfg, CheckpointDir(tmp_path / "ckpt"), {}, null_tracker())
     assert load_state(tmp_path / "ckpt")["step"] == 2
 
 

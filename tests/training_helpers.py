@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tasks.shapes.render import FaultRates, ShapesSpec, build_table, write_as_raw_shard
 from tasks.shapes.server import write_source_tables
+from tasks.store.tracking import Tracker
 from tasks.store.workspace import Workspace
 from tasks.train.trainer import TrainConfig
 
@@ -26,3 +27,8 @@ def make_workspace(root: Path, n: int = 160, seed: int = 0, truth: bool = False)
 def tiny_train(**kw) -> TrainConfig:
     base = dict(steps=6, batch_size=8, lr=1e-3, warmup_images=16, log_every=2, ckpt_every=3)
     return TrainConfig(**(base | kw))
+
+
+def null_tracker():
+    """A tracker factory for `tasks.train.trainer.train` that logs nothing (MLflow off)."""
+    return lambda run_id, enabled: Tracker(None, "marble-test", "loop", run_id, enabled=False)

@@ -64,7 +64,7 @@ def shrink_token_table(model: nn.Module, rows: TokenRows) -> Tensor:
     table = model.token_embedding.weight.detach().clone()
     if len(table) != rows.vocab:
         raise ValueError(f"the token table has {len(table)} rows, the ids index {rows.vocab}")
-    model.token_embedding = nn.Embedding.from_pretrained(table[rows.ids].clone(), freeze=False)
+    model.token_embedding = nn.Embedding.from_pretrained(table[rows.ids], freeze=False)
     return table
 
 
@@ -134,7 +134,8 @@ class RowsCheckpoint:
         save_checkpoint(self.path, weights, config, state)
 
     def _shrink(self, table: Tensor) -> Tensor:
-        """A full (vocab, D) table -> its trained rows; a shrunk one passes through."""
+        """A full (vocab, D) table -> its trained rows. A table of another size passes
+        through: it is a checkpoint of other settings, which the trainer refuses."""
         return table[self.rows.ids.to(table.device)] if len(table) == self.rows.vocab else table
 
     def _grow(self, trained: Tensor, rest: Tensor) -> Tensor:
