@@ -3,16 +3,24 @@ points).
 
     fan_out(task, calls, params, name) -> [task(*args) for args in calls]
     run_jobs([(task, args), ...], params, name) -> [task(*args) for task, args in jobs]
-    with shared_cluster(params) as params: ...  # one local cluster for several fan-outs
+    with shared_cluster(params, FAN_OUTS) as params: ...  # one local cluster for several fan-outs
 
-`sequential` runs each call as a task run in the flow's own process, one after another.
-`dask` runs them as one subflow on Prefect's Dask task runner: a `LocalCluster` of worker
-processes on 127.0.0.1 (one thread each, no dashboard), or an existing scheduler at
-`dask_address`. Local workers report their task runs to the flow's own Prefect API (also the
+Each fan-out has a name (`FAN_OUTS`). `sequential` runs its calls as task runs in the flow's
+own process, one after another. `dask` runs the fan-outs named in `dask_fan_outs` as one
+subflow each on Prefect's Dask task runner: a `LocalCluster` of worker processes on 127.0.0.1
+(the machine's cores split between them, no dashboard), or an existing scheduler at
+`dask_address`; the other fan-outs run in the flow's process. A fan-out of one call runs in
+the flow's process when the cluster would be marble's own: a worker has fewer threads than
+the process. Local workers report their task runs to the flow's own Prefect API (also the
 temporary one of an in-process run), not each to a server of its own. Workers of an external
 cluster must see the same workspace path and have PREFECT_API_URL set by whoever runs them.
-`shared_cluster` starts the local cluster once for a whole flow (the pipeline's filter,
-trainings and sweep), so its workers import torch once rather than at every fan-out.
+`shared_cluster` starts the local cluster once for a flow's fan-outs when two or more of them
+use it, so its workers import torch once; one fan-out alone starts its own when it comes.
+
+The default is the diffusion grid's trainings on two workers, the rest in the flow's process:
+on a 2-core CPU two one-thread U-Net trainings side by side get through more images a second
+than one on two threads (docs/performance.md#make-run), while the other waves pair a short
+training with a long one and gain nothing.
 """
 
 from __future__ import annotations
@@ -20,11 +28,23 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 from prefect import Task, flow
 from prefect.client.orchestration import get_client
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
+
+FanOut = Literal[
+    "filter-shards", "train-encoders", "train-text-towers", "train-diffusion-grid", "sweep-points"
+]
+FAN_OUTS: tuple[str, ...] = get_args(FanOut)
 
 
 class FanOutParams(BaseModel):
@@ -35,9 +55,15 @@ class FanOutParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     task_runner: Literal["sequential", "dask"] = Field(
-        "sequential",
-        description="sequential: in this process; dask: a local cluster of worker processes "
-        "on 127.0.0.1, or the scheduler at dask_address",
+        "dask",
+        description="sequential: every fan-out in this process; dask: those in dask_fan_outs "
+        "on a local cluster of worker processes on 127.0.0.1, or the scheduler at dask_address",
+    )
+    dask_fan_outs: list[FanOut] = Field(
+        ["train-diffusion-grid"],
+        min_length=1,
+        description="the fan-outs that task_runner dask runs on Dask (the others in this "
+        "process); the default pairs the diffusion grid's trainings",
     )
     dask_address: str | None = Field(
         None,
@@ -45,8 +71,13 @@ class FanOutParams(BaseModel):
         "workers need this workspace's path and PREFECT_API_URL; empty: a local cluster",
     )
     dask_workers: int = Field(
-        2, ge=1, le=256, description="worker processes of the local cluster (one thread each)"
+        2,
+        ge=1,
+        le=256,
+        description="worker processes of the local cluster (the machine's cores split "
+        "between them)",
     )
+    _local: bool = PrivateAttr(False)  # dask_address is marble's own cluster (shared_cluster)
 
     @field_validator("dask_address")
     @classmethod
@@ -74,6 +105,14 @@ class FanOutParams(BaseModel):
             raise ValueError("dask_address is used by task_runner 'dask' only; set both")
         return self
 
+    def on_dask(self, name: str, jobs: int) -> bool:
+        """Whether the fan-out `name` of `jobs` calls runs on Dask."""
+        if name not in FAN_OUTS:
+            raise ValueError(f"unknown fan-out {name!r}; the fan-outs are {list(FAN_OUTS)}")
+        if self.task_runner != "dask" or name not in self.dask_fan_outs or jobs == 0:
+            return False
+        return jobs > 1 or (self.dask_address is not None and not self._local)
+
 
 def current_api_url() -> str:
     """The Prefect API this flow reports to (the temporary server's, in-process)."""
@@ -81,12 +120,21 @@ def current_api_url() -> str:
         return str(client.api_url)
 
 
-# The environment Dask's nanny gives a worker before starting it: one OpenMP / BLAS thread.
-# Dask's own default also sets MALLOC_TRIM_THRESHOLD_=65536, with which glibc hands freed
-# memory straight back to the kernel; torch's CPU tensors are then mapped and faulted in
-# anew at every step, which made two one-thread U-Net trainings side by side step at 230
-# instead of 410 img/s each here (docs/performance.md#make-run). Workers keep glibc's default.
-WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+def worker_threads(workers: int) -> int:
+    """OpenMP / BLAS threads of each of `workers` local workers: the cores this process may
+    use, split between them (one each on a 2-core machine with two workers)."""
+    return max(1, len(os.sched_getaffinity(0)) // workers)
+
+
+def worker_env(workers: int) -> dict[str, str]:
+    """The environment Dask's nanny gives a worker before starting it: its share of threads.
+    Dask's own default also sets MALLOC_TRIM_THRESHOLD_=65536, with which glibc hands freed
+    memory straight back to the kernel; torch's CPU tensors are then mapped and faulted in
+    anew at every step, which made two one-thread U-Net trainings side by side step at 230
+    instead of 410 img/s each here (docs/performance.md#make-run). Workers keep glibc's
+    default."""
+    threads = str(worker_threads(workers))
+    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
 
 
 @contextlib.contextmanager
@@ -104,18 +152,31 @@ def environ_kept() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def shared_cluster(params: FanOutParams) -> Iterator[FanOutParams]:
-    """Inside a flow: `params` pointing at a local cluster that lives until the block ends,
-    when they ask for a local Dask cluster: `dask_workers` processes on 127.0.0.1, one
-    thread each (WORKER_ENV), reporting to this flow's Prefect API. Otherwise `params` as
-    they are."""
-    if params.task_runner != "dask" or params.dask_address is not None:
+def shared_cluster(
+    params: FanOutParams, fan_outs: Sequence[str] = FAN_OUTS
+) -> Iterator[FanOutParams]:
+    """Inside a flow whose fan-outs are `fan_outs`: `params` pointing at a local cluster that
+    lives until the block ends, when they ask for a local Dask cluster for two or more of
+    them: `dask_workers` processes on 127.0.0.1 (`worker_env`), one task at a time each,
+    reporting to this flow's Prefect API. Otherwise `params` as they are (a fan-out that
+    runs on Dask alone starts its cluster when it comes)."""
+    shared = [name for name in fan_outs if name in params.dask_fan_outs]
+    if params.task_runner != "dask" or params.dask_address is not None or len(shared) < 2:
         yield params
         return
+    with _local_cluster(params) as params:
+        yield params
+
+
+@contextlib.contextmanager
+def _local_cluster(params: FanOutParams) -> Iterator[FanOutParams]:
+    """`params` pointing at a new local cluster of `dask_workers` processes, until the block
+    ends."""
     import dask
     from distributed import LocalCluster
 
-    with environ_kept(), dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_ENV}):
+    environ = worker_env(params.dask_workers)
+    with environ_kept(), dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
         cluster = LocalCluster(
             n_workers=params.dask_workers,
             threads_per_worker=1,
@@ -125,18 +186,24 @@ def shared_cluster(params: FanOutParams) -> Iterator[FanOutParams]:
             env={"PREFECT_API_URL": current_api_url()},
         )
     with cluster:
-        yield params.model_copy(update={"dask_address": cluster.scheduler_address})
+        local = params.model_copy(update={"dask_address": cluster.scheduler_address})
+        local._local = True
+        yield local
 
 
 def run_jobs(jobs: Sequence[tuple[Task, tuple]], params: FanOutParams, name: str) -> list:
     """task(*args) for every (task, args) in jobs, results in the order of jobs: in this
-    process one after another, or on Dask as the subflow `name`, so the UI shows the
-    fanned-out runs together."""
-    if params.task_runner == "sequential" or not jobs:
+    process one after another, or on Dask as the subflow `name` (`FanOutParams.on_dask`),
+    so the UI shows the fanned-out runs together."""
+    if not params.on_dask(name, len(jobs)):
         return [task(*args) for task, args in jobs]
     from prefect_dask import DaskTaskRunner
 
-    with shared_cluster(params) as params:
+    if params.dask_address is None:  # no shared cluster: this fan-out's own
+        cluster = _local_cluster(params)
+    else:
+        cluster = contextlib.nullcontext(params)
+    with cluster as params:
 
         @flow(name=name, task_runner=DaskTaskRunner(address=params.dask_address), log_prints=True)
         def fanned_out() -> list:

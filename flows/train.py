@@ -174,7 +174,7 @@ def run_training(
                 )
                 for kind, spec in wave
             ]
-            runner = FanOutParams()
+            runner = FanOutParams(task_runner="sequential")
         with Stopwatch() as watch:
             summaries = fanout.run_jobs(jobs, runner, name)
             for (kind, spec), summary in zip(wave, summaries, strict=True):
@@ -191,5 +191,6 @@ def train_flow(
     fan_out: FanOutParams = FanOutParams(),
 ) -> dict:
     """Train autoencoders, CLIP encoders, then every (autoencoder, text encoder, U-Net) model."""
-    with fanout.shared_cluster(fan_out) as fan:
+    waves = [name for name, _ in training_waves(params)]
+    with fanout.shared_cluster(fan_out, waves) as fan:
         return run_training(params, Workspace.from_env(home), fan)

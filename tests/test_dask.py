@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from flows.fanout import FanOutParams
+from flows.fanout import FAN_OUTS, FanOutParams, worker_threads
 from tasks.shapes.render import FaultRates, ShapesSpec, build_table, write_as_raw_shard
 from tasks.shapes.server import write_source_tables
 from tasks.store.workspace import Workspace
@@ -26,8 +26,9 @@ from tasks.train.clip import ClipTrainSpec, train_clip
 from tasks.train.diffusion import DiffusionTrainSpec, train_diffusion
 from tests.training_helpers import tiny_train
 
-DASK = FanOutParams(task_runner="dask", dask_workers=2)
-SEQUENTIAL = FanOutParams()
+EVERY_FAN_OUT = list(FAN_OUTS)
+DASK = FanOutParams(task_runner="dask", dask_workers=2, dask_fan_outs=EVERY_FAN_OUT)
+SEQUENTIAL = FanOutParams(task_runner="sequential")
 JUDGE_STEPS = 6
 
 
@@ -48,9 +49,39 @@ def test_scheduler_addresses_and_runner_choice():
     assert FanOutParams(task_runner="dask", dask_address="tcp://10.0.0.5:8786").dask_address
     assert FanOutParams(task_runner="dask", dask_address="tls://[::1]:8786").dask_address
     with pytest.raises(ValidationError, match="task_runner 'dask' only"):
-        FanOutParams(dask_address="tcp://127.0.0.1:8786")  # sequential would ignore it
+        FanOutParams(task_runner="sequential", dask_address="tcp://127.0.0.1:8786")
     with pytest.raises(ValidationError):
         FanOutParams(task_runner="ray")
+    with pytest.raises(ValidationError, match="filter-shards"):
+        FanOutParams(dask_fan_outs=["train-everything"])
+    with pytest.raises(ValidationError, match="at least 1"):
+        FanOutParams(dask_fan_outs=[])
+
+
+def test_which_fan_outs_run_on_dask():
+    """By default the diffusion grid only, and only with two or more trainings: one call
+    runs in the flow's process, where it has every thread, unless the cluster is someone
+    else's (there the work is meant to leave this machine)."""
+    default = FanOutParams()
+    assert default.on_dask("train-diffusion-grid", 4)
+    assert not default.on_dask("train-diffusion-grid", 1)
+    assert not default.on_dask("train-diffusion-grid", 0)
+    for name in set(FAN_OUTS) - {"train-diffusion-grid"}:
+        assert not default.on_dask(name, 4), name
+    assert not FanOutParams(task_runner="sequential").on_dask("train-diffusion-grid", 4)
+    every = FanOutParams(dask_fan_outs=EVERY_FAN_OUT)
+    assert all(every.on_dask(name, 2) for name in FAN_OUTS)
+    external = FanOutParams(dask_address="tcp://10.0.0.5:8786")
+    assert external.on_dask("train-diffusion-grid", 1)
+    with pytest.raises(ValueError, match="unknown fan-out 'train-grid'"):
+        default.on_dask("train-grid", 2)
+
+
+def test_local_workers_split_the_cores(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert [worker_threads(n) for n in (1, 2, 3, 16, 32)] == [16, 8, 5, 1, 1]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert worker_threads(2) == 1
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +101,15 @@ def three_shards(tmp_path_factory) -> Workspace:
 
 @contextlib.contextmanager
 def one_thread():
-    """Torch and BLAS (scipy's matrix square root) on one thread, as in a Dask worker."""
+    """Torch and BLAS (scipy's matrix square root) on as many threads as a worker of the
+    clusters here has (one, on a 2-core machine)."""
     import torch
     from threadpoolctl import threadpool_limits
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(worker_threads(2))
     try:
-        with threadpool_limits(limits=1):
+        with threadpool_limits(limits=worker_threads(2)):
             yield
     finally:
         torch.set_num_threads(threads)
@@ -105,18 +137,22 @@ def existing_cluster(prefect_api) -> FanOutParams:
     it (`--dask-address`). Closed, workers included, when the module ends. Its start leaves
     this process's environment as it was (Dask's worker settings, MALLOC_TRIM_THRESHOLD_
     among them, would pass on to later tests' clusters)."""
+    import dask
     from distributed import LocalCluster
 
-    from flows.fanout import current_api_url, environ_kept
+    from flows.fanout import current_api_url, environ_kept, worker_env
 
-    with environ_kept():
+    environ = {"distributed.nanny.pre-spawn-environ": worker_env(2)}  # threads as one_thread()
+    with environ_kept(), dask.config.set(environ):
         cluster = LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
             dashboard_address=None, env={"PREFECT_API_URL": current_api_url()},
         )  # fmt: skip
     with cluster:
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
-        yield FanOutParams(task_runner="dask", dask_address=cluster.scheduler_address)
+        yield FanOutParams(
+            task_runner="dask", dask_address=cluster.scheduler_address, dask_fan_outs=EVERY_FAN_OUT
+        )
 
 
 @pytest.mark.slow
@@ -261,8 +297,9 @@ def test_training_waves_on_dask_equal_the_sequential_run(kept_pairs, tmp_path, p
             for f in sorted(workspace.checkpoints.rglob("*.safetensors"))
         }
         registered[name] = _registered_models(workspace)
-    for wave in ("train-encoders", "train-text-towers", "train-diffusion-grid"):
+    for wave in ("train-encoders", "train-diffusion-grid"):
         assert len(_fan_out_runs(wave)) == 1, wave  # the dask run's; the sequential has none
+    assert not _fan_out_runs("train-text-towers")  # one training: in the flow's process
     assert len(weights["sequential"]) >= 5
     assert weights["dask"] == weights["sequential"]
     # every model trained on a worker is registered in MLflow, as in one process
