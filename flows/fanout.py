@@ -17,10 +17,11 @@ cluster must see the same workspace path and have PREFECT_API_URL set by whoever
 `shared_cluster` starts the local cluster once for a flow's fan-outs when two or more of them
 use it, so its workers import torch once; one fan-out alone starts its own when it comes.
 
-The default is the diffusion grid's trainings on two workers, the rest in the flow's process:
-on a 2-core CPU two one-thread U-Net trainings side by side get through more images a second
-than one on two threads (docs/performance.md#make-run), while the other waves pair a short
-training with a long one and gain nothing.
+On a 2-core CPU the fan-out that pays is the diffusion grid's (`--task-runner dask
+--dask-fan-outs train-diffusion-grid`): two one-thread U-Net trainings side by side get
+through more images a second than one on two threads, while the other waves pair a short
+training with a long one. Its models are other draws than the sequential run's, since one
+thread sums in another order than two (docs/performance.md#make-run).
 """
 
 from __future__ import annotations
@@ -55,15 +56,15 @@ class FanOutParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     task_runner: Literal["sequential", "dask"] = Field(
-        "dask",
+        "sequential",
         description="sequential: every fan-out in this process; dask: those in dask_fan_outs "
         "on a local cluster of worker processes on 127.0.0.1, or the scheduler at dask_address",
     )
     dask_fan_outs: list[FanOut] = Field(
-        ["train-diffusion-grid"],
+        list(FAN_OUTS),
         min_length=1,
-        description="the fan-outs that task_runner dask runs on Dask (the others in this "
-        "process); the default pairs the diffusion grid's trainings",
+        description="the fan-outs that task_runner dask runs on Dask, the others in this "
+        "process (train-diffusion-grid alone: the one that pays on a 2-core CPU)",
     )
     dask_address: str | None = Field(
         None,

@@ -174,7 +174,7 @@ def run_training(
                 )
                 for kind, spec in wave
             ]
-            runner = FanOutParams(task_runner="sequential")
+            runner = FanOutParams()
         with Stopwatch() as watch:
             summaries = fanout.run_jobs(jobs, runner, name)
             for (kind, spec), summary in zip(wave, summaries, strict=True):

@@ -1,7 +1,8 @@
 """Fan-out on Prefect's Dask task runner gives what the sequential run gives: the filter's
 shards on marble's own LocalCluster of 2 worker processes (127.0.0.1) and on a cluster
 started outside marble (`dask_address`; one for the module), the sweep's grid points on that
-cluster, every training wave on marble's own."""
+cluster, every training wave on marble's own, and the diffusion grid alone on a cluster of
+its own."""
 
 from __future__ import annotations
 
@@ -26,9 +27,9 @@ from tasks.train.clip import ClipTrainSpec, train_clip
 from tasks.train.diffusion import DiffusionTrainSpec, train_diffusion
 from tests.training_helpers import tiny_train
 
-EVERY_FAN_OUT = list(FAN_OUTS)
-DASK = FanOutParams(task_runner="dask", dask_workers=2, dask_fan_outs=EVERY_FAN_OUT)
-SEQUENTIAL = FanOutParams(task_runner="sequential")
+DASK = FanOutParams(task_runner="dask", dask_workers=2)
+DIFFUSION_GRID = FanOutParams(task_runner="dask", dask_fan_outs=["train-diffusion-grid"])
+SEQUENTIAL = FanOutParams()
 JUDGE_STEPS = 6
 
 
@@ -49,32 +50,31 @@ def test_scheduler_addresses_and_runner_choice():
     assert FanOutParams(task_runner="dask", dask_address="tcp://10.0.0.5:8786").dask_address
     assert FanOutParams(task_runner="dask", dask_address="tls://[::1]:8786").dask_address
     with pytest.raises(ValidationError, match="task_runner 'dask' only"):
-        FanOutParams(task_runner="sequential", dask_address="tcp://127.0.0.1:8786")
+        FanOutParams(dask_address="tcp://127.0.0.1:8786")  # sequential would ignore it
     with pytest.raises(ValidationError):
         FanOutParams(task_runner="ray")
     with pytest.raises(ValidationError, match="filter-shards"):
-        FanOutParams(dask_fan_outs=["train-everything"])
+        FanOutParams(task_runner="dask", dask_fan_outs=["train-everything"])
     with pytest.raises(ValidationError, match="at least 1"):
-        FanOutParams(dask_fan_outs=[])
+        FanOutParams(task_runner="dask", dask_fan_outs=[])
 
 
 def test_which_fan_outs_run_on_dask():
-    """By default the diffusion grid only, and only with two or more trainings: one call
-    runs in the flow's process, where it has every thread, unless the cluster is someone
-    else's (there the work is meant to leave this machine)."""
-    default = FanOutParams()
-    assert default.on_dask("train-diffusion-grid", 4)
-    assert not default.on_dask("train-diffusion-grid", 1)
-    assert not default.on_dask("train-diffusion-grid", 0)
+    """None by default; with task_runner dask every fan-out, or those named, and only with
+    two or more calls: one call runs in the flow's process, where it has every thread,
+    unless the cluster is someone else's (there the work is meant to leave this machine)."""
+    assert not any(SEQUENTIAL.on_dask(name, 4) for name in FAN_OUTS)
+    assert all(DASK.on_dask(name, 2) for name in FAN_OUTS)
+    grid = DIFFUSION_GRID
+    assert grid.on_dask("train-diffusion-grid", 4)
+    assert not grid.on_dask("train-diffusion-grid", 1)
+    assert not grid.on_dask("train-diffusion-grid", 0)
     for name in set(FAN_OUTS) - {"train-diffusion-grid"}:
-        assert not default.on_dask(name, 4), name
-    assert not FanOutParams(task_runner="sequential").on_dask("train-diffusion-grid", 4)
-    every = FanOutParams(dask_fan_outs=EVERY_FAN_OUT)
-    assert all(every.on_dask(name, 2) for name in FAN_OUTS)
-    external = FanOutParams(dask_address="tcp://10.0.0.5:8786")
+        assert not grid.on_dask(name, 4), name
+    external = FanOutParams(task_runner="dask", dask_address="tcp://10.0.0.5:8786")
     assert external.on_dask("train-diffusion-grid", 1)
     with pytest.raises(ValueError, match="unknown fan-out 'train-grid'"):
-        default.on_dask("train-grid", 2)
+        grid.on_dask("train-grid", 2)
 
 
 def test_local_workers_split_the_cores(monkeypatch):
@@ -150,9 +150,7 @@ def existing_cluster(prefect_api) -> FanOutParams:
         )  # fmt: skip
     with cluster:
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
-        yield FanOutParams(
-            task_runner="dask", dask_address=cluster.scheduler_address, dask_fan_outs=EVERY_FAN_OUT
-        )
+        yield FanOutParams(task_runner="dask", dask_address=cluster.scheduler_address)
 
 
 @pytest.mark.slow
@@ -277,8 +275,10 @@ def _registered_models(workspace: Workspace) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_training_waves_on_dask_equal_the_sequential_run(kept_pairs, tmp_path, prefect_api):
-    """The train flow on one shared local cluster trains every model of the grid to the same
-    weights, bit for bit, as one process does; each wave shows as its own subflow."""
+    """The train flow on one shared local cluster (every wave on Dask), and with the diffusion
+    grid alone on Dask (on a cluster of its own), trains every model of the grid
+    to the same weights, bit for bit, as one process does; each wave that fans out shows as
+    its own subflow, and a wave of one training runs in the flow's process."""
     from flows.params import TrainingParams
     from flows.train import train_flow
 
@@ -287,7 +287,7 @@ def test_training_waves_on_dask_equal_the_sequential_run(kept_pairs, tmp_path, p
         image_tower_steps=3, clip_steps=3, diffusion_steps=3, diffusion_batch_size=16,
     )  # fmt: skip
     weights, registered = {}, {}
-    for name, fan in (("sequential", SEQUENTIAL), ("dask", DASK)):
+    for name, fan in (("sequential", SEQUENTIAL), ("dask", DASK), ("grid", DIFFUSION_GRID)):
         workspace = _copy(kept_pairs, tmp_path / name)
         with one_thread():  # as in the workers (see the sweep's test)
             summaries = train_flow(params, home=str(workspace.root), fan_out=fan)
@@ -297,20 +297,22 @@ def test_training_waves_on_dask_equal_the_sequential_run(kept_pairs, tmp_path, p
             for f in sorted(workspace.checkpoints.rglob("*.safetensors"))
         }
         registered[name] = _registered_models(workspace)
-    for wave in ("train-encoders", "train-diffusion-grid"):
-        assert len(_fan_out_runs(wave)) == 1, wave  # the dask run's; the sequential has none
+    assert len(_fan_out_runs("train-encoders")) == 1  # the dask run's
+    assert len(_fan_out_runs("train-diffusion-grid")) == 2  # the dask and the grid run's
     assert not _fan_out_runs("train-text-towers")  # one training: in the flow's process
     assert len(weights["sequential"]) >= 5
-    assert weights["dask"] == weights["sequential"]
+    assert weights["dask"] == weights["sequential"] == weights["grid"]
     # every model trained on a worker is registered in MLflow, as in one process
     assert "diffusion-clip-tiny_unet-s_kl-f4" in registered["sequential"]
-    assert registered["dask"] == registered["sequential"]
+    assert registered["dask"] == registered["sequential"] == registered["grid"]
 
 
 @pytest.mark.slow
-def test_local_workers_run_one_thread_with_glibc_malloc_defaults(prefect_api, monkeypatch):
-    """One OpenMP thread per worker, and not Dask's MALLOC_TRIM_THRESHOLD_ (it halved a
-    training step's speed); this process's own environment is left as it was."""
+def test_local_workers_split_the_cores_with_glibc_malloc_defaults(prefect_api, monkeypatch):
+    """Each worker its share of the cores' OpenMP threads (one of two), and not Dask's
+    MALLOC_TRIM_THRESHOLD_ (it halved a training step's speed); this process's own
+    environment is left as it was. A cluster for one fan-out is not shared: the fan-out
+    starts it."""
     from distributed import Client
 
     from flows.fanout import shared_cluster
@@ -332,9 +334,11 @@ def test_local_workers_run_one_thread_with_glibc_malloc_defaults(prefect_api, mo
         assert dict(os.environ) == before
         with Client(fan.dask_address) as client:
             envs = client.run(worker_env)
-    assert list(envs.values()) == [("1", False, 1)] * 2
-    with shared_cluster(SEQUENTIAL) as fan:
-        assert fan is SEQUENTIAL  # nothing to start
+    threads = worker_threads(2)
+    assert list(envs.values()) == [(str(threads), False, threads)] * 2
+    for params in (SEQUENTIAL, DIFFUSION_GRID):
+        with shared_cluster(params) as fan:
+            assert fan is params  # nothing to start
 
 
 def test_a_bare_main_process_registers_a_model_and_lives(tmp_path):
