@@ -5,8 +5,9 @@ skips finished ones. The trainings come in waves, each needing only the waves be
 the autoencoders with the shared image tower (or with the whole CLIPs, without one), the
 text towers, the diffusion grid. A wave's trainings run one after another, or at once on
 Dask workers (`FanOutParams`). Running them at once is for machines with cores or GPUs to
-spare: on a 2-core CPU, pairs of one-thread trainings shortened the diffusion wave by 16 %,
-the whole job by 7 %, and made the text towers' wave longer (docs/performance.md#make-run).
+spare: on a 2-core CPU, pairs of one-thread trainings shorten the diffusion wave by 7–16 %
+and lengthen the other waves, which pair a short training with a long one; the grid alone
+in pairs took 3 % off `make run` (docs/performance.md#make-run).
 """
 
 from __future__ import annotations
