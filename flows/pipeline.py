@@ -57,9 +57,8 @@ def pipeline_flow(params: PipelineParams = PipelineParams()) -> dict:
         f"ingest: {manifest['total_status_counts']} in {manifest['raw_dir']} "
         f"({manifest['attempted']} fetched by the run that wrote it)"
     )
-    with fanout.shared_cluster(
-        params.fan_out
-    ) as fan:  # one Dask cluster, if several fan-outs use it
+    # one local Dask cluster for the flow's fan-outs, when two or more of them use it
+    with fanout.shared_cluster(params.fan_out) as fan:
         kept = stages["filter"] = timed(run_filter, params.filter, workspace, fan)
         dropped = kept.get("wrong_dropped_recall", "-")
         print(
