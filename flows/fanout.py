@@ -129,11 +129,11 @@ def worker_threads(workers: int) -> int:
 
 def worker_env(workers: int) -> dict[str, str]:
     """The environment Dask's nanny gives a worker before starting it: its share of threads.
-    Dask's own default also sets MALLOC_TRIM_THRESHOLD_=65536, with which glibc hands freed
-    memory straight back to the kernel; torch's CPU tensors are then mapped and faulted in
-    anew at every step, which made two one-thread U-Net trainings side by side step at 230
-    instead of 410 img/s each here (docs/performance.md#make-run). Workers keep glibc's
-    default."""
+    It replaces Dask's own, whose MALLOC_TRIM_THRESHOLD_=65536 has glibc hand freed memory
+    straight back to the kernel; torch's CPU tensors are then mapped and faulted in anew at
+    every step, which made two one-thread U-Net trainings side by side step at 230 instead
+    of 410 img/s each here (docs/performance.md#make-run). Workers inherit this process's
+    malloc settings instead (`tasks.settings.MALLOC_DEFAULTS`)."""
     threads = str(worker_threads(workers))
     return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
 

@@ -1,4 +1,5 @@
-"""Offline and privacy defaults, applied when `tasks` (and so `flows`) is imported.
+"""Process defaults, applied when `tasks` (and so `flows`) is imported: offline and
+privacy switches, and glibc malloc's thresholds.
 
 Each is a default: a value the user already set in the environment wins. The switches
 come from ../shared/ENVIRONMENT.md (measured): without them Prefect, MLflow, albumentations
@@ -7,6 +8,7 @@ come from ../shared/ENVIRONMENT.md (measured): without them Prefect, MLflow, alb
 
 from __future__ import annotations
 
+import ctypes
 import os
 
 OFFLINE_DEFAULTS: dict[str, str] = {
@@ -26,3 +28,33 @@ OFFLINE_DEFAULTS: dict[str, str] = {
 def apply_offline_defaults() -> None:
     for key, value in OFFLINE_DEFAULTS.items():
         os.environ.setdefault(key, value)
+
+
+# glibc's malloc keeps freed memory for the next allocation, up to 1 GiB. By default it maps
+# each block above a threshold (128 KiB, rising with use to 32 MiB at most) afresh and hands
+# a freed heap top above 128 KiB back to the kernel, so torch's big CPU tensors are faulted
+# in page by page at every step: the FID Inception's activations of a batch of 50 are
+# 276 MiB, and one `make run` evaluation took 15 million page faults and 31 s of kernel time
+# (docs/performance.md#make-run). Set in the environment, they reach every process marble
+# starts (glibc reads them as a process starts); `mallopt` sets them in this one.
+MALLOC_DEFAULTS: dict[str, int] = {
+    "MALLOC_MMAP_THRESHOLD_": 1 << 30,
+    "MALLOC_TRIM_THRESHOLD_": 1 << 30,
+}
+_MALLOPT_PARAMETERS = {"MALLOC_TRIM_THRESHOLD_": -1, "MALLOC_MMAP_THRESHOLD_": -3}  # malloc.h
+
+
+def apply_malloc_defaults() -> None:
+    """Each of MALLOC_DEFAULTS the user has not set, for this process and its children; only
+    where the C library is glibc (others read neither the variables nor these parameters)."""
+    try:
+        glibc = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (AttributeError, ValueError, OSError):  # no confstr, or not this name: not glibc
+        glibc = ""
+    if not glibc.startswith("glibc"):
+        return
+    mallopt = ctypes.CDLL(None).mallopt
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    for key, value in MALLOC_DEFAULTS.items():
+        if key not in os.environ and mallopt(_MALLOPT_PARAMETERS[key], value) == 1:
+            os.environ[key] = str(value)

@@ -135,8 +135,8 @@ def existing_cluster(prefect_api) -> FanOutParams:
     """A Dask cluster started outside marble, once for this module's tests (2 worker
     processes on 127.0.0.1, reporting to the tests' Prefect API): the runner that points at
     it (`--dask-address`). Closed, workers included, when the module ends. Its start leaves
-    this process's environment as it was (Dask's worker settings, MALLOC_TRIM_THRESHOLD_
-    among them, would pass on to later tests' clusters)."""
+    this process's environment as it was (Dask's worker settings, the thread counts among
+    them, would pass on to later tests' clusters)."""
     import dask
     from distributed import LocalCluster
 
@@ -308,23 +308,22 @@ def test_training_waves_on_dask_equal_the_sequential_run(kept_pairs, tmp_path, p
 
 
 @pytest.mark.slow
-def test_local_workers_split_the_cores_with_glibc_malloc_defaults(prefect_api, monkeypatch):
-    """Each worker its share of the cores' OpenMP threads (one of two), and not Dask's
-    MALLOC_TRIM_THRESHOLD_ (it halved a training step's speed); this process's own
-    environment is left as it was. A cluster for one fan-out is not shared: the fan-out
-    starts it."""
+def test_local_workers_split_the_cores_with_marble_malloc_settings(prefect_api):
+    """Each worker its share of the cores' OpenMP threads (one of two), and this process's
+    malloc settings, not Dask's MALLOC_TRIM_THRESHOLD_ (it halved a training step's speed);
+    this process's own environment is left as it was. A cluster for one fan-out is not
+    shared: the fan-out starts it."""
     from distributed import Client
 
     from flows.fanout import shared_cluster
-
-    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)  # a user's own setting passes on
+    from tasks.settings import MALLOC_DEFAULTS
 
     def worker_env():
         import torch
 
         return (
             os.environ.get("OMP_NUM_THREADS"),
-            "MALLOC_TRIM_THRESHOLD_" in os.environ,
+            {k: os.environ.get(k) for k in MALLOC_DEFAULTS},
             torch.get_num_threads(),
         )
 
@@ -335,7 +334,8 @@ def test_local_workers_split_the_cores_with_glibc_malloc_defaults(prefect_api, m
         with Client(fan.dask_address) as client:
             envs = client.run(worker_env)
     threads = worker_threads(2)
-    assert list(envs.values()) == [(str(threads), False, threads)] * 2
+    malloc = {k: str(v) for k, v in MALLOC_DEFAULTS.items()}  # set when conftest imported tasks
+    assert list(envs.values()) == [(str(threads), malloc, threads)] * 2
     for params in (SEQUENTIAL, DIFFUSION_GRID):
         with shared_cluster(params) as fan:
             assert fan is params  # nothing to start
