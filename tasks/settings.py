@@ -34,9 +34,10 @@ def apply_offline_defaults() -> None:
 # each block above a threshold (128 KiB, rising with use to 32 MiB at most) afresh and hands
 # a freed heap top above 128 KiB back to the kernel, so torch's big CPU tensors are faulted
 # in page by page at every step: the FID Inception's activations of a batch of 50 are
-# 276 MiB, and one `make run` evaluation took 15 million page faults and 31 s of kernel time
-# (docs/performance.md#make-run). Set in the environment, they reach every process marble
-# starts (glibc reads them as a process starts); `mallopt` sets them in this one.
+# 276 MiB, and one `make run` evaluation took 15 million page faults and 31 s of kernel
+# time (docs/performance.md, "glibc's malloc keeps what torch frees"). Set in the
+# environment, they reach every process marble starts (glibc reads them as a process
+# starts); `mallopt` sets them in this one.
 MALLOC_DEFAULTS: dict[str, int] = {
     "MALLOC_MMAP_THRESHOLD_": 1 << 30,
     "MALLOC_TRIM_THRESHOLD_": 1 << 30,
@@ -44,14 +45,18 @@ MALLOC_DEFAULTS: dict[str, int] = {
 _MALLOPT_PARAMETERS = {"MALLOC_TRIM_THRESHOLD_": -1, "MALLOC_MMAP_THRESHOLD_": -3}  # malloc.h
 
 
+def uses_glibc() -> bool:
+    """Whether this process's C library is glibc."""
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (AttributeError, ValueError, OSError):  # no confstr, or not this name: not glibc
+        return False
+
+
 def apply_malloc_defaults() -> None:
     """Each of MALLOC_DEFAULTS the user has not set, for this process and its children; only
     where the C library is glibc (others read neither the variables nor these parameters)."""
-    try:
-        glibc = os.confstr("CS_GNU_LIBC_VERSION") or ""
-    except (AttributeError, ValueError, OSError):  # no confstr, or not this name: not glibc
-        glibc = ""
-    if not glibc.startswith("glibc"):
+    if not uses_glibc():
         return
     mallopt = ctypes.CDLL(None).mallopt
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
