@@ -175,7 +175,7 @@ def run_training(
                 )
                 for kind, spec in wave
             ]
-            runner = FanOutParams()
+            runner = FanOutParams(task_runner="sequential")  # each on all its ranks, in turn
         with Stopwatch() as watch:
             summaries = fanout.run_jobs(jobs, runner, name)
             for (kind, spec), summary in zip(wave, summaries, strict=True):

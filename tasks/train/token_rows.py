@@ -13,9 +13,10 @@ trainer shrinks the table to the used rows (`TokenRows`, `shrink_token_table`) a
 that, and `RowsCheckpoint` writes and reads checkpoints in the full format: the unused rows
 are the initial ones times that product, their Adam moments zero. The weights are those of
 training the whole table up to float rounding (AdamW multiplies the float32 rows at every
-step; here the product is taken in float64 and applied once), and the files are the same,
-so a checkpoint written by either way of training resumes under the other. The ids map to positions in ascending order,
-so EOT, the largest id, stays the largest, where open_clip's pooling looks for it.
+step; here the product is taken in float64 and applied once), and the files are the same, so
+a checkpoint written by either way of training resumes under the other. The ids map to
+positions in ascending order, so EOT, the largest id, stays the largest, where open_clip's
+pooling looks for it.
 """
 
 from __future__ import annotations
